@@ -1,0 +1,1 @@
+"""wsviz: weight-space visual analysis for merging and pruning."""

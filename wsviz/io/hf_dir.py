@@ -1,0 +1,157 @@
+"""Hugging Face model directories: single or sharded, safetensors or pickled ``.bin``.
+
+Looked for, in this order: ``model.safetensors.index.json``, ``model.safetensors``,
+``pytorch_model.bin.index.json``, ``pytorch_model.bin``, then any ``*.safetensors``
+files (treated as shards). Shards are opened only when one of their tensors is listed
+or read; safetensors shards cost just their header.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from wsviz.errors import CheckpointError
+from wsviz.io.safetensors_source import SafetensorsFileSource
+from wsviz.io.source import CheckpointSource, TensorInfo
+from wsviz.io.torch_source import TorchFileSource
+
+WEIGHT_FILES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
+
+#: names an untied-but-missing output head may alias, per family
+_TIED_HEADS = {
+    "lm_head.weight": (
+        "model.embed_tokens.weight",
+        "transformer.wte.weight",
+        "model.decoder.embed_tokens.weight",
+        "embed_tokens.weight",
+        "wte.weight",
+    ),
+}
+
+
+def find_weight_files(d: Path) -> tuple[str, list[Path], dict[str, str] | None]:
+    """Return ``(format, shard paths, weight_map or None)`` for an HF directory.
+
+    Raises :class:`CheckpointError` naming the directory when no weights are found or
+    an index names a missing shard.
+    """
+    for fname in WEIGHT_FILES:
+        p = d / fname
+        if not p.is_file():
+            continue
+        if fname.endswith(".index.json"):
+            try:
+                weight_map = json.loads(p.read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{p}: not a valid shard index ({e})") from None
+            shards = sorted({d / s for s in weight_map.values()})
+            missing = [s.name for s in shards if not s.is_file()]
+            if missing:
+                raise CheckpointError(
+                    f"{p}: names shard file(s) {', '.join(missing)} that do not exist in {d}; "
+                    "copy the missing shards or re-save the model"
+                )
+            fmt = "safetensors-sharded" if "safetensors" in fname else "bin-sharded"
+            return fmt, shards, weight_map
+        return ("safetensors" if fname.endswith("safetensors") else "bin"), [p], None
+    loose = sorted(d.glob("*.safetensors"))
+    if loose:
+        return "safetensors", loose, None
+    raise CheckpointError(
+        f"{d}: no model weights found (looked for {', '.join(WEIGHT_FILES)} or *.safetensors); "
+        "point wsviz at a Hugging Face model directory or a weights file"
+    )
+
+
+class HFDirSource(CheckpointSource):
+    """A Hugging Face model directory read tensor by tensor across its shards."""
+
+    def __init__(self, path: str | Path, label: str | None = None):
+        self.path = Path(path)
+        self.label = label or self.path.name
+        self.format, self.shard_paths, weight_map = find_weight_files(self.path)
+        self._shards: dict[Path, CheckpointSource] = {}
+        self._infos: dict[str, TensorInfo] | None = None
+        self._indexed = weight_map is not None
+        self._where: dict[str, Path] = (
+            {n: self.path / s for n, s in weight_map.items()} if weight_map else {}
+        )
+        self._config = None
+        cfg = self.path / "config.json"
+        if cfg.is_file():
+            try:
+                self._config = json.loads(cfg.read_text())
+            except ValueError as e:
+                raise CheckpointError(f"{cfg}: invalid JSON ({e})") from None
+
+    def _shard(self, p: Path) -> CheckpointSource:
+        if p not in self._shards:
+            if p.suffix == ".safetensors":
+                self._shards[p] = SafetensorsFileSource(p)
+            else:
+                self._shards[p] = TorchFileSource(p)
+        return self._shards[p]
+
+    def infos(self) -> dict[str, TensorInfo]:
+        if self._infos is None:
+            infos: dict[str, TensorInfo] = {}
+            for p in self.shard_paths:
+                for name, info in self._shard(p).infos().items():
+                    if self._indexed and self._where.get(name) != p:
+                        continue
+                    infos[name] = info
+                    self._where[name] = p
+            if self._indexed:
+                absent = [n for n, p in self._where.items() if n not in infos]
+                if absent:
+                    raise CheckpointError(
+                        f"{self.path}: index lists {absent[0]!r} in {self._where[absent[0]].name} "
+                        "but that shard does not hold it; the checkpoint is inconsistent"
+                    )
+            self._infos = infos
+        return self._infos
+
+    def shard_of(self, name: str) -> Path:
+        """Path of the shard file that holds tensor ``name``."""
+        self.infos()
+        return self._where[name]
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self._shard(self.shard_of(name)).get(name, check_finite=False)
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from safetensors shards so far (for the lazy-reading tests)."""
+        return sum(getattr(s, "bytes_read", 0) for s in self._shards.values())
+
+    def config(self) -> dict | None:
+        return self._config
+
+    def aliases(self) -> dict[str, str]:
+        infos = self.infos()
+        out = {}
+        for shard in self._shards.values():
+            out.update(shard.aliases())
+        tied = (self._config or {}).get("tie_word_embeddings", True)
+        if tied:
+            for head, candidates in _TIED_HEADS.items():
+                if head not in infos:
+                    for c in candidates:
+                        if c in infos:
+                            out[head] = c
+                            break
+        return out
+
+    def _fingerprint_parts(self) -> list[bytes]:
+        parts = []
+        for p in self.shard_paths:
+            parts.extend(self._shard(p)._fingerprint_parts())
+        return parts

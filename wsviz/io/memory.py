@@ -1,0 +1,48 @@
+"""In-memory sources: a ``torch.nn.Module`` or a ``dict[str, Tensor]`` state dict."""
+
+from __future__ import annotations
+
+import torch
+
+from wsviz.errors import CheckpointError
+from wsviz.io.source import CheckpointSource, TensorInfo, tensor_bytes_fingerprint
+from wsviz.io.torch_source import _shared_storage_aliases
+
+
+class StateDictSource(CheckpointSource):
+    """Tensors held in memory. Tied parameters (shared storage) are reported as aliases."""
+
+    def __init__(self, obj: torch.nn.Module | dict, label: str | None = None):
+        if isinstance(obj, torch.nn.Module):
+            sd = obj.state_dict(keep_vars=False)
+            label = label or type(obj).__name__
+        elif isinstance(obj, dict):
+            sd = obj
+            label = label or "state_dict"
+        else:
+            raise CheckpointError(
+                f"cannot read a {type(obj).__name__} as a checkpoint; pass a path, an "
+                "nn.Module or a dict of tensors"
+            )
+        bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise CheckpointError(
+                f"<{label}>: entry {bad[0]!r} is a {type(sd[bad[0]]).__name__}, not a tensor"
+            )
+        self.label = label
+        self.path = None
+        self._sd = {str(k): v.detach() for k, v in sd.items()}
+        self._infos = {n: TensorInfo(n, tuple(t.shape), t.dtype) for n, t in self._sd.items()}
+        self._aliases = _shared_storage_aliases(self._sd)
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return self._infos
+
+    def aliases(self) -> dict[str, str]:
+        return self._aliases
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self._sd[name].to("cpu").clone()
+
+    def _fingerprint_parts(self) -> list[bytes]:
+        return [tensor_bytes_fingerprint(t) for t in self._sd.values()]

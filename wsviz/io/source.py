@@ -1,0 +1,189 @@
+"""The one interface every checkpoint format is read through.
+
+A :class:`CheckpointSource` lists tensor names, shapes and dtypes without reading data,
+returns one tensor at a time with :meth:`CheckpointSource.get`, and offers a content
+fingerprint usable as a cache key. Implementations never load a whole model to answer
+for one tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from wsviz.errors import NonFiniteError, WsvizError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Metadata of one stored tensor: ``shape`` (tuple of ints) and storage ``dtype``."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtype_size(self.dtype)
+
+
+def dtype_size(dtype: torch.dtype) -> int:
+    """Bytes per element of ``dtype``."""
+    if dtype == torch.bool:
+        return 1
+    return torch.empty((), dtype=dtype).element_size()
+
+
+class CheckpointSource(ABC):
+    """A read-only, lazily read collection of named tensors.
+
+    Subclasses implement :meth:`infos`, :meth:`_read` and :meth:`_fingerprint_parts`.
+    ``label`` is a short human name (the file or directory name by default);
+    ``path`` is the file or directory it came from (``None`` for in-memory sources).
+    """
+
+    label: str
+    path: Path | None = None
+
+    # -- listing ---------------------------------------------------------------------------
+    @abstractmethod
+    def infos(self) -> dict[str, TensorInfo]:
+        """``{name: TensorInfo}`` for every tensor, in storage order; reads no tensor data."""
+
+    def names(self) -> list[str]:
+        """Tensor names in storage order."""
+        return list(self.infos())
+
+    def info(self, name: str) -> TensorInfo:
+        """Metadata of tensor ``name``; raises :class:`WsvizError` naming it if absent."""
+        infos = self.infos()
+        if name not in infos:
+            raise WsvizError(
+                f"{self.where()}: no tensor named {name!r} "
+                f"({len(infos)} tensors; e.g. {', '.join(list(infos)[:3])})"
+            )
+        return infos[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.infos()
+
+    def __len__(self) -> int:
+        return len(self.infos())
+
+    def num_params(self) -> int:
+        """Total number of elements over all tensors."""
+        return sum(i.numel for i in self.infos().values())
+
+    def aliases(self) -> dict[str, str]:
+        """``{alias: canonical}`` for tied / shared tensors (e.g. a tied ``lm_head.weight``)."""
+        return {}
+
+    def config(self) -> dict | None:
+        """The model's ``config.json`` as a dict when the source has one."""
+        return None
+
+    def where(self) -> str:
+        """Human-readable location used in error messages."""
+        return str(self.path) if self.path is not None else f"<{self.label}>"
+
+    # -- reading ---------------------------------------------------------------------------
+    @abstractmethod
+    def _read(self, name: str) -> torch.Tensor:
+        """Read tensor ``name`` (on CPU, storage dtype). ``name`` is known to exist."""
+
+    def get(
+        self,
+        name: str,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        check_finite: bool = True,
+    ) -> torch.Tensor:
+        """Return tensor ``name`` (shape as stored) on ``device`` as ``dtype``.
+
+        Only this tensor's bytes are read. Raises :class:`WsvizError` if ``name`` is
+        absent and :class:`NonFiniteError` (naming file and tensor) if it holds NaN/Inf
+        and ``check_finite``.
+        """
+        aliases = self.aliases()
+        canonical = aliases.get(name, name)
+        self.info(canonical)
+        t = self._read(canonical)
+        if check_finite and t.is_floating_point():
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise NonFiniteError(
+                    f"{self.where()}: tensor {name!r} holds {bad} NaN/Inf value(s) of "
+                    f"{t.numel()}; fix or drop this checkpoint (wsviz does not propagate them)"
+                )
+        if dtype is not None or device is not None:
+            t = t.to(device=device, dtype=dtype)
+        return t
+
+    def state_dict(self, device=None, dtype=None) -> dict[str, torch.Tensor]:
+        """Every tensor, read one by one (use only for small models)."""
+        return {n: self.get(n, device=device, dtype=dtype) for n in self.names()}
+
+    # -- identity --------------------------------------------------------------------------
+    @abstractmethod
+    def _fingerprint_parts(self) -> list[bytes]:
+        """Byte strings that identify the content (see :meth:`fingerprint`)."""
+
+    def fingerprint(self) -> str:
+        """Hex digest identifying the content: names, shapes, dtypes and tensor bytes.
+
+        Files up to 64 MiB are hashed whole; larger files by size plus 32 blocks of
+        64 KiB spread evenly over the file (a cheap key that changes with any re-save).
+        """
+        if getattr(self, "_fp", None) is None:
+            h = hashlib.sha256()
+            for name, i in self.infos().items():
+                h.update(f"{name}|{i.shape}|{i.dtype}\n".encode())
+            for part in self._fingerprint_parts():
+                h.update(part)
+            self._fp = h.hexdigest()[:32]
+        return self._fp
+
+    def close(self) -> None:
+        """Release open file handles (optional)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.where()}, {len(self)} tensors)"
+
+
+_WHOLE_LIMIT = 64 << 20
+_BLOCK = 64 << 10
+_NBLOCKS = 32
+
+
+def file_fingerprint(path: Path) -> bytes:
+    """Content hash of one file (whole if <= 64 MiB, else size + 32 sampled 64 KiB blocks)."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= _WHOLE_LIMIT:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            step = (size - _BLOCK) // (_NBLOCKS - 1)
+            for k in range(_NBLOCKS):
+                f.seek(k * step)
+                h.update(f.read(_BLOCK))
+    return h.digest()
+
+
+def tensor_bytes_fingerprint(t: torch.Tensor) -> bytes:
+    """Hash of a tensor's values (contiguous CPU bytes)."""
+    t = t.detach().to("cpu").contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return hashlib.sha256(t.numpy().tobytes()).digest()
