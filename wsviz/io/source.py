@@ -153,9 +153,6 @@ class CheckpointSource(ABC):
             self._fp = h.hexdigest()[:32]
         return self._fp
 
-    def close(self) -> None:
-        """Release open file handles (optional)."""
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.where()}, {len(self)} tensors)"
 

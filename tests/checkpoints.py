@@ -1,0 +1,117 @@
+"""Builders of small *real* checkpoints for the tests (transformers configs, random weights).
+
+Nothing here downloads anything: models come from configs with seeded random init, the
+PEFT adapter from ``peft.get_peft_model`` on such a model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+def tiny_llama_config(**overrides):
+    """A 4-layer Llama config small enough for CPU tests (~60 K parameters)."""
+    from transformers import LlamaConfig
+
+    kw = dict(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    kw.update(overrides)
+    return LlamaConfig(**kw)
+
+
+def make_llama(seed: int = 0, **overrides):
+    """A randomly initialised tiny ``LlamaForCausalLM`` (deterministic in ``seed``)."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(**overrides))
+    with torch.no_grad():  # norms init to 1.0 exactly; perturb so every tensor is non-trivial
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def finetune_like(base, seed: int, scale: float = 0.02, density: float = 0.6):
+    """A copy of ``base`` with a sparse random task vector (each entry kept w.p. ``density``)."""
+    import copy
+
+    model = copy.deepcopy(base)
+    g = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            noise = torch.randn(p.shape, generator=g) * scale
+            keep = torch.rand(p.shape, generator=g) < density
+            p.add_(noise * keep)
+    return model
+
+
+def save_bin(state_dict: dict, out: Path, shards: int = 1) -> Path:
+    """Write ``pytorch_model.bin`` (or ``shards`` files + ``pytorch_model.bin.index.json``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().clone().contiguous() for k, v in state_dict.items()}
+    if shards == 1:
+        torch.save(sd, out / "pytorch_model.bin")
+        return out
+    names = list(sd)
+    per = -(-len(names) // shards)
+    weight_map = {}
+    for i in range(shards):
+        fname = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+        part = {n: sd[n] for n in names[i * per:(i + 1) * per]}
+        torch.save(part, out / fname)
+        weight_map.update({n: fname for n in part})
+    (out / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+    return out
+
+
+@dataclass
+class LlamaSet:
+    """A base and three fine-tunes saved as HF dirs, plus the in-memory models."""
+
+    base: Path
+    fts: list[Path]
+    base_model: object
+    ft_models: list
+
+
+def build_llama_set(root: Path, n_ft: int = 3, **overrides) -> LlamaSet:
+    """Save a tiny Llama base + ``n_ft`` sparse fine-tunes with ``save_pretrained``."""
+    base = make_llama(0, **overrides)
+    base.save_pretrained(root / "base")
+    fts, models = [], []
+    for i in range(n_ft):
+        m = finetune_like(base, i)
+        m.save_pretrained(root / f"ft{i}")
+        fts.append(root / f"ft{i}")
+        models.append(m)
+    return LlamaSet(root / "base", fts, base, models)
+
+
+def build_lora_adapter(base_model, out: Path, seed: int = 7, r: int = 4, alpha: int = 8,
+                       targets=("q_proj", "v_proj")) -> Path:
+    """Save a real PEFT LoRA adapter on ``base_model`` (lora_B made non-zero)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        copy.deepcopy(base_model),
+        LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0),
+    )
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    model.save_pretrained(out)
+    return out

