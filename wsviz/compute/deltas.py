@@ -1,0 +1,106 @@
+"""Task-vector (delta) statistics: norms, near-zero fractions, cosines, sketches.
+
+A task vector of model m for tensor W is ``Δ_m = W_m - W_0`` (fine-tuned minus base).
+Functions take stacked deltas ``[n_models, *shape]`` and work on any device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor
+
+DELTA_METRICS = ("delta_fro", "delta_rel", "delta_mean_abs", "delta_max_abs", "delta_frac_zero")
+
+
+def delta_stats(
+    deltas: Tensor, base: Tensor, atol: float = 1e-8, rtol: float = 1e-5
+) -> dict[str, Tensor]:
+    """Per-model statistics of task vectors.
+
+    Shapes: ``deltas`` ``[n, *shape]``, ``base`` ``[*shape]`` -> each value ``[n]`` (float64):
+
+    - ``delta_fro``: ``||Δ||_F``;
+    - ``delta_rel``: ``||Δ||_F / ||W_0||_F`` (0 when both are 0, ``inf`` when only W_0 is 0);
+    - ``delta_mean_abs``: ``mean |Δ|``; ``delta_max_abs``: ``max |Δ|``;
+    - ``delta_frac_zero``: fraction of entries with ``|Δ| <= atol + rtol·|W_0|``
+      (``torch.isclose`` semantics: the fine-tune left that weight unchanged).
+    """
+    n = deltas.shape[0]
+    d = deltas.reshape(n, -1).to(torch.float64)
+    b = base.reshape(-1).to(torch.float64).to(d.device)
+    fro = d.pow(2).sum(1).sqrt()
+    bn = float(b.pow(2).sum().sqrt())
+    if bn > 0:
+        rel = fro / bn
+    else:
+        rel = torch.where(fro > 0, torch.full_like(fro, float("inf")), torch.zeros_like(fro))
+    a = d.abs()
+    if d.shape[1] == 0:
+        z = torch.zeros(n, dtype=torch.float64, device=d.device)
+        return {"delta_fro": z, "delta_rel": z, "delta_mean_abs": z, "delta_max_abs": z,
+                "delta_frac_zero": z + 1}
+    tol = atol + rtol * b.abs()
+    return {
+        "delta_fro": fro,
+        "delta_rel": rel,
+        "delta_mean_abs": a.mean(1),
+        "delta_max_abs": a.amax(1),
+        "delta_frac_zero": (a <= tol.unsqueeze(0)).to(torch.float64).mean(1),
+    }
+
+
+def gram(x: Tensor) -> Tensor:
+    """Inner products of flattened rows: ``[n, *shape] -> [n, n]`` in float64 (``X Xᵀ``).
+
+    Summing these over tensors gives the whole-model Gram matrix of task vectors.
+    """
+    x = x.reshape(x.shape[0], -1).to(torch.float64)
+    return x @ x.T
+
+
+def cosine_from_gram(g: Tensor) -> Tensor:
+    """Cosine similarity matrix ``G_ij / sqrt(G_ii G_jj)`` from a Gram matrix ``[n, n]``.
+
+    Rows with zero norm have cosine 0 with every other row; the diagonal is 1 for non-zero
+    rows and 0 for zero rows (a zero task vector points nowhere).
+    """
+    d = g.diagonal().clamp_min(0).sqrt()
+    denom = d.unsqueeze(0) * d.unsqueeze(1)
+    c = torch.where(denom > 0, g / denom.clamp_min(1e-300), torch.zeros_like(g))
+    return c.clamp(-1.0, 1.0)
+
+
+def cosine_matrix(x: Tensor) -> Tensor:
+    """Pairwise cosine similarity of flattened rows: ``[n, *shape] -> [n, n]`` (float64)."""
+    return cosine_from_gram(gram(x))
+
+
+def _seed_for(name: str, seed: int) -> int:
+    h = hashlib.sha256(f"{seed}|{name}".encode()).digest()
+    return int.from_bytes(h[:7], "little")
+
+
+def count_sketch(x: Tensor, dim: int, name: str = "", seed: int = 0) -> Tensor:
+    """CountSketch random projection of flattened rows: ``[n, *shape] -> [n, dim]`` (float32).
+
+    Every coordinate j is added, with a random sign ``s_j = ±1``, into bucket ``h(j)`` — both
+    drawn from a generator seeded by ``(seed, name)``, so the same tensor name always maps the
+    same way and sketches of different tensors can be summed into one model-level sketch.
+    Inner products are preserved in expectation (``E<Sx, Sy> = <x, y>``) with variance
+    ``<= 2 ||x||² ||y||² / dim``, so cosines of the sketches approximate the task-vector cosines
+    to ~``sqrt(2/dim)``. Memory: O(numel) int64 for the hash, one tensor at a time.
+    """
+    n = x.shape[0]
+    flat = x.reshape(n, -1).to(torch.float32)
+    g = torch.Generator().manual_seed(_seed_for(name, seed))
+    numel = flat.shape[1]
+    out = torch.zeros(n, dim, dtype=torch.float32, device=x.device)
+    chunk = 1 << 22
+    for start in range(0, numel, chunk):
+        stop = min(numel, start + chunk)
+        h = torch.randint(dim, (stop - start,), generator=g).to(x.device)
+        s = (torch.randint(2, (stop - start,), generator=g) * 2 - 1).to(x.device, torch.float32)
+        out.index_add_(1, h, flat[:, start:stop] * s)
+    return out
