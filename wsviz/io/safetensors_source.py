@@ -110,16 +110,16 @@ class SafetensorsFileSource(CheckpointSource):
     def _read(self, name: str) -> torch.Tensor:
         info = self._infos[name]
         begin, end = self._entries[name]["data_offsets"]
+        buf = torch.empty(end - begin, dtype=torch.uint8)  # no zero-fill
         with open(self.path, "rb") as f:
             f.seek(self._data_start + begin)
-            buf = bytearray(end - begin)
-            got = f.readinto(buf)
+            got = f.readinto(memoryview(buf.numpy())) if end > begin else 0
         self.bytes_read += got
         if got != end - begin:
             raise CheckpointError(f"{self.path}: tensor {name!r} is truncated on disk")
-        if not buf:
+        if end == begin:
             return torch.empty(info.shape, dtype=info.dtype)
-        return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
+        return buf.view(info.dtype).reshape(info.shape)
 
     def _fingerprint_parts(self) -> list[bytes]:
         return [file_fingerprint(self.path)]
