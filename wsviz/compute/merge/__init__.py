@@ -1,0 +1,35 @@
+"""Merge methods: one definition each, used by the CLI, the UI and export alike.
+
+:data:`METHODS` maps a method name to its :class:`MethodSpec` (parameters with type,
+default, range, scope and doc; base / model-count rules; ``in_mergekit``; the tensor
+function ``fn``). Methods mergekit has use mergekit 0.1.5's semantics exactly.
+
+>>> from wsviz.compute.merge import METHODS
+>>> spec = METHODS["ties"]
+>>> merged = spec.fn(base, models, {"weight": [1, 1], "density": [0.2, 0.2],
+...                                 "normalize": True, "rescale": False, "lambda": 1.0})
+"""
+
+from __future__ import annotations
+
+from wsviz.compute.merge import basic, task_arithmetic  # noqa: F401  (registers methods)
+from wsviz.compute.merge.spec import METHODS, REQUIRED, MethodSpec, ParamSpec, register
+
+try:  # methods mergekit lacks
+    from wsviz.compute.merge import extra  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
+
+__all__ = ["METHODS", "REQUIRED", "MethodSpec", "ParamSpec", "get_method", "register"]
+
+
+def get_method(name: str) -> MethodSpec:
+    """The :class:`MethodSpec` called ``name``; RecipeError listing the valid names if none."""
+    from wsviz.errors import RecipeError
+
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise RecipeError(
+            f"unknown merge method {name!r}; valid methods: {', '.join(sorted(METHODS))}"
+        ) from None

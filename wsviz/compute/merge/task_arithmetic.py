@@ -1,0 +1,153 @@
+"""Generalised task arithmetic (mergekit's ``GeneralizedTaskArithmeticMerge``), vectorised.
+
+For task vectors ``δ_i = θ_i - θ_base`` (``[n, *shape]``):
+
+1. sparsify each ``δ_i`` (magnitude / breadcrumbs / DARE / DELLA, see :mod:`.sparsify`),
+2. multiply by ``weight_i`` (before the sign election),
+3. with a consensus (``sum``: TIES sign election by mass), keep entries whose sign equals
+   ``sign(Σ_i w_i δ_i)`` (an all-zero sum elects +), mix ``Σ_i w_i δ_i m_i`` and use
+   divisor ``Σ_i w_i m_i`` (0 → 1); without consensus mix ``Σ_i w_i δ_i`` with divisor
+   ``Σ_i w_i`` (``|·| < 1e-8`` → 1),
+4. ``normalize`` divides by the divisor, ``lambda`` scales, result ``θ_base + mixed``.
+
+``density`` is accepted but unused by ``task_arithmetic`` (as in mergekit). ``int8_mask``
+only changes mergekit's mask storage dtype and has no numerical effect.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from wsviz.compute.merge import sparsify as sp
+from wsviz.compute.merge._util import as_list, get_deltas, per_model
+from wsviz.compute.merge.spec import REQUIRED, MethodSpec, ParamSpec, register
+
+
+def sign_consensus(weighted: Tensor) -> Tensor:
+    """TIES sign election by mass: bool mask ``[n, *shape]``, True where ``sign(x_i)``
+    equals the sign of ``Σ_i x_i`` (ties → +; zero entries are never kept)."""
+    pos = weighted.sum(0) >= 0
+    return torch.where(pos, weighted > 0, weighted < 0)
+
+
+def count_consensus(weighted: Tensor) -> Tensor:
+    """Sign election by count: the majority of signs ``Σ_i sign(x_i) >= 0`` → +."""
+    pos = torch.sign(weighted).sum(0) >= 0
+    return torch.where(pos, weighted > 0, weighted < 0)
+
+
+def gta_merge(base: Tensor, deltas: Tensor, params: dict, *, sparsification: str | None,
+              consensus: str | None, generator: torch.Generator | None = None,
+              cache: dict | None = None) -> Tensor:
+    """One tensor of a generalised task-arithmetic merge; ``base`` ``[*shape]``, ``deltas``
+    ``[n, *shape]``, returns ``[*shape]`` in ``base.dtype``. See the module docstring."""
+    n = deltas.shape[0]
+    if n == 0:
+        return base
+    density = as_list(params.get("density", 1.0), n)
+    rescale = bool(params.get("rescale", False))
+    if sparsification == "magnitude":
+        d = sp.magnitude(deltas, density, rescale, cache=cache)
+    elif sparsification == "magnitude_outliers":
+        d = sp.magnitude_outliers(deltas, density, as_list(params.get("gamma", 0.01), n),
+                                  rescale, cache=cache)
+    elif sparsification == "random":
+        d = sp.bernoulli(deltas, density, rescale, generator=generator)
+    elif sparsification == "della_magprune":
+        d = sp.della(deltas, density, as_list(params.get("epsilon", 0.15), n), rescale,
+                     generator=generator, cache=cache)
+    elif sparsification is None:
+        d = deltas
+    else:
+        raise ValueError(f"unknown sparsification {sparsification!r}")
+    w = per_model(params["weight"], n, deltas)
+    wd = d * w
+    if consensus is not None:
+        mask = sign_consensus(wd) if consensus == "sum" else count_consensus(wd)
+        mixed = (wd * mask).sum(0)
+        divisor = (w * mask).sum(0)
+        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    else:
+        mixed = wd.sum(0)
+        divisor = w.sum(0)
+        divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
+    if params.get("normalize", False):
+        mixed = mixed / divisor
+    lam = params.get("lambda", 1.0)
+    if lam != 1:
+        mixed = mixed * lam
+    return (base + mixed).to(base.dtype)
+
+
+def _common_params(normalize: bool, rescale: bool) -> list[ParamSpec]:
+    return [
+        ParamSpec("weight", float, REQUIRED, "model",
+                  "scale of this model's task vector (negative = task negation)",
+                  ui_range=(-1.0, 2.0)),
+        ParamSpec("density", float, 1.0, "model",
+                  "fraction of the task vector kept by sparsification", range=(0.0, 1.0),
+                  open_low=True, ui_range=(0.01, 1.0)),
+        ParamSpec("normalize", bool, normalize, "global",
+                  "divide by the sum of (kept) weights"),
+        ParamSpec("rescale", bool, rescale, "global",
+                  "rescale kept entries to the task vector's L1 norm"),
+        ParamSpec("lambda", float, 1.0, "global", "scale of the merged task vector",
+                  ui_range=(0.0, 2.0)),
+        ParamSpec("int8_mask", bool, False, "global",
+                  "store masks as int8 (memory only; no numerical effect)"),
+    ]
+
+
+_GAMMA = ParamSpec("gamma", float, 0.01, "model",
+                   "fraction of largest-magnitude outliers removed (breadcrumbs)",
+                   range=(0.0, 1.0), ui_range=(0.0, 0.2))
+_EPSILON = ParamSpec("epsilon", float, 0.15, "model",
+                     "DELLA keep-probability spread: density ± epsilon by magnitude rank",
+                     range=(0.0, 1.0), open_high=True, ui_range=(0.0, 0.5))
+
+
+def _make(name, sparsification, consensus, normalize, rescale, doc, ref):
+    params = _common_params(normalize, rescale)
+    if sparsification == "magnitude_outliers":
+        params.append(_GAMMA)
+    if sparsification == "della_magprune":
+        params.append(_EPSILON)
+
+    def fn(base, models, params, *, generator=None, cache=None):
+        deltas = get_deltas(base, models, cache)
+        return gta_merge(base, deltas, params, sparsification=sparsification,
+                         consensus=consensus, generator=generator, cache=cache)
+
+    fn.__name__ = f"merge_{name}"
+    fn.__doc__ = f"{doc} (mergekit ``{name}``); ``base`` [*shape], ``models`` [n, *shape]."
+    return register(MethodSpec(
+        name=name, params=tuple(params), needs_base=True, min_models=1, max_models=None,
+        in_mergekit=True, fn=fn, doc=doc, reference=ref,
+        random=sparsification in ("random", "della_magprune"),
+    ))
+
+
+TASK_ARITHMETIC = _make("task_arithmetic", None, None, False, False,
+                        "base + Σ weight_i · task vector_i", "https://arxiv.org/abs/2212.04089")
+TIES = _make("ties", "magnitude", "sum", True, False,
+             "trim to top-density magnitudes, elect signs by mass, disjoint mean",
+             "https://arxiv.org/abs/2306.01708")
+DARE_TIES = _make("dare_ties", "random", "sum", False, True,
+                  "random drop (keep density) + L1 rescale, then TIES sign election",
+                  "https://arxiv.org/abs/2311.03099")
+DARE_LINEAR = _make("dare_linear", "random", None, False, True,
+                    "random drop (keep density) + L1 rescale, then weighted sum",
+                    "https://arxiv.org/abs/2311.03099")
+BREADCRUMBS = _make("breadcrumbs", "magnitude_outliers", None, False, False,
+                    "drop largest gamma and smallest magnitudes, weighted sum",
+                    "https://arxiv.org/abs/2312.06795")
+BREADCRUMBS_TIES = _make("breadcrumbs_ties", "magnitude_outliers", "sum", False, False,
+                         "breadcrumbs sparsification + TIES sign election",
+                         "https://arxiv.org/abs/2312.06795")
+DELLA = _make("della", "della_magprune", "sum", True, True,
+              "magnitude-ranked random drop (MagPrune) + TIES sign election",
+              "https://arxiv.org/abs/2406.11617")
+DELLA_LINEAR = _make("della_linear", "della_magprune", None, False, True,
+                     "magnitude-ranked random drop (MagPrune) + weighted sum",
+                     "https://arxiv.org/abs/2406.11617")

@@ -1,0 +1,158 @@
+"""Atomic writer of Hugging Face model directories (sharded safetensors + index).
+
+>>> with HFDirWriter("out", force=False, copy_from="base_dir") as w:
+...     for name, t in tensors:
+...         w.add(name, t)
+...     w.write_text("wsviz_recipe.json", recipe.to_json())
+# on success: everything is renamed into place at once; on any error: nothing is left
+
+Tensors go to a temporary sibling directory (``.OUT.wsviz-tmp-XXXX``) in shards of at most
+``max_shard_bytes``; ``config.json``, ``generation_config.json`` and tokenizer files are
+copied from ``copy_from``. Only at the end is the temporary directory renamed to ``OUT``
+(an existing ``OUT`` is refused unless ``force``; with ``force`` it is replaced only after
+the new one is complete). A write error (disk full) removes the temporary directory and
+raises :class:`~wsviz.errors.CheckpointError`; ``OUT`` is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from wsviz.errors import CheckpointError
+
+COPY_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "tokenizer.model", "vocab.txt", "vocab.json", "merges.txt",
+    "added_tokens.json", "chat_template.jinja", "sentencepiece.bpe.model", "spiece.model",
+)
+
+
+def parse_size(s: str | int) -> int:
+    """``"2GB"``/``"500MB"``/``"5e9"``/int → bytes."""
+    if isinstance(s, int):
+        return s
+    t = str(s).strip().upper()
+    for suf, mul in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9),
+                     ("MB", 10**6), ("KB", 10**3), ("B", 1)):
+        if t.endswith(suf):
+            return int(float(t[: -len(suf)]) * mul)
+    return int(float(t))
+
+
+class HFDirWriter:
+    """Context manager writing one HF directory atomically (see the module docstring)."""
+
+    def __init__(self, outdir, *, force: bool = False, copy_from=None,
+                 max_shard_bytes: int | str = "2GB"):
+        self.out = Path(outdir)
+        self.force = force
+        self.copy_from = Path(copy_from) if copy_from else None
+        self.max_shard = parse_size(max_shard_bytes)
+        if self.out.exists() and not force:
+            raise CheckpointError(f"{self.out} exists; pass --force (force=True) to replace it")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.wsviz-tmp-",
+                                         dir=self.out.parent))
+        self._buf: dict[str, torch.Tensor] = {}
+        self._buf_bytes = 0
+        self._shards: list[tuple[str, list[str]]] = []
+        self.total_size = 0
+        self._done = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if et is None:
+            self.finish()
+        else:
+            self.abort()
+        return False
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Queue ``tensor`` (moved to CPU, made contiguous) under ``name``."""
+        if name in self._buf or any(name in ns for _, ns in self._shards):
+            raise CheckpointError(f"tensor {name!r} written twice")
+        t = tensor.detach().to("cpu").contiguous()
+        nb = t.numel() * t.element_size()
+        if self._buf and self._buf_bytes + nb > self.max_shard:
+            self._flush()
+        self._buf[name] = t
+        self._buf_bytes += nb
+        self.total_size += nb
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if not self._buf:
+            return
+        fname = f"shard-{len(self._shards):05d}.safetensors"
+        try:
+            save_file(self._buf, str(self.tmp / fname), metadata={"format": "pt"})
+        except Exception as e:  # disk full, permissions, ...
+            self.abort()
+            raise CheckpointError(f"writing {self.out} failed ({e}); nothing was written "
+                                  f"to {self.out}") from None
+        self._shards.append((fname, list(self._buf)))
+        self._buf, self._buf_bytes = {}, 0
+
+    def write_text(self, relname: str, text: str) -> None:
+        """Add a small text file (e.g. the recipe) to the directory."""
+        self._guard(lambda: (self.tmp / relname).write_text(text))
+
+    def _guard(self, fn):
+        try:
+            return fn()
+        except OSError as e:
+            self.abort()
+            raise CheckpointError(f"writing {self.out} failed ({e}); nothing was written "
+                                  f"to {self.out}") from None
+
+    def finish(self) -> Path:
+        """Write the last shard, the index and copied files, then rename into place."""
+        if self._done:
+            return self.out
+        self._flush()
+        n = len(self._shards)
+
+        def _final():
+            weight_map = {}
+            for i, (fname, names) in enumerate(self._shards):
+                final = ("model.safetensors" if n == 1
+                         else f"model-{i + 1:05d}-of-{n:05d}.safetensors")
+                os.replace(self.tmp / fname, self.tmp / final)
+                weight_map.update({nm: final for nm in names})
+            if n > 1:
+                idx = {"metadata": {"total_size": self.total_size}, "weight_map": weight_map}
+                (self.tmp / "model.safetensors.index.json").write_text(json.dumps(idx, indent=2))
+            if self.copy_from is not None and self.copy_from.is_dir():
+                for f in COPY_FILES:
+                    src = self.copy_from / f
+                    if src.is_file() and not (self.tmp / f).exists():
+                        shutil.copy2(src, self.tmp / f)
+            os.chmod(self.tmp, 0o755)
+
+        self._guard(_final)
+        old = None
+        if self.out.exists():
+            if not self.force:
+                self.abort()
+                raise CheckpointError(f"{self.out} appeared while writing; pass --force")
+            old = self.out.parent / f".{self.out.name}.wsviz-old-{os.getpid()}"
+            os.replace(self.out, old)
+        os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self._done = True
+        return self.out
+
+    def abort(self) -> None:
+        """Remove the temporary directory (idempotent)."""
+        self._done = True
+        shutil.rmtree(self.tmp, ignore_errors=True)

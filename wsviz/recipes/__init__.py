@@ -1,0 +1,13 @@
+"""Recipes: the :class:`Recipe` model, mergekit YAML / JSON in and out, and the merge
+engines (:class:`InMemoryMerger` for interactive tuning, :func:`merge_to_dir` streaming to
+an HF directory)."""
+
+from __future__ import annotations
+
+from wsviz.recipes.disk import merge_to_dir
+from wsviz.recipes.inmemory import InMemoryMerger
+from wsviz.recipes.recipe import ModelEntry, Recipe
+from wsviz.recipes.schedule import evaluate_setting, layer_positions, resolve_params
+
+__all__ = ["InMemoryMerger", "ModelEntry", "Recipe", "evaluate_setting", "layer_positions",
+           "merge_to_dir", "resolve_params"]

@@ -1,0 +1,81 @@
+"""Streaming disk-to-disk merge: one tensor at a time, bounded memory, atomic output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from wsviz.errors import RecipeError
+from wsviz.recipes.engine import make_generator, merge_one, torch_dtype
+from wsviz.recipes.schedule import layer_positions
+
+
+def _open_set(recipe):
+    """A ModelSet for the recipe's paths: base + models (linear without base: the first
+    model serves as the alignment reference)."""
+    from wsviz.io import ModelSet
+
+    paths = recipe.labels
+    ref = recipe.base if recipe.base else paths[0]
+    labels = [f"m{i}" for i in range(len(paths))]
+    return ModelSet.open(ref, paths, labels=labels), labels
+
+
+def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: bool = True,
+                 max_shard_bytes: int | str = "2GB") -> Path:
+    """Merge the checkpoints named by ``recipe`` (paths) into the HF directory ``outdir``.
+
+    Streams per tensor (sorted by name, as mergekit walks them): reads that tensor from
+    each input, merges on ``device``, queues it for the current output shard. Peak memory
+    ≈ one shard + (n + 2) copies of the largest tensor. Non-floating tensors are copied
+    from the base. Writes ``wsviz_recipe.json`` (and ``mergekit_config.yml`` when the
+    method exists in mergekit) beside the weights, copies config/tokenizer files from the
+    base, and renames into place only when complete (see :class:`HFDirWriter`).
+
+    Raises RecipeError (invalid recipe), AlignmentError (models do not align),
+    CheckpointError (unreadable input, existing ``outdir`` without ``force``, disk full).
+    """
+    from wsviz.io.writer import HFDirWriter
+
+    recipe.validate()
+    out = Path(outdir)
+    if out.exists() and not force:
+        from wsviz.errors import CheckpointError
+
+        raise CheckpointError(f"{out} exists; pass --force to replace it")
+    ms, labels = _open_set(recipe)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    out_dt = torch_dtype(recipe.out_dtype or recipe.dtype)
+    names = sorted(ms.names)
+    tpos = layer_positions(ms.names)
+    gen = make_generator(recipe, dev)
+    base_dir = ms.base.path if ms.base.path is not None and Path(ms.base.path).is_dir() else None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(names), desc="merge", unit="tensor")
+    with HFDirWriter(out, force=force, copy_from=base_dir,
+                     max_shard_bytes=max_shard_bytes) as w:
+        for name in names:
+            info = ms.info(name)
+            if not info.dtype.is_floating_point:
+                w.add(name, ms.base.get(name))
+            else:
+                base = ms.get_base(name, device=dev) if recipe.base else None
+                models = torch.stack([ms.get(lab, name, device=dev) for lab in labels])
+                r = merge_one(recipe, name, tpos.get(name, 0.0), base, models, generator=gen)
+                w.add(name, r.to(out_dt))
+                del base, models, r
+            if bar is not None:
+                bar.update(1)
+        w.write_text("wsviz_recipe.json", recipe.to_json())
+        if recipe.spec.in_mergekit:
+            try:
+                w.write_text("mergekit_config.yml", recipe.to_mergekit_yaml())
+            except RecipeError:
+                pass
+    if bar is not None:
+        bar.close()
+    return out

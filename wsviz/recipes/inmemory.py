@@ -1,0 +1,141 @@
+"""In-memory merges for interactive tuning: task vectors cached on the device once.
+
+>>> merger = InMemoryMerger(modelset, device="cuda")
+>>> merged = merger.merge(Recipe("ties", base="base", models=[...labels...], params=...))
+
+Every call is a vectorised pass over the cached ``[n_models, *shape]`` task vectors (no
+disk I/O, no Python loop over elements); magnitude ranks for TIES/breadcrumbs trimming
+and DELLA row ranks are computed on first use and reused by every later call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from wsviz.compute.merge import sparsify as sp
+from wsviz.errors import RecipeError
+from wsviz.recipes.engine import make_generator, merge_one, torch_dtype
+from wsviz.recipes.schedule import layer_positions
+
+_LAZY = {"ranks": sp.magnitude_ranks, "row_ranks": sp.row_ranks}
+
+
+class _SubsetCache(dict):
+    """Per-call cache for a subset / reordering of the cached models: lazily computed
+    pieces come from the full-set cache (computed once there) and are row-indexed."""
+
+    def __init__(self, parent: dict, idx: Tensor, deltas: Tensor):
+        super().__init__(deltas=deltas)
+        self.parent, self.idx = parent, idx
+
+    def __contains__(self, key):
+        return dict.__contains__(self, key) or key in _LAZY
+
+    def __getitem__(self, key):
+        if not dict.__contains__(self, key) and key in _LAZY:
+            if key not in self.parent:
+                self.parent[key] = _LAZY[key](self.parent["deltas"])
+            self[key] = self.parent[key].index_select(0, self.idx)
+        return dict.__getitem__(self, key)
+
+
+class InMemoryMerger:
+    """Base + stacked task vectors of ``modelset`` cached on ``device`` (fp32).
+
+    ``names``: tensors to cache (default: every floating tensor of the set). Recipes given
+    to :meth:`merge` refer to models by model-set label (``modelset.labels``; the base's
+    label or ``"base"`` means the base itself, useful for ``linear``).
+    Memory: base + n task vectors, plus rank caches (int32, n per tensor) for
+    magnitude-based methods once used.
+    """
+
+    def __init__(self, modelset, device=None, names: Sequence[str] | None = None):
+        self.modelset = modelset
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        all_names = list(modelset.names)
+        if names is None:
+            names = [n for n in all_names if modelset.info(n).dtype.is_floating_point]
+        else:
+            missing = [n for n in names if n not in set(all_names)]
+            if missing:
+                raise RecipeError(f"tensors not in the model set: {missing[:5]}")
+        self.names = list(names)
+        self.labels = list(modelset.labels)
+        self._t = layer_positions(all_names)
+        self._base: dict[str, Tensor] = {}
+        self._cache: dict[str, dict] = {}
+        for n in self.names:
+            b = modelset.get_base(n, device=self.device).to(torch.float32)
+            self._base[n] = b
+            self._cache[n] = {"deltas": modelset.deltas(n, device=self.device)
+                              .to(torch.float32)}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held on the device by the caches."""
+        tot = 0
+        for n in self.names:
+            tot += self._base[n].numel() * self._base[n].element_size()
+            tot += sum(v.numel() * v.element_size() for v in self._cache[n].values())
+        return tot
+
+    def base(self, name: str) -> Tensor:
+        return self._base[name]
+
+    def deltas(self, name: str) -> Tensor:
+        return self._cache[name]["deltas"]
+
+    def _index(self, recipe) -> list[int]:
+        base_labels = {"base", getattr(self.modelset.base, "label", "base")}
+        idx = []
+        for m in recipe.models:
+            if m.model in self.labels:
+                idx.append(self.labels.index(m.model))
+            elif m.model in base_labels:
+                idx.append(-1)
+            else:
+                raise RecipeError(f"model {m.model!r} is not in the model set; labels: "
+                                  f"{self.labels}")
+        return idx
+
+    def merge(self, recipe, names: Sequence[str] | None = None,
+              out_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """Merged tensors ``{name: Tensor}`` for ``names`` (default: all cached), on the
+        device, in float32 (or ``out_dtype``). Random methods with ``recipe.seed`` walk
+        the tensors in sorted-name order from one seeded generator (as mergekit does)."""
+        recipe.validate()
+        names = self.names if names is None else list(names)
+        idx = self._index(recipe)
+        full = idx == list(range(len(self.labels)))
+        has_base = -1 in idx
+        idx_t = torch.tensor([max(i, 0) for i in idx], device=self.device)
+        gen = make_generator(recipe, self.device)
+        out = {}
+        order = sorted(names) if gen is not None else names
+        for n in order:
+            if n not in self._cache:
+                raise RecipeError(f"tensor {n!r} is not cached by this merger")
+            full_cache = self._cache[n]
+            base = self._base[n]
+            if full:
+                cache = full_cache
+            else:
+                d = full_cache["deltas"].index_select(0, idx_t)
+                if has_base:
+                    d[torch.tensor([i < 0 for i in idx], device=self.device)] = 0
+                cache = _SubsetCache(full_cache, idx_t, d)
+            r = merge_one(recipe, n, self._t.get(n, 0.0), base, None, generator=gen,
+                          cache=cache)
+            if out_dtype is not None:
+                r = r.to(out_dtype)
+            out[n] = r
+        if order is not names:
+            out = {n: out[n] for n in names}
+        return out
+
+    def merge_state_dict(self, recipe) -> dict[str, Tensor]:
+        """:meth:`merge` in the recipe's ``out_dtype`` / ``dtype``."""
+        return self.merge(recipe, out_dtype=torch_dtype(recipe.out_dtype or recipe.dtype))

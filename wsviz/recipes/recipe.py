@@ -1,0 +1,396 @@
+"""The :class:`Recipe`: the one object the UI edits, the CLI runs and export writes.
+
+A recipe names a merge ``method`` (a key of :data:`wsviz.compute.merge.METHODS`), a ``base``
+model, the input ``models`` (each with per-model ``params``), global ``params``, the compute
+/ output ``dtype`` and a ``seed`` for random methods. Parameter values are mergekit
+settings: scalars, gradient lists over layers or filter entries (see
+:mod:`wsviz.recipes.schedule`). Models are paths (disk merges, YAML export) or model-set
+labels (in-memory merges).
+
+Round trips: :meth:`Recipe.to_dict` / :meth:`Recipe.from_dict`, :meth:`to_json` /
+:meth:`from_json` for every method, :meth:`to_mergekit_yaml` /
+:meth:`from_mergekit_yaml` for the methods mergekit has.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from wsviz.errors import RecipeError
+from wsviz.recipes.schedule import (
+    check_setting_shape,
+    evaluate_setting,
+    resolve_params,
+    setting_filters,
+    setting_scalars,
+)
+
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+MERGEKIT_TOP_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype",
+                     "out_dtype", "tokenizer_source", "tokenizer", "chat_template")
+_SEED_RE = re.compile(r"--random-seed\s+(-?\d+)")
+
+
+@dataclass
+class ModelEntry:
+    """One input model: ``model`` (path or model-set label) and its per-model ``params``."""
+
+    model: str
+    params: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "params": _plain(self.params)}
+
+
+@dataclass
+class Recipe:
+    """A merge recipe (see the module docstring).
+
+    ``models`` accepts :class:`ModelEntry`, ``{"model": ..., "params": {...}}`` dicts or
+    plain strings. ``extra`` keeps mergekit top-level keys wsviz passes through on export
+    (``tokenizer_source``, ``tokenizer``, ``chat_template``).
+    """
+
+    method: str
+    base: str | None = None
+    models: list[ModelEntry] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+    dtype: str = "float32"
+    seed: int | None = None
+    out_dtype: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        ms = []
+        for m in self.models:
+            if isinstance(m, ModelEntry):
+                ms.append(m)
+            elif isinstance(m, str):
+                ms.append(ModelEntry(m, {}))
+            elif isinstance(m, Mapping):
+                unknown = set(m) - {"model", "params"}
+                if unknown or "model" not in m:
+                    raise RecipeError(f"a model entry has keys 'model' and 'params'; got "
+                                      f"{sorted(m)}")
+                ms.append(ModelEntry(str(m["model"]), dict(m.get("params") or {})))
+            else:
+                raise RecipeError(f"cannot read model entry {m!r}")
+        self.models = ms
+        self.params = dict(self.params or {})
+        if self.base is not None:
+            self.base = str(self.base)
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def spec(self):
+        """The :class:`~wsviz.compute.merge.MethodSpec` of ``method`` (RecipeError if none)."""
+        from wsviz.compute.merge import get_method
+
+        return get_method(self.method)
+
+    @property
+    def labels(self) -> list[str]:
+        return [m.model for m in self.models]
+
+    def resolve(self, tensor_name: str, t: float) -> dict[str, Any]:
+        """Parameter values for one tensor at layer position ``t`` (lists for per-model)."""
+        return resolve_params(self.spec, self.params, [m.params for m in self.models],
+                              tensor_name, t)
+
+    # ------------------------------------------------------------------------------------
+    def validate(self) -> Recipe:
+        """Strict check; returns ``self`` or raises :class:`RecipeError` naming the problem.
+
+        Rejects: unknown method; unknown parameter names (listing the valid ones) — mergekit
+        silently ignores them; global parameters set per model; values of the wrong type or
+        out of range (``density`` in (0, 1]); missing required ``weight``/``t``; missing base
+        for methods that need one; wrong model counts (slerp: base + exactly one);
+        weights summing to zero with ``normalize`` (non-consensus methods);
+        DELLA ``density ± epsilon`` outside (0, 1); unknown dtype; bad seed.
+        """
+        spec = self.spec
+        if self.dtype not in DTYPES:
+            raise RecipeError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
+        if self.out_dtype is not None and self.out_dtype not in DTYPES:
+            raise RecipeError(f"out_dtype {self.out_dtype!r} is not one of {list(DTYPES)}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(
+                self.seed, bool)):
+            raise RecipeError(f"seed must be an integer, got {self.seed!r}")
+        n = len(self.models)
+        if spec.needs_base and not self.base:
+            raise RecipeError(f"method {spec.name!r} needs a base model (base / base_model)")
+        if spec.needs_base and self.base in self.labels:
+            raise RecipeError(f"the base {self.base!r} is also listed among the models of "
+                              f"{spec.name!r}; list only the other models")
+        if spec.name == "slerp" and n != 1:
+            raise RecipeError(f"slerp merges exactly 2 models (the base and one other); got "
+                              f"the base and {n} other model(s)")
+        if n < spec.min_models:
+            raise RecipeError(f"method {spec.name!r} needs at least {spec.min_models} model(s) "
+                              f"besides the base; got {n}")
+        if spec.max_models is not None and n > spec.max_models:
+            raise RecipeError(f"method {spec.name!r} takes at most {spec.max_models} model(s) "
+                              f"besides the base; got {n}")
+        if len(set(self.labels)) != n:
+            raise RecipeError(f"a model is listed twice: {self.labels}")
+        valid = spec.param_names
+        per_model_names = [p.name for p in spec.params if p.scope == "model"]
+        for k, v in self.params.items():
+            if k not in valid:
+                raise RecipeError(f"unknown parameter {k!r} for method {spec.name!r}; valid "
+                                  f"parameters: {', '.join(valid) or '(none)'}")
+            self._check_values(spec.param(k), v, "parameters")
+        for m in self.models:
+            for k, v in m.params.items():
+                if k not in valid:
+                    raise RecipeError(
+                        f"unknown parameter {k!r} for model {m.model!r} of method "
+                        f"{spec.name!r}; valid per-model parameters: "
+                        f"{', '.join(per_model_names) or '(none)'}")
+                if spec.param(k).scope != "model":
+                    raise RecipeError(
+                        f"{k!r} is a global parameter of {spec.name!r}; set it under the "
+                        f"recipe's parameters, not for model {m.model!r} (mergekit would "
+                        f"silently ignore it there)")
+                self._check_values(spec.param(k), v, f"model {m.model!r}")
+        for p in spec.params:
+            if not p.required:
+                continue
+            if p.scope == "global" and p.name not in self.params:
+                raise RecipeError(f"method {spec.name!r} needs parameter {p.name!r}")
+            if p.scope == "model":
+                for m in self.models:
+                    if p.name not in m.params and p.name not in self.params:
+                        raise RecipeError(f"model {m.model!r} has no {p.name!r}; set it for "
+                                          f"the model or globally")
+        self._check_resolved(spec)
+        return self
+
+    @staticmethod
+    def _check_values(p, setting, where: str) -> None:
+        check_setting_shape(setting, f"{where}: {p.name}")
+        for s in setting_scalars(setting):
+            try:
+                p.check(evaluate_setting(s, "", 0.0, p.type))
+            except ValueError as e:
+                extra = " (density must be in (0, 1])" if p.name == "density" else ""
+                raise RecipeError(f"{where}: {e}{extra}") from None
+
+    def _check_resolved(self, spec) -> None:
+        """Probe resolved values over layer positions and filter names for the
+        normalize / zero-sum and DELLA epsilon rules."""
+        settings = list(self.params.values()) + [v for m in self.models
+                                                 for v in m.params.values()]
+        names = {""}
+        knots = {0.0, 1.0}
+        for s in settings:
+            names.update(setting_filters(s))
+            if isinstance(s, (list, tuple)) and len(s) > 1:
+                knots.update(i / (len(s) - 1) for i in range(len(s)))
+        knots.update(i / 16 for i in range(17))
+        names_list = sorted(names)
+        consensus = spec.name in ("ties", "dare_ties", "breadcrumbs_ties", "della")
+        for name in names_list:
+            for t in sorted(knots):
+                try:
+                    vals = self.resolve(name, t)
+                except RecipeError:
+                    continue  # a filter-only setting without a catch-all; checked at merge
+                if ("normalize" in vals and vals["normalize"] and "weight" in vals
+                        and not consensus):
+                    if abs(math.fsum(vals["weight"])) < 1e-8:
+                        raise RecipeError(
+                            f"{spec.name}: the weights sum to zero with normalize=true"
+                            + (f" (tensor {name!r}, layer position {t:g})" if name else "")
+                            + "; set normalize: false or change the weights")
+                if "epsilon" in vals:
+                    for d, e in zip(vals["density"], vals["epsilon"]):
+                        if d < 1 and (d - e <= 0 or d + e >= 1):
+                            raise RecipeError(
+                                f"{spec.name}: density ± epsilon must lie in (0, 1); got "
+                                f"density={d:g}, epsilon={e:g}")
+
+    # ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (``{"wsviz_recipe": 1, "method": ..., ...}``)."""
+        d = {
+            "wsviz_recipe": 1,
+            "method": self.method,
+            "base": self.base,
+            "models": [m.to_dict() for m in self.models],
+            "params": _plain(self.params),
+            "dtype": self.dtype,
+            "seed": self.seed,
+        }
+        if self.out_dtype is not None:
+            d["out_dtype"] = self.out_dtype
+        if self.extra:
+            d["extra"] = _plain(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Recipe:
+        """Inverse of :meth:`to_dict`; unknown keys raise RecipeError listing the valid ones."""
+        if not isinstance(d, Mapping):
+            raise RecipeError(f"a recipe is a mapping, got {type(d).__name__}")
+        valid = ("wsviz_recipe", "method", "base", "models", "params", "dtype", "seed",
+                 "out_dtype", "extra")
+        unknown = set(d) - set(valid)
+        if unknown:
+            raise RecipeError(f"unknown recipe key(s) {sorted(unknown)}; valid keys: "
+                              f"{', '.join(valid)}")
+        if "method" not in d:
+            raise RecipeError("the recipe has no 'method'")
+        return cls(method=d["method"], base=d.get("base"), models=list(d.get("models") or []),
+                   params=dict(d.get("params") or {}), dtype=d.get("dtype") or "float32",
+                   seed=d.get("seed"), out_dtype=d.get("out_dtype"),
+                   extra=dict(d.get("extra") or {}))
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RecipeError(f"not a JSON recipe: {e}") from None
+        return cls.from_dict(d)
+
+    # ------------------------------------------------------------------------------------
+    def to_mergekit_yaml(self, paths: Mapping[str, str] | None = None) -> str:
+        """A mergekit 0.1.5 config reproducing this recipe.
+
+        ``paths`` maps model labels to checkpoint paths (labels pass through otherwise).
+        Raises RecipeError for methods mergekit lacks (saying why) and for invalid recipes.
+        For random methods the header comment gives the ``--random-seed`` to use.
+        """
+        spec = self.spec
+        if not spec.in_mergekit:
+            from wsviz.compute.merge import METHODS
+
+            mk = sorted(k for k, s in METHODS.items() if s.in_mergekit)
+            raise RecipeError(
+                f"method {spec.name!r} has no mergekit equivalent (mergekit 0.1.5 implements "
+                f"{', '.join(mk)} of wsviz's methods); export a JSON recipe or merged weights")
+        self.validate()
+        p = dict(paths or {})
+
+        def ref(x):
+            return str(p.get(x, x))
+
+        doc: dict[str, Any] = {"merge_method": self.method}
+        if self.base and (spec.needs_base or self.base in self.labels):
+            doc["base_model"] = ref(self.base)
+        models = []
+        for m in self.models:
+            e: dict[str, Any] = {"model": ref(m.model)}
+            if m.params:
+                e["parameters"] = _plain(m.params)
+            models.append(e)
+        doc["models"] = models
+        if self.params:
+            doc["parameters"] = _plain(self.params)
+        doc["dtype"] = self.dtype
+        if self.out_dtype:
+            doc["out_dtype"] = self.out_dtype
+        doc.update(_plain(self.extra))
+        head = "# mergekit config exported by wsviz (mergekit 0.1.5 semantics)\n"
+        if spec.random and self.seed is not None:
+            head += (f"# random method: reproduce wsviz's masks with\n"
+                     f"#   mergekit-yaml THIS.yml OUTDIR --random-seed {self.seed}\n")
+        return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
+
+    @classmethod
+    def from_mergekit_yaml(cls, text: str) -> Recipe:
+        """Read a mergekit ``models:`` config (not ``slices``/``modules``) into a validated
+        Recipe; unknown methods, keys or parameters raise RecipeError naming them and the
+        valid ones. mergekit's implicit rules are applied: the base is removed from the
+        model list of methods that take a base; for ``linear`` a base not listed among the
+        models is added as an input, as mergekit does. A ``--random-seed N`` in a comment
+        becomes ``seed``."""
+        from wsviz.compute.merge import METHODS
+
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise RecipeError(f"not valid YAML: {e}") from None
+        if not isinstance(d, Mapping):
+            raise RecipeError("a mergekit config is a YAML mapping")
+        if "slices" in d or "modules" in d:
+            raise RecipeError("mergekit 'slices'/'modules' configs are not supported by "
+                              "wsviz; write the merge with 'models:'")
+        unknown = set(d) - set(MERGEKIT_TOP_KEYS)
+        if unknown:
+            raise RecipeError(f"unknown mergekit key(s) {sorted(unknown)}; valid keys: "
+                              f"{', '.join(MERGEKIT_TOP_KEYS)}")
+        method = d.get("merge_method")
+        if method not in METHODS or not METHODS[method].in_mergekit:
+            mk = sorted(k for k, s in METHODS.items() if s.in_mergekit)
+            raise RecipeError(f"unknown or unsupported merge_method {method!r}; wsviz reads "
+                              f"these mergekit methods: {', '.join(mk)}")
+        spec = METHODS[method]
+        base = d.get("base_model")
+        if base is not None and not isinstance(base, str):
+            raise RecipeError(f"base_model must be a path string, got {base!r}")
+        raw_models = d.get("models")
+        if not isinstance(raw_models, list) or not raw_models:
+            raise RecipeError("'models:' must be a non-empty list")
+        models = []
+        for e in raw_models:
+            if isinstance(e, str):
+                e = {"model": e}
+            if not isinstance(e, Mapping) or "model" not in e:
+                raise RecipeError(f"each model entry needs 'model:'; got {e!r}")
+            bad = set(e) - {"model", "parameters"}
+            if bad:
+                raise RecipeError(f"unknown key(s) {sorted(bad)} in model entry "
+                                  f"{e.get('model')!r}; valid keys: model, parameters")
+            if not isinstance(e["model"], str):
+                raise RecipeError(f"model must be a path string, got {e['model']!r}")
+            models.append(ModelEntry(e["model"], dict(e.get("parameters") or {})))
+        if spec.needs_base:
+            models = [m for m in models if m.model != base]
+        elif base is not None and base not in [m.model for m in models]:
+            models.append(ModelEntry(base, {}))
+        seed = None
+        m = _SEED_RE.search(text)
+        if m:
+            seed = int(m.group(1))
+        extra = {k: d[k] for k in ("tokenizer_source", "tokenizer", "chat_template") if k in d}
+        r = cls(method=method, base=base, models=models, params=dict(d.get("parameters") or {}),
+                dtype=d.get("dtype") or "float32", seed=seed, out_dtype=d.get("out_dtype"),
+                extra=extra)
+        return r.validate()
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path) -> Recipe:
+        """Read a ``.json`` wsviz recipe or a ``.yml``/``.yaml`` mergekit config."""
+        from pathlib import Path
+
+        p = Path(path)
+        if not p.is_file():
+            raise RecipeError(f"{p}: no such recipe file")
+        text = p.read_text()
+        if p.suffix.lower() == ".json":
+            return cls.from_json(text)
+        if p.suffix.lower() in (".yml", ".yaml"):
+            return cls.from_mergekit_yaml(text)
+        raise RecipeError(f"{p}: a recipe is a .json (wsviz) or .yml/.yaml (mergekit) file")
+
+
+def _plain(x):
+    """Deep copy into plain JSON/YAML types (tuples → lists)."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
