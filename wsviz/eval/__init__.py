@@ -1,0 +1,38 @@
+"""Live evaluation: the :class:`Evaluator` protocol and built-ins.
+
+- :class:`ZooEvaluator` — per-task accuracy / loss / normalized accuracy of the demo zoo;
+- :class:`PerplexityEvaluator` — causal-LM perplexity of an HF model on a text file;
+- :class:`CallableEvaluator` — a user function given as ``"module:function"``;
+- :func:`evaluate_recipe` and :func:`sweep` — Recipe -> in-memory merge -> metrics.
+
+Results are ``{task: {metric: float}}``; :func:`to_frame` gives the tidy table.
+"""
+
+from __future__ import annotations
+
+from wsviz.eval.base import Evaluator, Results, mean_metrics, normalize_results, to_frame
+
+__all__ = [
+    "CallableEvaluator", "Evaluator", "PerplexityEvaluator", "Results", "ZooEvaluator",
+    "evaluate_recipe", "mean_metrics", "normalize_results", "sweep", "to_frame",
+]
+
+
+def __getattr__(name):  # lazy: keep `import wsviz.eval` cheap
+    if name == "ZooEvaluator":
+        from wsviz.eval.zoo import ZooEvaluator
+
+        return ZooEvaluator
+    if name == "PerplexityEvaluator":
+        from wsviz.eval.perplexity import PerplexityEvaluator
+
+        return PerplexityEvaluator
+    if name == "CallableEvaluator":
+        from wsviz.eval.user import CallableEvaluator
+
+        return CallableEvaluator
+    if name in ("evaluate_recipe", "sweep"):
+        from wsviz.eval import sweep as _sweep
+
+        return getattr(_sweep, name)
+    raise AttributeError(f"module 'wsviz.eval' has no attribute {name!r}")

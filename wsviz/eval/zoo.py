@@ -1,0 +1,136 @@
+"""Classification metrics for the demo zoo: every task's frozen head on merged encoder weights.
+
+All tasks are evaluated in one batched encoder pass: the distinct input variants (original
+and rotated images) are stacked into one ``[n_variants * n, 64]`` batch, encoded once, and
+all heads are applied as one concatenated ``[sum(n_classes), features]`` matrix.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from wsviz.errors import EvalError, WsvizError
+from wsviz.eval.base import Results
+from wsviz.zoo.data import INPUT_TRANSFORMS, TASKS, load_digits_split
+from wsviz.zoo.model import encode
+
+
+class ZooEvaluator:
+    """Per-task ``accuracy``, ``loss`` (mean cross-entropy) and ``normalized_accuracy``
+    (accuracy / the task's own fine-tuned model's accuracy on the same split).
+
+    ``zoo``: a :class:`wsviz.zoo.Zoo`, a zoo root path, or None (``ensure_zoo()``);
+    ``split``: ``"test"`` (held out, 597 images) or ``"train"``; ``tasks``: subset of the
+    zoo's tasks; ``device``: where weights and data live during evaluation.
+    ``evaluate(weights)`` takes the :attr:`names` encoder tensors (extra keys ignored).
+    Raises :class:`EvalError` for a missing tensor or wrong shape.
+    """
+
+    def __init__(self, zoo=None, split: str = "test", tasks: Sequence[str] | None = None,
+                 device=None):
+        from safetensors.torch import load_file
+
+        from wsviz.zoo import Zoo, ensure_zoo
+
+        if zoo is None:
+            zoo = ensure_zoo()
+        elif not isinstance(zoo, Zoo):
+            zoo = Zoo.open(zoo)
+        if split not in ("test", "train"):
+            raise WsvizError(f"split must be 'test' or 'train', got {split!r}")
+        self.zoo = zoo
+        self.split = split
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.tasks = list(zoo.tasks if tasks is None else tasks)
+        unknown = [t for t in self.tasks if t not in zoo.tasks]
+        if unknown:
+            raise WsvizError(f"unknown zoo task(s) {unknown}; the zoo has {zoo.tasks}")
+        self.names = zoo.encoder_names()
+        cfg = json.loads((Path(zoo.base_dir) / "config.json").read_text())
+        self.n_layers = int(cfg.get("num_hidden_layers", 2))
+        self.input_mean = torch.tensor(cfg["input_mean"], dtype=torch.float32,
+                                       device=self.device)
+        zc = zoo.manifest["config"]
+        data = load_digits_split(zc["n_train"], zc["split_seed"])
+        x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
+        kinds = sorted({TASKS[t].input_kind for t in self.tasks}, key=list(INPUT_TRANSFORMS).index)
+        n = len(x)
+        self.n = n
+        self._x = torch.cat([INPUT_TRANSFORMS[k](x) for k in kinds]).to(self.device)
+        ws, bs, self._slices, labels = [], [], {}, []
+        col = 0
+        for t in self.tasks:
+            sd = load_file(str(zoo.task_dirs[t] / "model.safetensors"))
+            w, b = sd["head.weight"], sd["head.bias"]
+            row = kinds.index(TASKS[t].input_kind) * n
+            self._slices[t] = (row, row + n, col, col + w.shape[0])
+            col += w.shape[0]
+            ws.append(w)
+            bs.append(b)
+            labels.append(TASKS[t].label(y))
+        self._head_w = torch.cat(ws).to(self.device)  # [sum(n_classes), features]
+        self._head_b = torch.cat(bs).to(self.device)
+        self._labels = torch.stack(labels).to(self.device)  # [n_tasks, n]
+        self._shapes = {k: tuple(v.shape) for k, v in zoo.weights("base").items()}
+        self.reference: dict[str, float] = {}
+        self.pretrained: dict[str, float] = {}
+        self._reference_done = False
+
+    # ------------------------------------------------------------------------------------
+    def _raw(self, weights: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(accuracy [n_tasks], loss [n_tasks])`` tensors for one set of encoder weights."""
+        w = {}
+        for name in self.names:
+            if name not in weights:
+                raise EvalError(f"zoo evaluation needs encoder tensor {name!r}, missing from the "
+                                f"{len(weights)} given; pass all of {self.names}")
+            t = weights[name]
+            if tuple(t.shape) != self._shapes[name]:
+                raise EvalError(f"encoder tensor {name!r} has shape {tuple(t.shape)}, the zoo "
+                                f"expects {self._shapes[name]}")
+            w[name] = t.to(device=self.device, dtype=torch.float32)
+        with torch.no_grad():
+            feats = encode(w, self._x, self.input_mean, self.n_layers)
+            logits = torch.addmm(self._head_b, feats, self._head_w.t())
+            accs, losses = [], []
+            for i, t in enumerate(self.tasks):
+                r0, r1, c0, c1 = self._slices[t]
+                lg = logits[r0:r1, c0:c1]
+                y = self._labels[i]
+                accs.append((lg.argmax(1) == y).float().mean())
+                losses.append(F.cross_entropy(lg, y))
+            return torch.stack(accs), torch.stack(losses)
+
+    def _ensure_reference(self) -> None:
+        if self._reference_done:
+            return
+        for t in self.tasks:
+            acc, _ = self._raw(self.zoo.weights(t))
+            self.reference[t] = float(acc[self.tasks.index(t)])
+        acc, _ = self._raw(self.zoo.weights("base"))
+        self.pretrained = dict(zip(self.tasks, acc.tolist()))
+        self._reference_done = True
+
+    def references(self) -> dict[str, dict[str, float]]:
+        """``{"pretrained": {task: acc}, "individual": {task: acc}}`` on this split."""
+        self._ensure_reference()
+        return {"pretrained": dict(self.pretrained), "individual": dict(self.reference)}
+
+    def evaluate(self, weights: Mapping[str, torch.Tensor]) -> Results:
+        """``{task: {"accuracy", "loss", "normalized_accuracy"}}`` for merged encoder
+        ``weights`` (``{name: Tensor}``, the :attr:`names`; others ignored)."""
+        self._ensure_reference()
+        acc, loss = self._raw(weights)
+        acc_l, loss_l = acc.tolist(), loss.tolist()
+        return {
+            t: {"accuracy": a, "loss": lo, "normalized_accuracy": a / self.reference[t]}
+            for t, a, lo in zip(self.tasks, acc_l, loss_l)
+        }
+
+    def __repr__(self) -> str:
+        return f"ZooEvaluator({self.zoo.root}, split={self.split!r}, tasks={self.tasks})"
