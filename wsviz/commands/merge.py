@@ -1,0 +1,52 @@
+"""``wsviz merge RECIPE -o OUTDIR``: run a recipe (.json wsviz / .yml mergekit) to an HF dir."""
+
+from __future__ import annotations
+
+import sys
+
+from wsviz.errors import WsvizError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="merge checkpoints as a recipe says (wsviz .json or mergekit .yml)",
+        description="Merge checkpoints tensor by tensor (bounded memory) as RECIPE says and "
+        "write an HF directory (sharded safetensors, config/tokenizer files copied from the "
+        "base, the recipe saved beside). The output appears atomically; an existing OUTDIR "
+        "is refused without --force. mergekit YAML gives the same tensors as mergekit.",
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="recipe file: .json (wsviz) or .yml (mergekit)")
+    p.add_argument("-o", "--out", metavar="OUTDIR", help="output directory")
+    p.add_argument("--force", action="store_true", help="replace an existing OUTDIR")
+    p.add_argument("--device", default=None, help="compute device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of random methods (dare/della); same as mergekit's --random-seed")
+    p.add_argument("--shard-size", default="2GB", help="max bytes per output shard [2GB]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--to-yaml", action="store_true",
+                   help="print the recipe as a mergekit YAML and exit (no merge)")
+    p.add_argument("--to-json", action="store_true",
+                   help="print the recipe as a wsviz JSON recipe and exit (no merge)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from wsviz.recipes import Recipe, merge_to_dir
+
+    recipe = Recipe.load(args.recipe)
+    if args.seed is not None:
+        recipe.seed = args.seed
+    recipe.validate()
+    if args.to_yaml:
+        sys.stdout.write(recipe.to_mergekit_yaml())
+        return 0
+    if args.to_json:
+        sys.stdout.write(recipe.to_json() + "\n")
+        return 0
+    if not args.out:
+        raise WsvizError("give the output directory with -o OUTDIR")
+    out = merge_to_dir(recipe, args.out, force=args.force, device=args.device,
+                       progress=not args.no_progress, max_shard_bytes=args.shard_size)
+    print(f"wrote {out}")
+    return 0
