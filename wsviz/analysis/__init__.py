@@ -7,6 +7,31 @@ Entry points: :func:`analyze` (-> :class:`AnalysisResult` with a tidy ``table``,
 """
 
 from wsviz.analysis.detail import LayerDetail
+from wsviz.analysis.engine import (
+    COLUMNS,
+    AnalysisResult,
+    TaskVectors,
+    analyze,
+    cache_root,
+    resolve_device,
+    task_vector_matrix,
+)
+from wsviz.analysis.metrics import METRIC_DOCS, metric_doc
 from wsviz.analysis.settings import FAMILIES, AnalysisSettings
+from wsviz.analysis.spectra_table import spectra_table
 
-__all__ = ["FAMILIES", "AnalysisSettings", "LayerDetail"]
+__all__ = [
+    "COLUMNS",
+    "FAMILIES",
+    "METRIC_DOCS",
+    "AnalysisResult",
+    "AnalysisSettings",
+    "LayerDetail",
+    "TaskVectors",
+    "analyze",
+    "cache_root",
+    "metric_doc",
+    "resolve_device",
+    "spectra_table",
+    "task_vector_matrix",
+]

@@ -1,0 +1,375 @@
+"""Streaming analysis of a model set: one tensor at a time -> tidy table (+ disk cache)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from wsviz.analysis.detail import LayerDetail
+from wsviz.analysis.settings import AnalysisSettings
+from wsviz.analysis.tensor import analyze_tensor
+from wsviz.compute import deltas as D
+from wsviz.errors import WsvizError
+
+COLUMNS = ["layer", "block", "kind", "group", "model", "metric", "value", "note"]
+
+ProgressArg = bool | Callable[[int, int, str], None]
+
+
+def resolve_device(device=None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when available else CPU; otherwise ``torch.device(device)``.
+
+    Raises :class:`WsvizError` for an unknown or unavailable device.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise WsvizError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise WsvizError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Cache directory: ``cache_dir``, else ``$WSVIZ_CACHE_DIR``, else ``~/.cache/wsviz``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("WSVIZ_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "wsviz"
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@dataclass
+class TaskVectors:
+    """Task vectors of a model set as a matrix, for a task map (PCA / UMAP / MDS).
+
+    - ``labels``: the n model labels (rows);
+    - ``matrix``: float32 ``[n, d]``: the concatenated task vectors when the model has at most
+      ``max_dims`` parameters (``method="exact"``), otherwise their CountSketch
+      (``method="countsketch"``): every coordinate hashed, with a random sign, into one of
+      ``d`` buckets, seeded per tensor name — inner products and cosines are preserved in
+      expectation with standard deviation ~``sqrt(2/d)·|x||y|``;
+    - ``cosine``: float64 ``[n, n]`` *exact* whole-model cosine similarity of task vectors;
+    - ``norms``: float64 ``[n]`` exact whole-model ``||Δ||_F``.
+    """
+
+    labels: list[str]
+    matrix: Tensor
+    cosine: Tensor
+    norms: Tensor
+    method: str
+
+    def cosine_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.cosine.numpy(), index=self.labels, columns=self.labels)
+
+
+def _pairs_frame(labels: list[str], g: Tensor) -> pd.DataFrame:
+    cos = D.cosine_from_gram(g)
+    norms = g.diagonal().clamp_min(0).sqrt()
+    recs = []
+    for i, a in enumerate(labels):
+        for j, b in enumerate(labels):
+            if i < j:
+                recs.append({"a": a, "b": b, "cosine": float(cos[i, j]),
+                             "dot": float(g[i, j]), "norm_a": float(norms[i]),
+                             "norm_b": float(norms[j])})
+    return pd.DataFrame(recs, columns=["a", "b", "cosine", "dot", "norm_a", "norm_b"])
+
+
+class AnalysisResult:
+    """Result of :func:`analyze`.
+
+    - ``table``: tidy DataFrame with columns ``layer, block, kind, group, model, metric,
+      value, note`` — one row per (tensor, model, metric). ``model`` is ``"base"``, a model
+      label, ``"a|b"`` for a pair metric or ``"all"`` for an aggregate over the models;
+      ``note`` says why a value is NaN (e.g. ``"1-D tensor: no spectrum"``) or how it was
+      approximated. See :data:`METRIC_DOCS` for every metric name.
+    - ``pairs``: whole-model task-vector similarity, columns ``a, b, cosine, dot, norm_a,
+      norm_b`` (from the exact Gram matrix summed over all tensors).
+    - ``task_vectors``: :class:`TaskVectors` (CountSketch of width ``settings.sketch_dim``).
+    - :meth:`detail` returns the :class:`~wsviz.analysis.detail.LayerDetail` of one tensor.
+    """
+
+    def __init__(self, table, pairs, task_vectors, labels, settings, fingerprint,
+                 modelset=None, cache_path: Path | None = None, device=None, from_cache=False):
+        self.table: pd.DataFrame = table
+        self.pairs: pd.DataFrame = pairs
+        self.task_vectors: TaskVectors | None = task_vectors
+        self.labels: list[str] = list(labels)
+        self.settings: AnalysisSettings = settings
+        self.fingerprint: str = fingerprint
+        self.modelset = modelset
+        self.cache_path = cache_path
+        self.device = device
+        self.from_cache = from_cache
+        self._details: dict[str, LayerDetail] = {}
+
+    # -- views -----------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[str]:
+        """Tensor names in model order."""
+        return list(dict.fromkeys(self.table["layer"]))
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(dict.fromkeys(self.table["metric"]))
+
+    def matrix(self, model: str, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+        """Layers x metrics wide frame of one ``model`` (a label, ``"base"``, ``"a|b"``, ``"all"``)."""
+        t = self.table[self.table["model"] == model]
+        if metrics is not None:
+            t = t[t["metric"].isin(list(metrics))]
+        w = t.pivot_table(index="layer", columns="metric", values="value", sort=False,
+                          dropna=False)
+        return w.reindex([x for x in self.layers if x in w.index])
+
+    def detail(self, layer: str, device=None) -> LayerDetail:
+        """Full per-layer detail of tensor ``layer`` (computed on first use, then cached in
+        memory and on disk). Raises :class:`WsvizError` for an unknown tensor name or when the
+        result was loaded without its model set."""
+        if layer in self._details:
+            return self._details[layer]
+        path = None
+        if self.cache_path is not None:
+            h = hashlib.sha256(layer.encode()).hexdigest()[:20]
+            path = self.cache_path / "detail" / f"{h}.pt"
+            if path.is_file():
+                try:
+                    det = detail_from_dict(torch.load(path, weights_only=True))
+                    self._details[layer] = det
+                    return det
+                except Exception:  # corrupt cache entry: recompute
+                    pass
+        ms = self.modelset
+        if ms is None:
+            raise WsvizError("this analysis result has no model set attached; re-run analyze()")
+        if layer not in ms.names:
+            raise WsvizError(f"no tensor named {layer!r} in the model set "
+                             f"({len(ms.names)} tensors, e.g. {ms.names[:3]})")
+        dev = resolve_device(device if device is not None else self.device)
+        base = ms.get_base(layer, dev)
+        models = ms.stack(layer, dev)
+        det = analyze_tensor(layer, ms.layer(layer), base, models, ms.labels, self.settings,
+                             detail=True).detail
+        self._details[layer] = det
+        if path is not None:
+            try:
+                _atomic_write(path, lambda p: torch.save(detail_to_dict(det), p))
+            except OSError:
+                pass
+        return det
+
+    # -- export ----------------------------------------------------------------------------
+    def to_parquet(self, path, overwrite: bool = False) -> Path:
+        """Write ``table`` to a parquet file atomically; refuses to overwrite unless asked."""
+        return self._write(path, overwrite, lambda p: self.table.to_parquet(p, index=False))
+
+    def to_csv(self, path, overwrite: bool = False) -> Path:
+        """Write ``table`` to a CSV file atomically; refuses to overwrite unless asked."""
+        return self._write(path, overwrite, lambda p: self.table.to_csv(p, index=False))
+
+    @staticmethod
+    def _write(path, overwrite, fn) -> Path:
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise WsvizError(f"{path} exists; pass overwrite=True (--force) to replace it")
+        _atomic_write(path, fn)
+        return path
+
+    def __repr__(self) -> str:
+        return (f"AnalysisResult({len(self.layers)} tensors x {len(self.labels)} models, "
+                f"{len(self.table)} rows{', from cache' if self.from_cache else ''})")
+
+
+# -- detail (de)serialisation (torch.load(weights_only=True)-safe) --------------------------
+def detail_to_dict(d: LayerDetail) -> dict:
+    out = dict(d.__dict__)
+    out["shape"] = list(d.shape)
+    out["fits"] = {k: dict(f.__dict__) for k, f in d.fits.items()}
+    out["intruders"] = {k: dict(v.__dict__) for k, v in d.intruders.items()}
+    return out
+
+
+def detail_from_dict(x: dict) -> LayerDetail:
+    from wsviz.compute.powerlaw import PowerLawFit
+    from wsviz.compute.subspace import Intruders
+
+    x = dict(x)
+    x["shape"] = tuple(x["shape"])
+    x["fits"] = {k: PowerLawFit(**v) for k, v in x["fits"].items()}
+    x["intruders"] = {k: Intruders(**v) for k, v in x["intruders"].items()}
+    return LayerDetail(**x)
+
+
+# -- the engine ------------------------------------------------------------------------------
+def _progress(progress: ProgressArg, total: int):
+    if callable(progress):
+        return None, progress
+    if progress:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc="analyze", unit="tensor", leave=False), None
+    return None, None
+
+
+def analyze(
+    modelset,
+    *,
+    device=None,
+    settings: AnalysisSettings | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: ProgressArg = True,
+    use_cache: bool = True,
+    names: Sequence[str] | None = None,
+) -> AnalysisResult:
+    """Analyse every aligned tensor of ``modelset`` (a :class:`~wsviz.io.ModelSet`), streaming
+    one tensor at a time (peak memory ~ (2n + 1) copies of the largest tensor plus SVD work
+    space bounded by ``settings.batch_bytes``).
+
+    - ``device``: ``None`` = CUDA if available else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+    - ``settings``: :class:`AnalysisSettings` (defaults: all families).
+    - ``cache_dir``: cache root (else ``$WSVIZ_CACHE_DIR`` or ``~/.cache/wsviz``); results are
+      keyed by ``modelset.fingerprint()`` + ``settings.key()`` (+ ``names``); with
+      ``use_cache`` a hit returns immediately (``result.from_cache``) and a miss is stored.
+    - ``progress``: ``True`` for a tqdm bar, ``False`` for none, or ``callback(i, total, name)``.
+    - ``names``: restrict to these tensor names (default: all aligned names).
+
+    Returns :class:`AnalysisResult`. Raises :class:`WsvizError` for a bad device or tensor name;
+    checkpoint read errors propagate from :mod:`wsviz.io`.
+    """
+    settings = settings or AnalysisSettings()
+    dev = resolve_device(device)
+    all_names = list(modelset.names)
+    if names is not None:
+        unknown = [x for x in names if x not in set(all_names)]
+        if unknown:
+            raise WsvizError(f"unknown tensor names {unknown[:5]}; see `wsviz info`")
+        todo = [x for x in all_names if x in set(names)]
+    else:
+        todo = all_names
+    labels = modelset.labels
+    fp = modelset.fingerprint()
+    key_src = f"{fp}|{settings.key()}|{','.join(todo) if names is not None else '*'}"
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
+    cpath = cache_root(cache_dir) / "analysis" / key if use_cache else None
+
+    if cpath is not None and (cpath / "meta.json").is_file():
+        try:
+            table = pd.read_parquet(cpath / "table.parquet")
+            pairs = pd.read_parquet(cpath / "pairs.parquet")
+            tvd = torch.load(cpath / "task_vectors.pt", weights_only=True)
+            tv = TaskVectors(**tvd) if tvd else None
+            return AnalysisResult(table, pairs, tv, labels, settings, fp, modelset, cpath, dev,
+                                  from_cache=True)
+        except Exception:  # unreadable cache: recompute
+            pass
+
+    rows: list[tuple] = []
+    n = len(labels)
+    g_total = torch.zeros(n, n, dtype=torch.float64)
+    sketch = torch.zeros(n, settings.sketch_dim, dtype=torch.float32)
+    bar, cb = _progress(progress, len(todo))
+    t0 = time.perf_counter()
+    try:
+        for i, name in enumerate(todo):
+            if cb is not None:
+                cb(i, len(todo), name)
+            base = modelset.get_base(name, dev)
+            models = modelset.stack(name, dev)
+            res = analyze_tensor(name, modelset.layer(name), base, models, labels, settings)
+            rows.extend(res.rows)
+            if res.gram is not None:
+                g_total += res.gram
+                sketch += res.sketch
+            del base, models, res
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(name[-40:], refresh=False)
+        if cb is not None:
+            cb(len(todo), len(todo), "")
+    finally:
+        if bar is not None:
+            bar.close()
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table["block"] = table["block"].astype("Int64")
+    for c in ("kind", "group", "model", "metric"):
+        table[c] = table[c].astype(str)
+    pairs = _pairs_frame(labels, g_total)
+    tv = None
+    if settings.has("deltas"):
+        tv = TaskVectors(labels=list(labels), matrix=sketch, cosine=D.cosine_from_gram(g_total),
+                         norms=g_total.diagonal().clamp_min(0).sqrt(), method="countsketch")
+    result = AnalysisResult(table, pairs, tv, labels, settings, fp, modelset, cpath, dev)
+    if cpath is not None:
+        try:
+            _atomic_write(cpath / "table.parquet", lambda p: table.to_parquet(p, index=False))
+            _atomic_write(cpath / "pairs.parquet", lambda p: pairs.to_parquet(p, index=False))
+            _atomic_write(cpath / "task_vectors.pt",
+                          lambda p: torch.save(dict(tv.__dict__) if tv else {}, p))
+            meta = {"fingerprint": fp, "settings": settings.to_dict(), "labels": labels,
+                    "seconds": time.perf_counter() - t0, "device": str(dev)}
+            _atomic_write(cpath / "meta.json",
+                          lambda p: p.write_text(json.dumps(meta, indent=1, default=str)))
+        except OSError:
+            pass  # a read-only cache never fails the analysis
+    return result
+
+
+def task_vector_matrix(
+    modelset,
+    names: Sequence[str] | None = None,
+    max_dims: int = 4096,
+    device=None,
+    seed: int = 0,
+) -> TaskVectors:
+    """Task vectors of ``modelset`` as a ``[n_models, d]`` matrix for a task map.
+
+    If the selected tensors (``names``, default all) hold at most ``max_dims`` entries the
+    matrix is the exact concatenation (``d`` = that count); otherwise a CountSketch of width
+    ``d = max_dims`` (see :class:`TaskVectors`). The cosine matrix is always exact. Streams one
+    tensor at a time.
+    """
+    dev = resolve_device(device)
+    todo = list(names) if names is not None else list(modelset.names)
+    total = sum(modelset.info(x).numel for x in todo)
+    n = len(modelset.labels)
+    g = torch.zeros(n, n, dtype=torch.float64)
+    exact = total <= max_dims
+    parts = []
+    sk = torch.zeros(n, max_dims, dtype=torch.float32)
+    for name in todo:
+        d = modelset.deltas(name, dev)
+        g += D.gram(d).cpu()
+        if exact:
+            parts.append(d.reshape(n, -1).float().cpu())
+        else:
+            sk += D.count_sketch(d, max_dims, name=name, seed=seed).cpu()
+    mat = torch.cat(parts, 1) if exact and parts else (sk if not exact else torch.zeros(n, 0))
+    return TaskVectors(labels=list(modelset.labels), matrix=mat, cosine=D.cosine_from_gram(g),
+                       norms=g.diagonal().clamp_min(0).sqrt(),
+                       method="exact" if exact else "countsketch")

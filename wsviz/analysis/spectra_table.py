@@ -1,0 +1,81 @@
+"""WeightWatcher-style spectral table of a single checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from wsviz.analysis.engine import resolve_device
+from wsviz.compute import spectra as S
+
+#: WeightWatcher's analyze() defaults: layers with min(rows, cols) < 8 or > 15000, or
+#: max(rows, cols) > 50000, are not analysed
+WW_MIN_EVALS, WW_MAX_EVALS, WW_MAX_N = 8, 15000, 50000
+
+
+def spectra_table(
+    source,
+    *,
+    names: Sequence[str] | None = None,
+    device=None,
+    svd_mode: str = "gram",
+    ww_compatible: bool = True,
+    batch: bool = True,
+) -> pd.DataFrame:
+    """Spectral metrics of every weight matrix of one checkpoint (one row per tensor).
+
+    ``source``: anything :func:`wsviz.io.open_source` accepts (path, module, state dict) or a
+    CheckpointSource. With ``ww_compatible`` the tensors are those WeightWatcher's
+    ``analyze()`` reports for the same model: 2-D (Linear / Embedding) and 4-D (Conv2d)
+    weights with ``8 <= min(rows, cols) <= 15000`` and ``max(rows, cols) <= 50000``; 1-D
+    tensors (biases, norms) are skipped. Columns: ``name, block, kind, rows, cols, N, M`` and
+    every metric of :data:`wsviz.compute.spectra.SPECTRAL_METRICS`.
+
+    With ``batch`` same-shape matrices are stacked into one batched Gram/eigvalsh call (the GPU
+    fast path); on CPU per-matrix calls are used.
+    """
+    from wsviz.io import open_source, parse_layer_name
+    from wsviz.io.source import CheckpointSource
+
+    src = source if isinstance(source, CheckpointSource) else open_source(source)
+    dev = resolve_device(device)
+    infos = src.infos()
+    aliases = src.aliases()
+    todo = []
+    for name in names if names is not None else infos:
+        if name in aliases:
+            continue
+        shp = tuple(infos[name].shape)
+        if len(shp) not in (2, 4):
+            continue
+        r, c = shp[0], shp[1]
+        if ww_compatible and (min(r, c) < WW_MIN_EVALS or min(r, c) > WW_MAX_EVALS
+                              or max(r, c) > WW_MAX_N):
+            continue
+        todo.append(name)
+    groups: dict[tuple, list[str]] = {}
+    for name in todo:
+        groups.setdefault(tuple(infos[name].shape), []).append(name)
+    svs: dict[str, torch.Tensor] = {}
+    use_batch = batch and dev.type == "cuda"
+    for group in groups.values():
+        if use_batch:
+            mats = torch.stack([src.get(x, device=dev, dtype=torch.float64) for x in group])
+            flat = torch.cat([S.as_matrices(m) for m in mats])
+            sv = S.batched_singular_values(flat, mode=svd_mode).cpu().reshape(len(group), -1)
+            for x, v in zip(group, sv):
+                svs[x] = torch.sort(v, descending=True).values
+        else:
+            for x in group:
+                w = src.get(x, device=dev, dtype=torch.float64)
+                svs[x] = S.singular_values(w, mode=svd_mode).cpu()
+    recs = []
+    for name in todo:
+        shp = tuple(infos[name].shape)
+        vals, _notes, _ = S.spectral_metrics(svs[name])
+        ln = parse_layer_name(name)
+        recs.append({"name": name, "block": ln.block, "kind": ln.kind, "rows": shp[0],
+                     "cols": shp[1], "N": max(shp[:2]), "M": min(shp[:2]), **vals})
+    return pd.DataFrame(recs)

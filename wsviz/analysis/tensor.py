@@ -1,0 +1,256 @@
+"""All metrics of one tensor of a model set: table rows, and optionally its LayerDetail.
+
+This is the unit the streaming engine loops over: it holds the base tensor, the n fine-tuned
+tensors and their deltas of *one* tensor name at a time, on the chosen device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from wsviz.analysis.detail import LayerDetail
+from wsviz.analysis.settings import AnalysisSettings
+from wsviz.compute import conflicts as C
+from wsviz.compute import deltas as D
+from wsviz.compute import masks as MK
+from wsviz.compute import spectra as S
+from wsviz.compute import subspace as U
+
+Row = tuple  # (layer, block, kind, group, model, metric, value, note)
+NAN = float("nan")
+
+
+@dataclass
+class TensorResult:
+    """Output of :func:`analyze_tensor`: table ``rows``, the tensor's contribution to the
+    whole-model task-vector Gram matrix (``gram`` ``[n, n]`` float64) and CountSketch
+    (``sketch`` ``[n, sketch_dim]``), and the ``detail`` if it was requested."""
+
+    rows: list[Row] = field(default_factory=list)
+    gram: Tensor | None = None
+    sketch: Tensor | None = None
+    detail: LayerDetail | None = None
+
+
+def _svd_plan(shape: tuple[int, ...], settings: AnalysisSettings) -> tuple[str, str]:
+    m = min(shape[0], shape[1])
+    mode = settings.svd_mode
+    note = ""
+    if mode == "auto":
+        mode = "lowrank" if m > settings.max_exact_dim else "gram"
+    if mode == "lowrank":
+        note = f"top-{min(m, settings.lowrank_k)} singular values only (randomized SVD)"
+    return mode, note
+
+
+def _spectra(keys: list[str], mats: list[Tensor], settings: AnalysisSettings, dev) -> dict:
+    """Singular values of several same-shape weights, batched within ``batch_bytes``."""
+    per = [S.as_matrices(m) for m in mats]  # each [b, r, c]
+    b, r, c = per[0].shape
+    mode, _ = _svd_plan((r, c), settings)
+    flat = torch.cat(per, 0)
+    per_bytes = r * c * 8 + min(r, c) ** 2 * 8
+    step = max(1, settings.batch_bytes // max(per_bytes, 1))
+    outs = []
+    for start in range(0, flat.shape[0], step):
+        outs.append(
+            S.batched_singular_values(
+                flat[start:start + step], mode=mode, k=settings.lowrank_k, device=dev
+            ).cpu()
+        )
+    sv = torch.cat(outs, 0).reshape(len(mats), b, -1)
+    return {k: torch.sort(sv[i].reshape(-1), descending=True).values for i, k in enumerate(keys)}
+
+
+def analyze_tensor(
+    name: str,
+    layer,
+    base: Tensor,
+    models: Tensor,
+    labels: list[str],
+    settings: AnalysisSettings,
+    detail: bool = False,
+) -> TensorResult:
+    """Compute every enabled metric family for one tensor.
+
+    Shapes: ``base`` ``[*shape]``, ``models`` ``[n, *shape]`` (same device, compute dtype).
+    ``layer`` is the parsed :class:`~wsviz.io.LayerName`. Never raises on degenerate values
+    (zero / constant / 1-D): such metrics are NaN with a ``note``.
+    """
+    n = len(labels)
+    dev = base.device
+    out = TensorResult()
+    rows = out.rows
+    block = layer.block
+    key = (name, block, layer.kind, layer.group)
+
+    def add(model: str, metric: str, value, note: str = ""):
+        v = float(value) if value is not None else NAN
+        rows.append((*key, model, metric, v, note))
+
+    deltas = models - base.unsqueeze(0)
+    shape = tuple(base.shape)
+    det = None
+    if detail:
+        det = LayerDetail(name=name, block=block, kind=layer.kind, group=layer.group,
+                          shape=shape, labels=list(labels))
+        out.detail = det
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+    # -- deltas -----------------------------------------------------------------------------
+    if settings.has("deltas"):
+        st = D.delta_stats(deltas, base, settings.zero_atol, settings.zero_rtol)
+        for metric, vals in st.items():
+            for i, lab in enumerate(labels):
+                add(lab, metric, vals[i])
+        g = D.gram(deltas)
+        out.gram = g.cpu()
+        cos = D.cosine_from_gram(g).cpu()
+        norms = st["delta_fro"].cpu()
+        for i, j in pairs:
+            zero = norms[i] == 0 or norms[j] == 0
+            add(f"{labels[i]}|{labels[j]}", "delta_cosine", cos[i, j],
+                "zero task vector" if zero else "")
+        out.sketch = D.count_sketch(deltas, settings.sketch_dim, name=name).cpu()
+        if det is not None:
+            det.delta_cosine = cos
+            amax = float(deltas.abs().max()) if deltas.numel() else 0.0
+            amax = amax if amax > 0 else 1.0
+            edges = torch.linspace(-amax, amax, settings.hist_bins + 1, dtype=torch.float64)
+            flat = deltas.reshape(n, -1).to(torch.float64).cpu()
+            det.delta_hist_edges = edges
+            det.delta_hist = torch.stack(
+                [torch.histogram(flat[i], bins=edges).hist for i in range(n)]
+            ).to(torch.int64)
+
+    # -- spectra ----------------------------------------------------------------------------
+    is_matrix = base.dim() >= 2 and min(base.shape[0], base.shape[1]) >= 1 and base.dim() <= 4
+    if settings.has("spectra"):
+        keys, mats = [], []
+        if "base" in settings.spectra_of:
+            keys.append("base")
+            mats.append(base)
+        if "models" in settings.spectra_of:
+            keys += list(labels)
+            mats += [models[i] for i in range(n)]
+        if "deltas" in settings.spectra_of:
+            keys += [f"delta:{lab}" for lab in labels]
+            mats += [deltas[i] for i in range(n)]
+        if not is_matrix:
+            reason = f"{base.dim()}-D tensor: no spectrum"
+            for k in keys:
+                model, prefix = (k[6:], "delta_") if k.startswith("delta:") else (k, "")
+                for metric in S.SPECTRAL_METRICS:
+                    add(model, prefix + metric, NAN, reason)
+            if det is not None:
+                det.notes.append(reason)
+        elif keys:
+            _, lr_note = _svd_plan(shape, settings)
+            svs = _spectra(keys, mats, settings, dev)
+            for k in keys:
+                vals, notes, fit = S.spectral_metrics(svs[k])
+                model, prefix = (k[6:], "delta_") if k.startswith("delta:") else (k, "")
+                for metric in S.SPECTRAL_METRICS:
+                    note = notes.get(metric, "")
+                    if lr_note and metric not in ("spectral_norm",):
+                        note = f"{note}; {lr_note}" if note else lr_note
+                    add(model, prefix + metric, vals[metric], note)
+                if det is not None:
+                    det.sv[k] = svs[k]
+                    if fit is not None:
+                        det.fits[k] = fit
+
+    # -- sign conflicts ---------------------------------------------------------------------
+    if settings.has("conflicts"):
+        sc = C.sign_conflicts(deltas, density=settings.k, return_mask=det is not None)
+        ov_note = "" if sc.overlap_frac > 0 else "no overlapping trimmed entries"
+        add("all", "sign_conflict", sc.conflict_frac)
+        add("all", "sign_conflict_overlap", sc.conflict_frac_overlap, ov_note)
+        add("all", "sign_overlap", sc.overlap_frac)
+        add("all", "ties_mass_lost", sc.mass_lost)
+        for i, lab in enumerate(labels):
+            add(lab, "ties_mass_lost", sc.mass_lost_per_model[i])
+        for i, j in pairs:
+            a = float(sc.agreement[i, j])
+            add(f"{labels[i]}|{labels[j]}", "sign_agreement", a,
+                "trimmed task vectors never overlap" if math.isnan(a) else "")
+        if det is not None:
+            det.sign_agreement = sc.agreement.cpu()
+            det.conflict_map = C.pooled_map(sc.conflict_mask, settings.map_size).cpu()
+            det.conflicts = {
+                "conflict_frac": sc.conflict_frac,
+                "conflict_frac_overlap": sc.conflict_frac_overlap,
+                "overlap_frac": sc.overlap_frac,
+                "mass_lost": sc.mass_lost,
+            }
+            det.mass_lost_per_model = sc.mass_lost_per_model.cpu()
+
+    two_d = base.dim() == 2 and min(shape) >= 2
+    # -- intruder dimensions ----------------------------------------------------------------
+    if settings.has("intruders"):
+        if not two_d:
+            for lab in labels:
+                add(lab, "intruders", NAN, f"{base.dim()}-D tensor: no singular vectors")
+        elif float(base.abs().max()) == 0.0:
+            for lab in labels:
+                add(lab, "intruders", NAN, "zero base matrix: no singular vectors")
+        else:
+            base_u, _ = U.left_singular_vectors(base, None)
+            for i, lab in enumerate(labels):
+                if float(deltas[i].abs().max()) == 0.0:
+                    add(lab, "intruders", 0.0, "model equals base")
+                    add(lab, "intruder_min_cos", 1.0, "model equals base")
+                    continue
+                r = U.intruder_dimensions(base, models[i], settings.intruder_k,
+                                          settings.intruder_eps, base_u=base_u)
+                add(lab, "intruders", r.count)
+                add(lab, "intruder_min_cos", r.max_cos.min())
+                if det is not None:
+                    det.intruders[lab] = U.Intruders(
+                        r.max_cos.cpu(), r.base_index.cpu(), r.is_intruder.cpu(), r.sv.cpu(),
+                        r.count, r.k, r.eps)
+
+    # -- task subspaces ---------------------------------------------------------------------
+    if settings.has("subspace") and n >= 2:
+        if not two_d:
+            for i, j in pairs:
+                add(f"{labels[i]}|{labels[j]}", "subspace_overlap", NAN,
+                    f"{base.dim()}-D tensor: no subspace")
+        else:
+            us = []
+            for i in range(n):
+                if float(deltas[i].abs().max()) == 0.0:
+                    us.append(None)
+                else:
+                    us.append(U.left_singular_vectors(deltas[i], settings.subspace_k)[0])
+            ov = torch.full((n, n), NAN, dtype=torch.float64)
+            for i in range(n):
+                if us[i] is not None:
+                    ov[i, i] = 1.0
+            for i, j in pairs:
+                if us[i] is None or us[j] is None:
+                    add(f"{labels[i]}|{labels[j]}", "subspace_overlap", NAN, "zero task vector")
+                    continue
+                pc = U.principal_cosines(us[i], us[j]).cpu()
+                v = float((pc * pc).mean())
+                ov[i, j] = ov[j, i] = v
+                add(f"{labels[i]}|{labels[j]}", "subspace_overlap", v)
+                if det is not None:
+                    det.principal_cosines[f"{labels[i]}|{labels[j]}"] = pc
+            if det is not None:
+                det.subspace_overlap = ov
+
+    # -- masks ------------------------------------------------------------------------------
+    if settings.has("masks"):
+        s = settings.sparsity
+        mb = MK.magnitude_mask(base, s)
+        mm = [MK.magnitude_mask(models[i], s) for i in range(n)]
+        for i, lab in enumerate(labels):
+            add(lab, "mask_iou_base", MK.mask_iou(mm[i], mb))
+        for i, j in pairs:
+            add(f"{labels[i]}|{labels[j]}", "mask_iou", MK.mask_iou(mm[i], mm[j]))
+    return out

@@ -1,0 +1,98 @@
+"""``wsviz analyze BASE FT [FT...] -o report.parquet|.csv``: the tidy metric table of a model set."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from wsviz.errors import WsvizError
+
+
+def register(sub) -> None:
+    from wsviz.analysis.settings import FAMILIES
+
+    p = sub.add_parser(
+        "analyze",
+        help="compute deltas, spectra, sign conflicts and mask overlaps per layer",
+        description="Stream a base model and its fine-tunes one tensor at a time and write the "
+        "tidy metric table (columns layer, block, kind, group, model, metric, value, note) to "
+        "a .parquet or .csv file; the whole-model task-vector similarities go to "
+        "<output stem>.pairs.<ext>. Results are cached (keyed by checkpoint fingerprints and "
+        "settings) so a re-run is instant.",
+    )
+    p.add_argument("base", metavar="BASE", help="base checkpoint (HF dir or weights file)")
+    p.add_argument("finetuned", nargs="+", metavar="FT",
+                   help="fine-tuned checkpoints (HF dirs, weight files or PEFT adapter dirs)")
+    p.add_argument("-o", "--output", required=True, type=Path,
+                   help="output table: report.parquet or report.csv")
+    p.add_argument("--labels", help="comma-separated model labels (default: directory names)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="cache directory (default: $WSVIZ_CACHE_DIR or ~/.cache/wsviz)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--k", type=float, default=0.2,
+                   help="TIES trim density for sign conflicts (default 0.2 = top 20%%)")
+    p.add_argument("--sparsity", type=float, default=0.5,
+                   help="sparsity of the magnitude masks compared by IoU (default 0.5)")
+    p.add_argument("--intruder-k", type=int, default=10, help="top-k singular vectors tested")
+    p.add_argument("--intruder-eps", type=float, default=0.5, help="intruder |cos| threshold")
+    p.add_argument("--families", default=",".join(FAMILIES),
+                   help=f"comma-separated metric families (default: all of {','.join(FAMILIES)})")
+    p.add_argument("--svd-mode", default="auto", choices=["auto", "exact", "gram", "lowrank"],
+                   help="singular-value method (default auto: float64 Gram eigvalsh, randomized "
+                   "top-k above --max-exact-dim)")
+    p.add_argument("--max-exact-dim", type=int, default=16384,
+                   help="min(rows, cols) above which 'auto' uses randomized top-k SVD")
+    p.add_argument("--exclude", action="append", default=[],
+                   help="glob of tensor names to skip (repeatable)")
+    p.add_argument("--no-strict", action="store_true",
+                   help="analyse the common tensors when the models do not align")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from wsviz.analysis import AnalysisSettings, analyze
+    from wsviz.io import ModelSet
+
+    out: Path = args.output
+    fmt = out.suffix.lower()
+    if fmt not in (".parquet", ".csv"):
+        raise WsvizError(f"output {out}: use a .parquet or .csv file name")
+    pairs_out = out.with_name(out.stem + ".pairs" + fmt)
+    if not args.force:
+        for p in (out, pairs_out):
+            if p.exists():
+                raise WsvizError(f"{p} exists; pass --force to overwrite it")
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    families = tuple(x.strip() for x in args.families.split(",") if x.strip())
+    settings = AnalysisSettings(
+        k=args.k, sparsity=args.sparsity, intruder_k=args.intruder_k,
+        intruder_eps=args.intruder_eps, families=families, svd_mode=args.svd_mode,
+        max_exact_dim=args.max_exact_dim,
+    )
+    ms = ModelSet.open(args.base, args.finetuned, labels=labels, exclude=args.exclude,
+                       strict=not args.no_strict)
+    if not ms.report.ok:
+        print(ms.report.format(), file=sys.stderr)
+    t0 = time.perf_counter()
+    res = analyze(ms, device=args.device, settings=settings, cache_dir=args.cache_dir,
+                  progress=not args.quiet, use_cache=not args.no_cache)
+    dt = time.perf_counter() - t0
+    if fmt == ".parquet":
+        res.to_parquet(out, overwrite=args.force)
+        res._write(pairs_out, args.force, lambda p: res.pairs.to_parquet(p, index=False))
+    else:
+        res.to_csv(out, overwrite=args.force)
+        res._write(pairs_out, args.force, lambda p: res.pairs.to_csv(p, index=False))
+    src = "cache" if res.from_cache else f"{res.device}"
+    print(f"analyzed {len(res.layers)} tensors x {len(res.labels)} models "
+          f"({len(res.table)} rows) in {dt:.1f} s [{src}] -> {out}")
+    for _, r in res.pairs.iterrows():
+        print(f"  task-vector cosine {r['a']} vs {r['b']}: {r['cosine']:+.4f}")
+    print(f"  pairs -> {pairs_out}")
+    return 0
