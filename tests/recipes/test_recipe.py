@@ -22,7 +22,8 @@ def example(method: str) -> Recipe:
             for i, m in enumerate(models):
                 m["params"]["weight"] = [0.5, 1.0] if i == 0 else 0.7
         elif p.name == "density":
-            models[0]["params"]["density"] = 0.4
+            if p.scope == "model":
+                models[0]["params"]["density"] = 0.4
             params["density"] = [{"filter": "mlp", "value": 0.3}, {"value": 0.6}]
         elif p.name == "t":
             params["t"] = [0.0, 0.5, 1.0]
@@ -34,8 +35,6 @@ def example(method: str) -> Recipe:
         base = None
     if method == "linear":
         base = None
-    if spec.needs:
-        pytest.skip(f"{method} needs {spec.needs}")
     return Recipe(method, base=base, models=models, params=params, seed=3)
 
 

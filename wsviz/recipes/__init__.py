@@ -8,6 +8,7 @@ from wsviz.recipes.disk import merge_to_dir
 from wsviz.recipes.inmemory import InMemoryMerger
 from wsviz.recipes.recipe import ModelEntry, Recipe
 from wsviz.recipes.schedule import evaluate_setting, layer_positions, resolve_params
+from wsviz.recipes.soup import greedy_soup
 
 __all__ = ["InMemoryMerger", "ModelEntry", "Recipe", "evaluate_setting", "layer_positions",
-           "merge_to_dir", "resolve_params"]
+           "greedy_soup", "merge_to_dir", "resolve_params"]

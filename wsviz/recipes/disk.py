@@ -22,6 +22,18 @@ def _open_set(recipe):
     return ModelSet.open(ref, paths, labels=labels), labels
 
 
+def _fishers(recipe):
+    """Sources of the diagonal Fishers named by ``recipe.extra["fisher"]``
+    (``{model path: fisher checkpoint path}``, same tensor names as the models)."""
+    from wsviz.io import open_source
+
+    spec = recipe.extra.get("fisher")
+    if not isinstance(spec, dict) or any(m not in spec for m in recipe.labels):
+        raise RecipeError("the fisher method needs extra: {fisher: {MODEL: FISHER_FILE}} for "
+                          "every model (safetensors with the models' tensor names)")
+    return [open_source(spec[m]) for m in recipe.labels]
+
+
 def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: bool = True,
                  max_shard_bytes: int | str = "2GB") -> Path:
     """Merge the checkpoints named by ``recipe`` (paths) into the HF directory ``outdir``.
@@ -50,6 +62,7 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
     names = sorted(ms.names)
     tpos = layer_positions(ms.names)
     gen = make_generator(recipe, dev)
+    fisher = _fishers(recipe) if "fisher" in recipe.spec.needs else None
     base_dir = ms.base.path if ms.base.path is not None and Path(ms.base.path).is_dir() else None
     bar = None
     if progress:
@@ -65,7 +78,11 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
             else:
                 base = ms.get_base(name, device=dev) if recipe.base else None
                 models = torch.stack([ms.get(lab, name, device=dev) for lab in labels])
-                r = merge_one(recipe, name, tpos.get(name, 0.0), base, models, generator=gen)
+                cache = None
+                if fisher is not None:
+                    cache = {"fisher": torch.stack([f.get(name, device=dev) for f in fisher])}
+                r = merge_one(recipe, name, tpos.get(name, 0.0), base, models, generator=gen,
+                              cache=cache)
                 w.add(name, r.to(out_dt))
                 del base, models, r
             if bar is not None:

@@ -21,6 +21,7 @@ from wsviz.recipes.engine import make_generator, merge_one, torch_dtype
 from wsviz.recipes.schedule import layer_positions
 
 _LAZY = {"ranks": sp.magnitude_ranks, "row_ranks": sp.row_ranks}
+_COPY = ("fisher",)
 
 
 class _SubsetCache(dict):
@@ -32,9 +33,15 @@ class _SubsetCache(dict):
         self.parent, self.idx = parent, idx
 
     def __contains__(self, key):
-        return dict.__contains__(self, key) or key in _LAZY
+        return dict.__contains__(self, key) or key in _LAZY or (
+            key in _COPY and key in self.parent)
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
 
     def __getitem__(self, key):
+        if not dict.__contains__(self, key) and key in self.parent and key in _COPY:
+            self[key] = self.parent[key].index_select(0, self.idx)
         if not dict.__contains__(self, key) and key in _LAZY:
             if key not in self.parent:
                 self.parent[key] = _LAZY[key](self.parent["deltas"])
@@ -88,6 +95,20 @@ class InMemoryMerger:
     def deltas(self, name: str) -> Tensor:
         return self._cache[name]["deltas"]
 
+    def set_fisher(self, fishers) -> None:
+        """Diagonal Fishers for the ``fisher`` method: ``{label: {name: Tensor[*shape]}}``
+        (e.g. from :func:`wsviz.compute.merge.extra.diagonal_fisher`), cached on the device."""
+        missing = [lab for lab in self.labels if lab not in fishers]
+        if missing:
+            raise RecipeError(f"no Fisher given for model(s) {missing}")
+        for n in self.names:
+            try:
+                f = torch.stack([fishers[lab][n].to(self.device, torch.float32)
+                                 for lab in self.labels])
+            except KeyError:
+                raise RecipeError(f"the Fishers lack tensor {n!r}") from None
+            self._cache[n]["fisher"] = f
+
     def _index(self, recipe) -> list[int]:
         base_labels = {"base", getattr(self.modelset.base, "label", "base")}
         idx = []
@@ -107,6 +128,9 @@ class InMemoryMerger:
         device, in float32 (or ``out_dtype``). Random methods with ``recipe.seed`` walk
         the tensors in sorted-name order from one seeded generator (as mergekit does)."""
         recipe.validate()
+        if "fisher" in recipe.spec.needs and "fisher" not in self._cache[self.names[0]]:
+            raise RecipeError("the fisher method needs Fishers: call merger.set_fisher(...) "
+                              "first (wsviz.compute.merge.extra.diagonal_fisher computes them)")
         names = self.names if names is None else list(names)
         idx = self._index(recipe)
         full = idx == list(range(len(self.labels)))
