@@ -37,16 +37,122 @@ def count_consensus(weighted: Tensor) -> Tensor:
     return torch.where(pos, weighted > 0, weighted < 0)
 
 
+#: columns per chunk of the fused path (temporaries stay in cache)
+CHUNK = 1 << 15
+
+
+def _keep_intervals(sparsification, density, gamma, numel):
+    """Per model ``[lo, hi)`` interval of descending magnitude ranks that is kept."""
+    out = []
+    for i, d in enumerate(density):
+        if sparsification is None or d >= 1:
+            out.append((0, numel))
+        elif sparsification == "magnitude":
+            out.append((0, 0 if d <= 0 or numel == 0 else max(1, int(d * numel))))
+        else:  # magnitude_outliers
+            target = int(d * numel)
+            n_bot = max(0, numel - target - int(gamma[i] * numel))
+            out.append((numel - n_bot - target, numel - n_bot))
+    return out
+
+
+def gta_fused(base: Tensor, deltas: Tensor, ranks: Tensor | None, weights, intervals,
+              consensus: str | None, normalize: bool, lam: float, chunk: int = CHUNK) -> Tensor:
+    """Cache-blocked generalised task arithmetic without rescale: the same arithmetic as
+    :func:`gta_merge` done over column chunks of the flattened ``[n, numel]`` task vectors
+    with preallocated buffers, so each cached input is streamed from memory once.
+
+    ``ranks`` ``[n, numel]`` descending magnitude ranks (needed when an interval is not
+    the whole tensor); ``intervals`` per-model ``[lo, hi)`` kept rank intervals.
+    """
+    n = deltas.shape[0]
+    shape = base.shape
+    N = base.numel()
+    D = deltas.reshape(n, N)
+    B = base.reshape(N)
+    dev = deltas.device
+    w = torch.tensor([float(x) for x in weights], dtype=D.dtype, device=dev).view(n, 1)
+    masked = any(lo > 0 or hi < N for lo, hi in intervals)
+    if masked:
+        lo_t = torch.tensor([lo for lo, _ in intervals], dtype=ranks.dtype, device=dev).view(n, 1)
+        hi_t = torch.tensor([hi for _, hi in intervals], dtype=ranks.dtype, device=dev).view(n, 1)
+        need_lo = any(lo > 0 for lo, _ in intervals)
+        R = ranks.reshape(n, N)
+    out = torch.empty(N, dtype=base.dtype, device=dev)
+    C = min(chunk, max(N, 1))
+    wd = torch.empty((n, C), dtype=D.dtype, device=dev)
+    tf = torch.empty((n, C), dtype=D.dtype, device=dev)
+    kb = torch.empty((n, C), dtype=torch.bool, device=dev)
+    tb = torch.empty((n, C), dtype=torch.bool, device=dev)
+    mixed = torch.empty(C, dtype=D.dtype, device=dev)
+    div = torch.empty(C, dtype=D.dtype, device=dev)
+    if consensus is None:
+        wsum = w.sum(0)
+        wsum = torch.where(wsum.abs() < 1e-8, torch.ones_like(wsum), wsum)
+    for a in range(0, N, C):
+        b = min(N, a + C)
+        c = b - a
+        x = wd[:, :c]
+        torch.mul(D[:, a:b], w, out=x)
+        if masked:
+            k = kb[:, :c]
+            torch.lt(R[:, a:b], hi_t, out=k)
+            if need_lo:
+                torch.ge(R[:, a:b], lo_t, out=tb[:, :c])
+                k.logical_and_(tb[:, :c])
+            x.mul_(k)
+        m = mixed[:c]
+        if consensus is not None:
+            g = tb[:, :c]
+            if consensus == "sum":
+                torch.sum(x, 0, out=m)
+            else:
+                torch.sign(x, out=tf[:, :c])
+                torch.sum(tf[:, :c], 0, out=m)
+            sgn = torch.where(m >= 0, 1.0, -1.0)
+            torch.mul(x, sgn, out=tf[:, :c])
+            torch.gt(tf[:, :c], 0, out=g)
+            x.mul_(g)
+            torch.sum(x, 0, out=m)
+            if normalize:
+                torch.mul(w, g, out=tf[:, :c])
+                d = div[:c]
+                torch.sum(tf[:, :c], 0, out=d)
+                d.masked_fill_(d == 0, 1.0)
+                m.div_(d)
+        else:
+            torch.sum(x, 0, out=m)
+            if normalize:
+                m.div_(wsum)
+        if lam != 1:
+            m.mul_(lam)
+        torch.add(B[a:b], m, out=out[a:b])
+    return out.view(shape)
+
+
 def gta_merge(base: Tensor, deltas: Tensor, params: dict, *, sparsification: str | None,
               consensus: str | None, generator: torch.Generator | None = None,
               cache: dict | None = None) -> Tensor:
     """One tensor of a generalised task-arithmetic merge; ``base`` ``[*shape]``, ``deltas``
-    ``[n, *shape]``, returns ``[*shape]`` in ``base.dtype``. See the module docstring."""
+    ``[n, *shape]``, returns ``[*shape]`` in ``base.dtype``. See the module docstring.
+    Deterministic sparsifications without rescale take the cache-blocked
+    :func:`gta_fused` path (same arithmetic)."""
     n = deltas.shape[0]
     if n == 0:
         return base
     density = as_list(params.get("density", 1.0), n)
     rescale = bool(params.get("rescale", False))
+    if (sparsification in (None, "magnitude", "magnitude_outliers")
+            and (not rescale or sparsification is None or all(d >= 1 for d in density))
+            and base.dtype == deltas.dtype and base.is_contiguous() and deltas.is_contiguous()):
+        numel = base.numel()
+        gamma = as_list(params.get("gamma", 0.01), n)
+        iv = _keep_intervals(sparsification, density, gamma, numel)
+        ranks = None
+        if any(lo > 0 or hi < numel for lo, hi in iv):
+            ranks = sp._cached(cache, "ranks", lambda: sp.magnitude_ranks(deltas))
+        return gta_fused(base, deltas, ranks, as_list(params["weight"], n), iv, consensus,
+                         bool(params.get("normalize", False)), float(params.get("lambda", 1.0)))
     if sparsification == "magnitude":
         d = sp.magnitude(deltas, density, rescale, cache=cache)
     elif sparsification == "magnitude_outliers":
