@@ -1,0 +1,91 @@
+"""Compose the components into one page (server) or return them for a notebook."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import panel as pn
+
+from wsviz.ui.export import Export
+from wsviz.ui.layer_detail import LayerDetail
+from wsviz.ui.merge_tuner import MergeTuner
+from wsviz.ui.overview import Overview
+from wsviz.ui.prune_tuner import PruneTuner
+from wsviz.ui.session import Session
+from wsviz.ui.task_map import TaskMap
+from wsviz.ui.workspace import Workspace
+
+EXTENSIONS = ("tabulator", "codeeditor")
+
+
+def extension(**kwargs) -> None:
+    """Load Panel/HoloViews extensions wsviz needs (call once, in a notebook or app)."""
+    import holoviews as hv
+
+    hv.extension("bokeh", logo=False)
+    pn.extension(*EXTENSIONS, notifications=True, **kwargs)
+
+
+@dataclass
+class Components:
+    """All views of one session, sharing ``session``."""
+
+    session: Session
+    overview: Overview
+    detail: LayerDetail
+    task_map: TaskMap
+    merge: MergeTuner
+    prune: PruneTuner
+    export: Export
+
+
+def build_components(workspace: Workspace, background: bool = False,
+                     analyse: bool = True) -> Components:
+    """Create a fresh :class:`Session` and every component on it (call once per session)."""
+    session = Session(workspace, background=background)
+    overview = Overview(session)
+    detail = LayerDetail(session)
+    merge = MergeTuner(session)
+    comps = Components(session, overview, detail, TaskMap(session), merge,
+                       PruneTuner(session), Export(session, merge))
+    if analyse:
+        session.load_analysis()
+    return comps
+
+
+def build_page(workspace: Workspace, background: bool = True):
+    """The full dashboard in a template (one per browser session)."""
+    c = build_components(workspace, background=background)
+    s = c.session
+    spinner = pn.indicators.LoadingSpinner(value=False, size=28, color="light",
+                                           css_classes=["wsviz-busy"])
+    status = pn.pane.Markdown("", styles={"color": "white"}, margin=(0, 10))
+
+    def on_busy(*_):
+        spinner.value = s.busy > 0
+
+    def on_status(*_):
+        status.object = s.status
+
+    s.param.watch(on_busy, "busy")
+    s.param.watch(on_status, "status")
+    on_busy()
+    on_status()
+    tabs = pn.Tabs(
+        ("Explore", pn.Row(pn.Column(c.overview, width=560), c.detail,
+                           sizing_mode="stretch_width")),
+        ("Task map", c.task_map),
+        ("Merge", c.merge),
+        ("Prune", c.prune),
+        ("Export", c.export),
+        dynamic=False, sizing_mode="stretch_width",
+    )
+    template = pn.template.FastListTemplate(
+        title=f"wsviz — {workspace.title}",
+        header=[pn.Row(spinner, status)],
+        main=[tabs],
+        accent="#4c78a8",
+        theme_toggle=False,
+    )
+    template.wsviz = c  # handy for debugging from the server console
+    return template

@@ -1,0 +1,502 @@
+"""The :class:`~wsviz.ui.workspace.Workspace` on top of wsviz's public API.
+
+Adapters only: analysis (:func:`wsviz.analysis.analyze`), merging
+(:class:`wsviz.recipes.Recipe`, :class:`~wsviz.recipes.InMemoryMerger`,
+:func:`~wsviz.recipes.merge_to_dir`), pruning masks (:mod:`wsviz.compute.masks`), evaluation
+(:mod:`wsviz.eval`) and the demo zoo (:mod:`wsviz.zoo`). Tensors are turned into numpy /
+pandas here, so the views never see torch.
+
+Thread safety: a workspace is shared by every browser session of a server; lazily built
+members are created under a lock and the merger / evaluator are used under ``_eval_lock``
+(torch already runs one merge on all cores, so serialising loses nothing).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from wsviz.errors import EvalError, RecipeError, WsvizError
+from wsviz.ui.workspace import LayerDetailView, MethodView, ParamView, Progress, Workspace
+
+#: Largest matrix side sent to the matrix image (bigger ones are strided down first;
+#: datashader then rasterises to screen resolution).
+MAX_IMAGE_SIDE = 2048
+
+#: Where the merge tuner starts for each method (a useful first view; spec defaults apply
+#: to everything not listed).
+UI_START: dict[str, dict] = {
+    "task_arithmetic": {"lambda": 0.3},
+    "ties": {"density": 0.2},
+    "dare_ties": {"density": 0.5},
+    "dare_linear": {"density": 0.5},
+    "breadcrumbs": {"density": 0.8},
+    "breadcrumbs_ties": {"density": 0.8},
+    "della": {"density": 0.5},
+    "della_linear": {"density": 0.5},
+    "slerp": {"t": 0.5},
+}
+
+PRUNE_METHODS = {
+    "magnitude": "keep the largest |w| of each layer (per-layer threshold)",
+    "random": "keep a uniformly random subset (seeded)",
+    "2:4": "N:M semi-structured: keep the 2 largest |w| of every 4 along the input dim",
+    "structured": "drop whole output rows with the smallest L2 norm",
+    "wanda": "keep the largest |w|·||x|| per output row (input norms from a calibration "
+             "batch; needs an evaluator that provides activations — falls back to "
+             "magnitude)",
+}
+
+
+def _param_view(p, method: str) -> ParamView:
+    """A :class:`ParamView` from a :class:`wsviz.compute.merge.ParamSpec`."""
+    start = UI_START.get(method, {})
+    default = start.get(p.name, None if p.required else p.default)
+    if p.name == "weight" and default is None:
+        default = 1.0
+    kind = {float: "float", int: "int", bool: "bool", str: "choice" if p.choices else "str"
+            }.get(p.type, "str")
+    lo = hi = None
+    if kind in ("float", "int"):
+        rng = p.ui_range or p.range or (0.0, 1.0)
+        lo, hi = rng
+        lo = 0.0 if lo is None else lo
+        hi = max(lo + 1.0, 2.0 * abs(default or 1.0)) if hi is None else hi
+        if p.open_low and p.range and p.range[0] == lo:
+            lo = lo + (hi - lo) / 100
+    step = None
+    if kind == "float":
+        step = (hi - lo) / 100
+    # mergekit "model" scope: one value per model, or a global fallback
+    scope = "model" if p.name == "weight" else ("both" if p.scope == "model" else "global")
+    return ParamView(name=p.name, kind=kind, default=default, lo=lo, hi=hi, step=step,
+                     choices=tuple(p.choices or ()), scope=scope, doc=p.doc,
+                     required=p.required)
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+class ApiWorkspace(Workspace):
+    """A model set (base + fine-tunes) with an optional evaluator.
+
+    ``modelset``: :class:`wsviz.io.ModelSet`; ``evaluator``: an object with ``evaluate
+    (weights) -> {task: {metric: value}}`` (and optionally ``names``, ``tasks``,
+    ``references()``), or None (no live metrics); ``metric``: which metric the tuners plot.
+    """
+
+    def __init__(self, modelset, evaluator=None, title: str = "model set", device=None,
+                 metric: str = "accuracy", base_label: str = "base"):
+        self.ms = modelset
+        self.evaluator = evaluator
+        self.title = title
+        self.device = device
+        self.metric = metric
+        self.base_label = base_label
+        self.labels = list(modelset.labels)
+        self.tasks = list(getattr(evaluator, "tasks", None) or [])
+        self._lock = threading.RLock()
+        self._eval_lock = threading.Lock()
+        self._analysis = None
+        self._merger = None
+        self._refs = None
+        self._taskmaps: dict = {}
+        self._groups = None
+
+    # -- analysis ---------------------------------------------------------------------------
+    def layers(self) -> list[str]:
+        return list(self.ms.names)
+
+    def layer_groups(self) -> dict[str, str]:
+        if self._groups is None:
+            self._groups = {n: self.ms.layer(n).group for n in self.ms.names}
+        return self._groups
+
+    def analysis(self, progress: Progress | None = None):
+        """The :class:`wsviz.analysis.AnalysisResult` (computed once, disk-cached)."""
+        with self._lock:
+            if self._analysis is None:
+                from wsviz.analysis import analyze
+
+                def cb(i, total, name):
+                    if progress:
+                        progress(i / max(1, total), f"{i}/{total} {name}")
+
+                self._analysis = analyze(self.ms, device=self.device, progress=cb)
+            return self._analysis
+
+    def analysis_table(self, progress: Progress | None = None) -> pd.DataFrame:
+        return self.analysis(progress).table
+
+    def detail(self, layer: str) -> LayerDetailView:
+        d = self.analysis().detail(layer)
+        notes = {}
+        text = "; ".join(d.notes)
+        view = LayerDetailView(layer=layer, shape=tuple(d.shape), notes=notes)
+        if d.sv:
+            rows = []
+            for key, sv in d.sv.items():
+                s = _np(sv)
+                series = key if key.startswith(("base", "delta:")) else f"ft:{key}"
+                rows.append(pd.DataFrame({"series": series, "index": np.arange(len(s)),
+                                          "sigma": s}))
+            view.spectra = pd.concat(rows, ignore_index=True)
+            esd_rows, fit_rows = [], []
+            for key in d.sv:
+                series = key if key.startswith(("base", "delta:")) else f"ft:{key}"
+                esd_rows.append(pd.DataFrame({"series": series, "lam": _np(d.esd(key))}))
+                fit = d.fits.get(key)
+                if fit is not None:
+                    fit_rows.append({"series": series, "alpha": float(fit.alpha),
+                                     "xmin": float(fit.xmin)})
+            view.esd = pd.concat(esd_rows, ignore_index=True)
+            view.esd_fit = pd.DataFrame(fit_rows, columns=["series", "alpha", "xmin"])
+        else:
+            notes["spectra"] = notes["esd"] = text or "no spectra for this tensor"
+        if d.delta_hist is not None and d.delta_hist_edges is not None:
+            edges = _np(d.delta_hist_edges)
+            counts = d.delta_hist.cpu().numpy()
+            view.delta_hist = pd.concat([
+                pd.DataFrame({"series": lab, "left": edges[:-1], "right": edges[1:],
+                              "count": counts[i]}) for i, lab in enumerate(d.labels)],
+                ignore_index=True)
+        if d.conflict_map is not None:
+            view.sign_conflict = _np(d.conflict_map)
+        if d.sign_agreement is not None:
+            view.agreement = pd.DataFrame(_np(d.sign_agreement), index=d.labels,
+                                          columns=d.labels)
+        if d.intruders:
+            recs = []
+            for lab, intr in d.intruders.items():
+                mc = _np(intr.max_cos)
+                flag = intr.is_intruder.cpu().numpy()
+                sv = _np(intr.sv)
+                for r in np.nonzero(flag)[0]:
+                    recs.append({"model": lab, "rank": int(r), "sigma": float(sv[r]),
+                                 "max_cos": float(mc[r])})
+            view.intruders = pd.DataFrame(recs, columns=["model", "rank", "sigma", "max_cos"])
+        else:
+            notes["intruders"] = "Intruder dimensions are defined for 2-D weights only."
+        view.matrix = self._matrices(layer)
+        if not view.matrix:
+            notes["matrix"] = "1-D tensor: no matrix view."
+        if text:
+            notes.setdefault("sign_conflict", text)
+        return view
+
+    def _matrices(self, layer: str) -> dict[str, np.ndarray]:
+        info = self.ms.info(layer)
+        if len(info.shape) < 2:
+            return {}
+
+        def as2d(t):
+            t = t.reshape(t.shape[0], -1)
+            sr = max(1, -(-t.shape[0] // MAX_IMAGE_SIDE))
+            sc = max(1, -(-t.shape[1] // MAX_IMAGE_SIDE))
+            return _np(t[::sr, ::sc])
+
+        out = {"base": as2d(self.ms.get_base(layer))}
+        deltas = self.ms.deltas(layer)
+        for i, lab in enumerate(self.labels):
+            out[f"delta:{lab}"] = as2d(deltas[i])
+        return out
+
+    def task_map(self, group: str | None):
+        with self._lock:
+            if group not in self._taskmaps:
+                from wsviz.analysis import task_vector_matrix
+
+                names = None
+                if group is not None:
+                    names = [n for n, g in self.layer_groups().items() if g == group]
+                self._taskmaps[group] = task_vector_matrix(self.ms, names=names,
+                                                           device=self.device)
+            tv = self._taskmaps[group]
+        return list(tv.labels), _np(tv.matrix)
+
+    def cosine_matrix(self) -> pd.DataFrame:
+        res = self.analysis()
+        if res.task_vectors is not None:
+            return res.task_vectors.cosine_frame()
+        self.task_map(None)
+        return self._taskmaps[None].cosine_frame()
+
+    # -- merging ----------------------------------------------------------------------------
+    def merge_methods(self) -> dict[str, MethodView]:
+        from wsviz.compute.merge import METHODS
+
+        out = {}
+        for name, spec in METHODS.items():
+            if "evaluator" in spec.needs or "fisher" in spec.needs:
+                continue  # need inputs the tuner cannot give (greedy soup, Fisher)
+            n = len(self.labels)
+            if n < spec.min_models:
+                continue
+            out[name] = MethodView(
+                name=name, doc=spec.doc,
+                params=tuple(_param_view(p, name) for p in spec.params),
+                mergekit=spec.in_mergekit, needs_base=spec.needs_base,
+                n_models=spec.max_models)
+        return out
+
+    def make_recipe(self, method: str, params: dict, model_params: dict[str, dict]):
+        from wsviz.compute.merge import get_method
+        from wsviz.recipes import ModelEntry, Recipe
+
+        spec = get_method(method)
+        include = [lab for lab in self.labels if model_params.get(lab, {}).get("include", True)]
+        if spec.max_models is not None:
+            include = include[: spec.max_models]
+        if not include:
+            raise RecipeError("select at least one model to merge")
+        models = []
+        for lab in include:
+            mp = {k: v for k, v in model_params.get(lab, {}).items()
+                  if k != "include" and v is not None}
+            models.append(ModelEntry(lab, mp))
+        glob = {k: v for k, v in params.items() if v is not None}
+        recipe = Recipe(method=method, base=self.base_label if spec.needs_base else None,
+                        models=models, params=glob, seed=0 if spec.random else None)
+        if not spec.needs_base and method == "linear":
+            recipe.base = None
+        return recipe.validate()
+
+    def merger(self):
+        with self._lock:
+            if self._merger is None:
+                from wsviz.recipes import InMemoryMerger
+
+                names = getattr(self.evaluator, "names", None)
+                self._merger = InMemoryMerger(self.ms, device=self.device,
+                                              names=list(names) if names else None)
+            return self._merger
+
+    def _metric_of(self, results: dict) -> dict[str, float]:
+        out = {}
+        for task, ms in results.items():
+            if isinstance(ms, dict):
+                if self.metric in ms:
+                    out[task] = float(ms[self.metric])
+                elif ms:
+                    out[task] = float(next(iter(ms.values())))
+            else:
+                out[task] = float(ms)
+        return out
+
+    def _evaluate_weights(self, weights) -> dict[str, float]:
+        if self.evaluator is None:
+            raise EvalError("no evaluator: start with --eval module:function (or --demo) to "
+                            "see live metrics")
+        try:
+            res = self.evaluator.evaluate(weights)
+        except WsvizError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - user evaluators may raise anything
+            raise EvalError(f"the evaluator raised {type(exc).__name__}: {exc}") from None
+        if not self.tasks:
+            self.tasks = list(res)
+        return self._metric_of(res)
+
+    def evaluate_recipe(self, recipe) -> dict[str, float]:
+        with self._eval_lock:
+            names = getattr(self.evaluator, "names", None)
+            weights = self.merger().merge(recipe, names=list(names) if names else None)
+            return self._evaluate_weights(weights)
+
+    def references(self) -> dict[str, dict[str, float]]:
+        if self._refs is None:
+            refs = {"pretrained": {}, "individual": {}}
+            if self.evaluator is not None and hasattr(self.evaluator, "references"):
+                with self._eval_lock:
+                    r = self.evaluator.references()
+                refs = {k: dict(v) for k, v in r.items()}
+            self._refs = refs
+        return self._refs
+
+    def sweep(self, make: Callable, values, progress: Progress | None = None) -> pd.DataFrame:
+        rows = []
+        values = list(values)
+        for i, v in enumerate(values):
+            metrics = self.evaluate_recipe(make(v))
+            rows += [{"value": float(v), "task": t, "metric": m} for t, m in metrics.items()]
+            if progress:
+                progress((i + 1) / len(values), f"{i + 1}/{len(values)}")
+        return pd.DataFrame(rows, columns=["value", "task", "metric"])
+
+    # -- pruning ----------------------------------------------------------------------------
+    def prune_methods(self) -> dict[str, MethodView]:
+        sp = ParamView("sparsity", "float", 0.5, 0.0, 0.95, 0.05,
+                       doc="fraction of entries pruned")
+        out = {}
+        for name, doc in PRUNE_METHODS.items():
+            params: tuple[ParamView, ...] = (sp,)
+            if name == "2:4":
+                params = ()
+            elif name == "random":
+                params = (sp, ParamView("seed", "int", 0, 0, 100, 1, doc="random seed"))
+            out[name] = MethodView(name, doc, params, mergekit=False)
+        return out
+
+    def _weight(self, target: str, name: str) -> torch.Tensor:
+        if target in ("base", self.base_label):
+            return self.ms.get_base(name, device=self.device)
+        return self.ms.get(target, name, device=self.device)
+
+    def _mask(self, w: torch.Tensor, name: str, method: str, params: dict):
+        from wsviz.compute import masks
+        from wsviz.recipes import evaluate_setting, layer_positions
+
+        if w.dim() < 2:
+            return None
+        s = params.get("sparsity", 0.5)
+        if isinstance(s, (list, dict)):
+            t = layer_positions(self.ms.names).get(name, 0.0)
+            s = evaluate_setting(s, name, t, float)
+            s = 0.0 if s is None else s
+        s = float(s)
+        w2 = w.reshape(w.shape[0], -1)
+        if method == "random":
+            g = torch.Generator(device=w.device).manual_seed(int(params.get("seed", 0)))
+            m = masks.random_mask(w2, s, generator=g)
+        elif method == "2:4":
+            m = masks.nm_mask(w2, 2, 4)
+        elif method == "structured":
+            m = masks.structured_mask(w2, s, dim=0)
+        else:  # magnitude, and wanda without calibration activations
+            m = masks.magnitude_mask(w2, s)
+        return m.reshape(w.shape)
+
+    def prune_weights(self, target: str, method: str, params: dict,
+                      names=None) -> dict[str, torch.Tensor]:
+        """Pruned tensors of ``target`` (``names`` default: all)."""
+        if method not in PRUNE_METHODS:
+            raise WsvizError(f"unknown pruning method {method!r}; choose one of "
+                             f"{list(PRUNE_METHODS)}")
+        if target not in self.labels and target not in ("base", self.base_label):
+            raise WsvizError(f"unknown model {target!r}; choose base or one of {self.labels}")
+        out = {}
+        for name in names or self.ms.names:
+            w = self._weight(target, name)
+            m = self._mask(w, name, method, params)
+            out[name] = w if m is None else torch.where(m, w, torch.zeros_like(w))
+        return out
+
+    def evaluate_prune(self, target: str, method: str, params: dict) -> dict[str, float]:
+        with self._eval_lock:
+            names = getattr(self.evaluator, "names", None)
+            return self._evaluate_weights(self.prune_weights(target, method, params, names))
+
+    def prune_mask(self, layer: str, target: str, method: str, params: dict):
+        m = self._mask(self._weight(target, layer), layer, method, params)
+        if m is None:
+            return None
+        m = m.reshape(m.shape[0], -1)
+        sr = max(1, -(-m.shape[0] // MAX_IMAGE_SIDE))
+        sc = max(1, -(-m.shape[1] // MAX_IMAGE_SIDE))
+        return m[::sr, ::sc].cpu().numpy()
+
+    # -- export -----------------------------------------------------------------------------
+    def _paths(self) -> dict[str, str]:
+        paths = {}
+        if self.ms.base.path is not None:
+            paths[self.base_label] = str(self.ms.base.path)
+        for lab, src in self.ms.models.items():
+            if src.path is not None:
+                paths[lab] = str(src.path)
+        return paths
+
+    def _path_recipe(self, recipe):
+        """Copy of ``recipe`` with model-set labels replaced by checkpoint paths."""
+        paths = self._paths()
+        r = copy.deepcopy(recipe)
+        missing = [x for x in [r.base, *r.labels] if x and x not in paths]
+        if missing:
+            raise WsvizError(f"models {missing} were not loaded from disk, so they cannot be "
+                             "named in an exported recipe")
+        if r.base:
+            r.base = paths[r.base]
+        for m in r.models:
+            m.model = paths[m.model]
+        return r
+
+    def recipe_yaml(self, recipe):
+        try:
+            text = recipe.to_mergekit_yaml(paths=self._paths())
+        except RecipeError as exc:
+            return None, str(exc)
+        return text, None
+
+    def recipe_json(self, recipe) -> str:
+        try:
+            return self._path_recipe(recipe).to_json()
+        except WsvizError:
+            return recipe.to_json()
+
+    def write_merged(self, recipe, outdir: str, force: bool, progress: Progress | None = None
+                     ) -> str:
+        from wsviz.recipes import merge_to_dir
+
+        out = Path(outdir)
+        if out.exists() and not force:
+            raise WsvizError(f"{out} already exists; tick 'overwrite' to replace it or choose "
+                             "another directory")
+        parent = out.parent if out.parent != Path("") else Path(".")
+        probe = parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        import os
+
+        if not os.access(probe, os.W_OK):
+            raise WsvizError(f"cannot write to {out}: {probe} is not writable; choose another "
+                             "directory")
+        if progress:
+            progress(0.05, "merging")
+        try:
+            path = merge_to_dir(self._path_recipe(recipe), out, force=force,
+                                device=self.device, progress=False)
+        except OSError as exc:
+            raise WsvizError(f"cannot write {out}: {exc.strerror or exc}") from None
+        if progress:
+            progress(1.0, "done")
+        return str(path)
+
+
+# -- constructors -------------------------------------------------------------------------------
+def demo_workspace(device=None) -> ApiWorkspace:
+    """The demo zoo (base + task fine-tunes) with its per-task accuracy evaluator."""
+    from wsviz.zoo import ensure_zoo
+
+    zoo = ensure_zoo()
+    ms = zoo.modelset()
+    ev = zoo.evaluator()
+    return ApiWorkspace(ms, ev, title="demo zoo (digits encoders)", device=device)
+
+
+def load_evaluator(spec: str | None, modelset=None):
+    """An evaluator from ``--eval``: ``module:function`` (a user callable) or a text file
+    (causal-LM perplexity of the merged model). None -> None."""
+    if not spec:
+        return None
+    import wsviz.eval as ev
+
+    if ":" in spec and not Path(spec).exists():
+        return ev.CallableEvaluator(spec)
+    return ev.PerplexityEvaluator(spec, modelset=modelset)
+
+
+def open_workspace(base, models, eval_spec: str | None = None, device=None,
+                   labels=None) -> ApiWorkspace:
+    """A workspace over checkpoint paths ``base`` and ``models``."""
+    from wsviz.io import ModelSet
+
+    ms = ModelSet.open(str(base), [str(m) for m in models], labels=labels)
+    evaluator = load_evaluator(eval_spec, ms)
+    return ApiWorkspace(ms, evaluator, title=f"{Path(str(base)).name} + {len(ms.labels)}",
+                        device=device)

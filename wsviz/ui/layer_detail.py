@@ -1,0 +1,226 @@
+"""Layer detail: spectra, ESD with its power-law fit, delta histogram, the matrix as an image,
+the sign-conflict map and agreement matrix, and intruder dimensions of the selected layer."""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+from holoviews.operation.datashader import rasterize
+from panel.viewable import Viewer
+
+from wsviz.ui.session import Session
+from wsviz.ui.workspace import LayerDetailView
+
+# Matrices larger than this many cells are drawn through datashader's rasterize.
+RASTERIZE_CELLS = 256 * 256
+
+
+def _note(detail: LayerDetailView, key: str, default: str) -> hv.Div:
+    return hv.Div(f"<i>{detail.notes.get(key, default)}</i>").opts(height=60)
+
+
+def spectra_plot(d: LayerDetailView):
+    if d.spectra is None or d.spectra.empty:
+        return _note(d, "spectra", "No spectra (1-D tensor).")
+    curves = []
+    for series, g in d.spectra.groupby("series", sort=False):
+        g = g[g["sigma"] > 0]
+        dash = "dashed" if str(series).startswith("delta") else "solid"
+        curves.append(hv.Curve(g, "index", "sigma", label=str(series)).opts(line_dash=dash))
+    return hv.Overlay(curves).opts(
+        logy=True, title="Singular values (log scale)", legend_position="right",
+        responsive=True, height=320, xlabel="index i", ylabel="σ_i")
+
+
+def esd_plot(d: LayerDetailView, series: str | None = None):
+    if d.esd is None or d.esd.empty:
+        return _note(d, "esd", "No ESD (1-D tensor).")
+    names = list(dict.fromkeys(d.esd["series"]))
+    series = series if series in names else names[0]
+    lam = d.esd.loc[d.esd["series"] == series, "lam"].to_numpy(dtype=float)
+    lam = lam[lam > 0]
+    if lam.size == 0:
+        return _note(d, "esd", "All eigenvalues are zero.")
+    edges = np.logspace(np.log10(lam.min()), np.log10(lam.max()) + 1e-9, 30)
+    counts, edges = np.histogram(lam, bins=edges, density=True)
+    centers = np.sqrt(edges[:-1] * edges[1:])
+    ok = counts > 0
+    hist = hv.Curve((centers[ok], counts[ok]), kdims=["λ = σ²"], vdims=["density"],
+                    label=f"ESD {series}").opts(interpolation="steps-mid", line_width=2)
+    pts = hv.Scatter((centers[ok], counts[ok]), kdims=["λ = σ²"], vdims=["density"]).opts(
+        size=5, color="#1f77b4")
+    layers = [hist, pts]
+    title = f"ESD of {series}"
+    if d.esd_fit is not None and not d.esd_fit.empty:
+        fit = d.esd_fit[d.esd_fit["series"] == series]
+        if not fit.empty and np.isfinite(fit["alpha"].iloc[0]):
+            alpha = float(fit["alpha"].iloc[0])
+            xmin = float(fit["xmin"].iloc[0])
+            tail = lam[lam >= xmin]
+            if tail.size and xmin > 0:
+                # normalised power law over the tail, scaled by the tail's share of the mass
+                xs = np.logspace(np.log10(xmin), np.log10(lam.max()), 50)
+                ys = (alpha - 1) / xmin * (xs / xmin) ** (-alpha) * (tail.size / lam.size)
+                layers.append(hv.Curve((xs, ys), kdims=["λ = σ²"], vdims=["density"],
+                                       label=f"power law α={alpha:.2f}").opts(color="red"))
+                title += f" — α = {alpha:.2f}, λ_min = {xmin:.3g}"
+    return hv.Overlay(layers).opts(logx=True, logy=True, title=title, responsive=True,
+                                   height=320, legend_position="top_right")
+
+
+def delta_hist_plot(d: LayerDetailView):
+    if d.delta_hist is None or d.delta_hist.empty:
+        return _note(d, "delta_hist", "No delta histogram.")
+    hists = []
+    for series, g in d.delta_hist.groupby("series", sort=False):
+        edges = np.r_[g["left"].to_numpy(), g["right"].to_numpy()[-1:]]
+        hists.append(hv.Histogram((edges, g["count"].to_numpy()), kdims=["Δ value"],
+                                  vdims=["count"], label=str(series)).opts(alpha=0.45))
+    return hv.Overlay(hists).opts(title="Histogram of delta values", responsive=True,
+                                  height=320, legend_position="top_right")
+
+
+def matrix_plot(arr: np.ndarray, title: str, cmap: str = "RdBu_r", symmetric: bool = True):
+    """Image of a 2-D array (rows top to bottom) with symmetric colour limits; rasterized by
+    datashader when larger than :data:`RASTERIZE_CELLS`."""
+    arr = np.asarray(arr, dtype=float)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    rows, cols = arr.shape
+    finite = arr[np.isfinite(arr)]
+    if symmetric:
+        lim = float(np.max(np.abs(finite))) if finite.size else 1.0
+        clim = (-lim or -1.0, lim or 1.0)
+    else:
+        clim = (float(finite.min()) if finite.size else 0.0,
+                float(finite.max()) if finite.size else 1.0)
+    img = hv.Image(arr[::-1], bounds=(0, 0, cols, rows), kdims=["column", "row"], vdims=["v"])
+    opts = dict(cmap=cmap, colorbar=True, clim=clim, responsive=True, height=360,
+                title=f"{title} [{rows}×{cols}]", tools=["hover"])
+    if rows * cols > RASTERIZE_CELLS:
+        return rasterize(img, aggregator="mean").opts(**opts)
+    return img.opts(**opts)
+
+
+def agreement_plot(agreement: pd.DataFrame):
+    df = agreement.copy()
+    df.index = df.index.astype(str)
+    df.columns = df.columns.astype(str)
+    long = df.stack().rename("agreement").reset_index()
+    long.columns = ["a", "b", "agreement"]
+    return hv.HeatMap(long, ["a", "b"], "agreement").opts(
+        cmap="RdBu", clim=(0, 1), colorbar=True, tools=["hover"], height=320, responsive=True,
+        title="Pairwise sign agreement", xrotation=45) * hv.Labels(
+        long.assign(txt=long["agreement"].map("{:.2f}".format)), ["a", "b"], "txt")
+
+
+def intruder_table(d: LayerDetailView):
+    if d.intruders is None:
+        return pn.pane.Markdown(f"*{d.notes.get('intruders', 'No intruder analysis.')}*")
+    if d.intruders.empty:
+        return pn.pane.Markdown("**Intruder dimensions:** none found (every top-k singular "
+                                "vector of the fine-tunes is close to a base direction).")
+    return pn.Column(
+        pn.pane.Markdown(f"**Intruder dimensions:** {len(d.intruders)} found"),
+        pn.widgets.Tabulator(d.intruders, disabled=True, height=220, show_index=False,
+                             sizing_mode="stretch_width"),
+    )
+
+
+class LayerDetail(Viewer):
+    """All detail views of ``session.layer``; follows the selection made anywhere."""
+
+    matrix_of = param.Selector(default=None, objects=[], allow_None=True,
+                               doc="Which matrix to draw (base weight, a fine-tune, a delta).")
+    esd_of = param.Selector(default=None, objects=[], allow_None=True,
+                            doc="Whose ESD to draw.")
+
+    def __init__(self, session: Session, **params):
+        super().__init__(**params)
+        self.session = session
+        self.detail: LayerDetailView | None = None
+        self._quiet = False
+        self._title = pn.pane.Markdown("", css_classes=["wsviz-detail-title"])
+        self._spectra = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._esd = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._hist = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._matrix = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._conflict = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._agree = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._intruders = pn.Column(sizing_mode="stretch_width")
+        self._spinner = pn.indicators.LoadingSpinner(value=False, size=24)
+        session.param.watch(self._load, "layer")
+        self.param.watch(self._draw_matrix, "matrix_of")
+        self.param.watch(self._draw_esd, "esd_of")
+        self._load()
+
+    def _load(self, *_):
+        layer = self.session.layer
+        if not layer:
+            return
+        self._spinner.value = True
+        self._title.object = f"### Layer `{layer}` — loading…"
+        self.session.runner.submit(
+            "detail", lambda: self.session.workspace.detail(layer), self._show,
+            lambda exc: setattr(self._spinner, "value", False))
+
+    def _show(self, d: LayerDetailView):
+        self.detail = d
+        self._spinner.value = False
+        shape = "×".join(map(str, d.shape)) if d.shape else "?"
+        self._title.object = f"### Layer `{d.layer}` — shape {shape}"
+        self._spectra.object = spectra_plot(d)
+        self._hist.object = delta_hist_plot(d)
+        self._quiet = True
+        try:
+            self.param.matrix_of.objects = list(d.matrix)
+            if self.matrix_of not in d.matrix:
+                keys = list(d.matrix)
+                self.matrix_of = next((k for k in keys if k.startswith("delta")),
+                                      keys[0] if keys else None)
+            esd_names = list(dict.fromkeys(d.esd["series"])) if d.esd is not None else []
+            self.param.esd_of.objects = esd_names
+            if self.esd_of not in esd_names:
+                self.esd_of = esd_names[0] if esd_names else None
+        finally:
+            self._quiet = False
+        self._draw_matrix()
+        self._draw_esd()
+        if d.sign_conflict is not None:
+            self._conflict.object = matrix_plot(
+                d.sign_conflict, "Sign-conflict map (fraction disagreeing)", cmap="magma",
+                symmetric=False)
+        else:
+            self._conflict.object = _note(d, "sign_conflict", "No sign-conflict map.")
+        self._agree.object = (agreement_plot(d.agreement) if d.agreement is not None
+                              else _note(d, "agreement", "No agreement matrix."))
+        self._intruders[:] = [intruder_table(d)]
+
+    def _draw_matrix(self, *_):
+        d = self.detail
+        if d is None or self._quiet:
+            return
+        if self.matrix_of and self.matrix_of in d.matrix:
+            self._matrix.object = matrix_plot(d.matrix[self.matrix_of], self.matrix_of)
+        else:
+            self._matrix.object = _note(d, "matrix", "No matrix view (1-D tensor).")
+
+    def _draw_esd(self, *_):
+        if self.detail is not None and not self._quiet:
+            self._esd.object = esd_plot(self.detail, self.esd_of)
+
+    def __panel__(self):
+        return pn.Column(
+            pn.Row(self._title, self._spinner),
+            pn.Row(self._spectra, self._esd, sizing_mode="stretch_width"),
+            pn.Row(pn.widgets.Select.from_param(self.param.esd_of, name="ESD of", width=200),
+                   pn.widgets.Select.from_param(self.param.matrix_of, name="Matrix",
+                                                width=240)),
+            pn.Row(self._hist, self._matrix, sizing_mode="stretch_width"),
+            pn.Row(self._conflict, self._agree, sizing_mode="stretch_width"),
+            self._intruders,
+            sizing_mode="stretch_width",
+        )

@@ -1,0 +1,407 @@
+"""Merge tuner: pick a method, tune its parameters (global, per model, per layer group) and see
+live per-task metrics, a history of every recipe tried, and parameter sweeps."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+from panel.viewable import Viewer
+
+from wsviz.errors import RecipeError
+from wsviz.ui.session import Session
+from wsviz.ui.widgets import (
+    make_widget,
+    metrics_plot,
+    set_widget,
+    summary_stats,
+    watch_widget,
+)
+from wsviz.ui.workspace import MethodView
+
+DEFAULT_METHOD = "task_arithmetic"
+
+
+def parse_schedule(text: str) -> list | None:
+    """Parse a per-layer schedule typed by the user.
+
+    ``"0.2, 0.5, 1.0"`` -> gradient list ``[0.2, 0.5, 1.0]`` (interpolated over layers);
+    ``"attn: 0.5, mlp: 0.3"`` -> filter list ``[{"filter": "attn", "value": 0.5}, ...]``
+    (matched on tensor names, as mergekit does). Empty -> None. RecipeError on bad input.
+    """
+    text = (text or "").strip()
+    if not text:
+        return None
+    parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+    try:
+        if all(":" in p for p in parts):
+            out = []
+            for p in parts:
+                key, val = p.split(":", 1)
+                out.append({"filter": key.strip(), "value": float(val)})
+            return out
+        return [float(p) for p in parts]
+    except ValueError as exc:
+        raise RecipeError(
+            f"schedule {text!r} is not understood: write a gradient like '0.2, 0.5, 1.0' or "
+            f"filters like 'attn: 0.5, mlp: 0.3' ({exc})") from None
+
+
+def pareto_mask(avg: np.ndarray, worst: np.ndarray) -> np.ndarray:
+    """True where no other point is at least as good on both avg and worst and better on one."""
+    n = len(avg)
+    keep = np.ones(n, dtype=bool)
+    for i in range(n):
+        better = (avg >= avg[i]) & (worst >= worst[i]) & ((avg > avg[i]) | (worst > worst[i]))
+        keep[i] = not better.any()
+    return keep
+
+
+class MergeTuner(Viewer):
+    """Interactive merge tuning with live evaluation.
+
+    ``state`` (a dict: method, params, model_params, schedules) fully describes the recipe;
+    every committed widget change rebuilds the recipe, re-merges in memory and re-evaluates
+    (off the event loop in server mode, coalesced to the latest change).
+    """
+
+    method = param.Selector(default=None, objects=[], doc="Merge method.")
+    recipe = param.Parameter(default=None, doc="The current valid Recipe (None until valid).")
+    metrics = param.Dict(default=None, allow_None=True, doc="Per-task metrics of `recipe`.")
+    n_evals = param.Integer(default=0, doc="Evaluations completed in this session.")
+
+    def __init__(self, session: Session, **params):
+        self.session = session
+        ws = session.workspace
+        self.methods: dict[str, MethodView] = ws.merge_methods()
+        names = list(self.methods)
+        super().__init__(**params)
+        self.param.method.objects = names
+        self.history: list[dict] = []
+        self.refs: dict[str, dict[str, float]] = {}
+        self._widgets: dict[str, object] = {}
+        self._model_widgets: dict[str, dict[str, object]] = {}
+        self._sched_widgets: dict[str, object] = {}
+        self._building = False
+        self._t_request = 0.0
+        self.last_latency_ms: float | None = None
+
+        self._method_w = pn.widgets.Select.from_param(self.param.method, name="Method",
+                                                      width=240)
+        self._doc = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self._global_box = pn.Column()
+        self._model_box = pn.Column()
+        self._sched_box = pn.Column()
+        self._summary = pn.pane.Markdown("*no evaluation yet*",
+                                         css_classes=["wsviz-merge-summary"],
+                                         sizing_mode="stretch_width")
+        self._bars = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._history_pane = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._selection = None
+        self._busy = pn.indicators.LoadingSpinner(value=False, size=24)
+        self._refresh = pn.widgets.Button(name="Re-evaluate", button_type="default", width=120)
+        self._refresh.on_click(lambda e: self.request())
+        # sweep
+        self._sweep_param = pn.widgets.Select(name="Sweep parameter", options=[], width=180)
+        self._sweep_from = pn.widgets.FloatInput(name="from", value=0.0, width=90)
+        self._sweep_to = pn.widgets.FloatInput(name="to", value=1.0, width=90)
+        self._sweep_steps = pn.widgets.IntInput(name="steps", value=6, start=2, end=50,
+                                                width=80)
+        self._sweep_btn = pn.widgets.Button(name="Run sweep", button_type="primary", width=110)
+        self._sweep_btn.on_click(lambda e: self.run_sweep())
+        self._sweep_progress = pn.indicators.Progress(value=0, max=100, width=240,
+                                                      visible=False)
+        self._sweep_plot = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self.sweep_result: pd.DataFrame | None = None
+
+        self.param.watch(self._on_method, "method")
+        try:
+            self.refs = ws.references()
+        except Exception as exc:  # noqa: BLE001 - references are optional decoration
+            session.notify_error(exc)
+        self.method = DEFAULT_METHOD if DEFAULT_METHOD in names else names[0]
+
+    # -- building widgets ------------------------------------------------------------------
+    def _spec(self) -> MethodView:
+        return self.methods[self.method]
+
+    def _on_method(self, *_):
+        spec = self._spec()
+        self._building = True
+        try:
+            self._doc.object = f"**{spec.name}** — {spec.doc}" + (
+                "" if spec.mergekit else "  \n*(not in mergekit: exports as JSON only)*")
+            self._widgets = {}
+            for p in spec.params:
+                if p.scope in ("global", "both"):
+                    self._widgets[p.name] = make_widget(p)
+            self._model_widgets = {}
+            rows = []
+            per_model = [p for p in spec.params if p.scope == "model"]
+            labels = self.session.workspace.labels
+            limit = spec.n_models
+            for i, label in enumerate(labels):
+                ws_ = {"include": pn.widgets.Checkbox(
+                    name="", value=limit is None or i < limit, width=30)}
+                for p in per_model:
+                    ws_[p.name] = make_widget(p, name=p.name, width=170)
+                self._model_widgets[label] = ws_
+                rows.append(pn.Row(ws_["include"], pn.pane.Markdown(f"`{label}`", width=90),
+                                   *[w for k, w in ws_.items() if k != "include"]))
+            self._sched_widgets = {}
+            for p in spec.params:
+                if p.kind == "float" and p.scope != "model":
+                    self._sched_widgets[p.name] = pn.widgets.TextInput(
+                        name=f"{p.name} schedule", placeholder="e.g. 0.2, 0.8  or  attn: 0.5",
+                        width=220)
+            for w in [*self._widgets.values(), *self._sched_widgets.values()]:
+                watch_widget(w, self.request)
+            for ws_ in self._model_widgets.values():
+                for w in ws_.values():
+                    watch_widget(w, self.request)
+            self._global_box[:] = list(self._widgets.values()) or [
+                pn.pane.Markdown("*no global parameters*")]
+            self._model_box[:] = rows or [pn.pane.Markdown("*no per-model parameters*")]
+            self._sched_box[:] = list(self._sched_widgets.values()) or [
+                pn.pane.Markdown("*no schedulable parameters*")]
+            floats = [p.name for p in spec.params if p.kind == "float" and p.scope != "model"]
+            self._sweep_param.options = floats
+            self._sweep_param.value = floats[0] if floats else None
+            if floats:
+                p0 = spec.param(floats[0])
+                self._sweep_from.value = float(p0.lo if p0.lo is not None else 0.0)
+                self._sweep_to.value = float(p0.hi if p0.hi is not None else 1.0)
+        finally:
+            self._building = False
+        self.request()
+
+    # -- state <-> recipe ------------------------------------------------------------------
+    @property
+    def state(self) -> dict:
+        """JSON-able description of the current settings (restorable with :meth:`restore`)."""
+        return {
+            "method": self.method,
+            "params": {k: w.value for k, w in self._widgets.items()},
+            "model_params": {lab: {k: w.value for k, w in ws_.items()}
+                             for lab, ws_ in self._model_widgets.items()},
+            "schedules": {k: w.value for k, w in self._sched_widgets.items() if w.value},
+        }
+
+    def build_recipe(self, state: dict | None = None):
+        """Recipe for ``state`` (default: current widgets); RecipeError if invalid."""
+        state = state or self.state
+        params = dict(state["params"])
+        for name, text in state.get("schedules", {}).items():
+            sched = parse_schedule(text)
+            if sched is None:
+                continue
+            if sched and isinstance(sched[0], dict) and name in params:
+                sched = sched + [{"value": params[name]}]
+            params[name] = sched
+        model_params = {lab: {k: v for k, v in mp.items() if v is not None}
+                        for lab, mp in state["model_params"].items()}
+        return self.session.workspace.make_recipe(state["method"], params, model_params)
+
+    def set(self, name: str, value, model: str | None = None) -> None:
+        """Set one parameter (globally or for ``model``) as if the user had; re-evaluates."""
+        if model is None and isinstance(value, str) and name in self._sched_widgets:
+            w = self._sched_widgets[name]  # a per-layer schedule typed as text
+        elif model is None:
+            w = self._widgets.get(name)
+        else:
+            w = self._model_widgets.get(model, {}).get(name)
+        if w is None:
+            raise RecipeError(f"method {self.method!r} has no parameter {name!r}"
+                              + (f" for model {model!r}" if model else ""))
+        set_widget(w, value)
+
+    def restore(self, state: dict) -> None:
+        """Put the widgets back to ``state`` (from :attr:`history`) and re-evaluate once."""
+        self._building = True
+        try:
+            if state["method"] != self.method:
+                self.method = state["method"]
+            for k, v in state["params"].items():
+                if k in self._widgets:
+                    set_widget(self._widgets[k], v)
+            for lab, mp in state["model_params"].items():
+                for k, v in mp.items():
+                    w = self._model_widgets.get(lab, {}).get(k)
+                    if w is not None and v is not None:
+                        set_widget(w, v)
+            for k, w in self._sched_widgets.items():
+                w.value = state.get("schedules", {}).get(k, "")
+        finally:
+            self._building = False
+        self.request()
+
+    # -- evaluation --------------------------------------------------------------------------
+    def request(self) -> None:
+        """Rebuild the recipe from the widgets and evaluate it (coalesced)."""
+        if self._building:
+            return
+        state = copy.deepcopy(self.state)
+        try:
+            recipe = self.build_recipe(state)
+        except Exception as exc:  # noqa: BLE001 - bad parameters are shown, not raised
+            self.session.notify_error(exc)
+            return
+        self.recipe = recipe
+        self._t_request = time.perf_counter()
+        self._busy.value = True
+        ws = self.session.workspace
+        self.session.runner.submit(
+            "merge-eval", lambda: (state, recipe, ws.evaluate_recipe(recipe)), self._show,
+            lambda exc: setattr(self._busy, "value", False))
+
+    def _show(self, result) -> None:
+        state, recipe, metrics = result
+        self._busy.value = False
+        self.last_latency_ms = 1000 * (time.perf_counter() - self._t_request)
+        self.metrics = dict(metrics)
+        self.n_evals += 1
+        stats = summary_stats(metrics, self.refs.get("individual", {}))
+        self._summary.object = (
+            f"**eval #{self.n_evals}** — avg **{stats['avg']:.1%}** · worst "
+            f"**{stats['worst']:.1%}** · normalised avg {stats['normalized']:.1%}  \n"
+            f"`{_short(state)}`")
+        self._bars.object = metrics_plot(metrics, self.refs, f"{state['method']}: per-task")
+        key = json.dumps(state, sort_keys=True, default=str)
+        if not any(h["key"] == key for h in self.history):
+            self.history.append({"key": key, "state": state, "metrics": dict(metrics), **stats})
+            self._draw_history()
+
+    def history_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame([{"i": i, "avg": h["avg"], "worst": h["worst"],
+                            "recipe": _short(h["state"])} for i, h in enumerate(self.history)])
+        if not df.empty:
+            df["pareto"] = pareto_mask(df["avg"].to_numpy(), df["worst"].to_numpy())
+        return df
+
+    def _draw_history(self):
+        df = self.history_frame()
+        if df.empty:
+            return
+        df["kind"] = np.where(df["pareto"], "Pareto", "dominated")
+        lo = float(max(0.0, min(df["avg"].min(), df["worst"].min()) - 0.05))
+        pts = hv.Points(df, ["avg", "worst"], ["i", "recipe", "kind"]).opts(
+            color="kind", cmap={"Pareto": "#d62728", "dominated": "#9ecae1"}, size=11,
+            tools=["hover", "tap"], responsive=True, height=320, nonselection_alpha=0.5,
+            title="Recipes tried (click one to restore it)", xlabel="average task accuracy",
+            xlim=(lo, 1.0), ylim=(lo, 1.0),
+            ylabel="worst task accuracy", show_legend=True, legend_position="bottom_right")
+        front = df[df["pareto"]].sort_values("avg")
+        sel = hv.streams.Selection1D(source=pts)
+        sel.add_subscriber(self._on_history_tap)
+        self._selection = sel
+        self._history_pane.object = pts * hv.Curve(front, "avg", "worst").opts(
+            color="#d62728", line_dash="dotted")
+
+    def _on_history_tap(self, index):
+        if index:
+            i = index[0]
+            if 0 <= i < len(self.history):
+                self.restore(self.history[i]["state"])
+
+    # -- sweeps ------------------------------------------------------------------------------
+    def run_sweep(self, name: str | None = None, values=None) -> None:
+        """Evaluate the current recipe over a grid of one parameter (with progress)."""
+        name = name or self._sweep_param.value
+        if not name:
+            self.session.notify_error("This method has no float parameter to sweep.")
+            return
+        if values is None:
+            values = np.linspace(self._sweep_from.value, self._sweep_to.value,
+                                 int(self._sweep_steps.value)).tolist()
+        base_state = copy.deepcopy(self.state)
+
+        def make(v):
+            st = copy.deepcopy(base_state)
+            st["params"][name] = float(v)
+            st.get("schedules", {}).pop(name, None)
+            return self.build_recipe(st)
+
+        try:
+            make(values[0])
+        except Exception as exc:  # noqa: BLE001
+            self.session.notify_error(exc)
+            return
+        self._sweep_progress.value = 0
+        self._sweep_progress.visible = True
+        self._sweep_btn.disabled = True
+        runner = self.session.runner
+
+        def progress(frac, msg):
+            runner.call_soon(lambda: setattr(self._sweep_progress, "value", int(100 * frac)))
+
+        def work():
+            return self.session.workspace.sweep(make, values, progress=progress)
+
+        def done(df):
+            self._sweep_btn.disabled = False
+            self._sweep_progress.visible = False
+            self.sweep_result = df
+            avg = df.groupby("value", as_index=False)["metric"].mean().assign(task="average")
+            worst = df.groupby("value", as_index=False)["metric"].min().assign(task="worst")
+            curves = [hv.Curve(g, "value", "metric", label=str(t)).opts(alpha=0.5)
+                      for t, g in df.groupby("task")]
+            curves += [hv.Curve(avg, "value", "metric", label="average").opts(
+                           color="black", line_width=3),
+                       hv.Curve(worst, "value", "metric", label="worst").opts(
+                           color="red", line_width=3, line_dash="dashed")]
+            self._sweep_plot.object = hv.Overlay(curves).opts(
+                responsive=True, height=320, title=f"Sweep of {name} ({base_state['method']})",
+                xlabel=name, ylabel="accuracy", legend_position="right")
+
+        def error(exc):
+            self._sweep_btn.disabled = False
+            self._sweep_progress.visible = False
+
+        runner.submit("sweep", work, done, error)
+
+    # -- layout ------------------------------------------------------------------------------
+    def controls(self):
+        return pn.Column(
+            pn.Row(self._method_w, self._busy, self._refresh),
+            self._doc,
+            pn.pane.Markdown("#### Parameters"), self._global_box,
+            pn.pane.Markdown("#### Models (include, per-model weight)"), self._model_box,
+            pn.pane.Markdown("#### Per-layer schedules (gradient or filters)"), self._sched_box,
+            width=560,
+        )
+
+    def __panel__(self):
+        return pn.Row(
+            self.controls(),
+            pn.Column(
+                self._summary, self._bars, self._history_pane,
+                pn.Row(self._sweep_param, self._sweep_from, self._sweep_to, self._sweep_steps,
+                       self._sweep_btn),
+                self._sweep_progress, self._sweep_plot,
+                sizing_mode="stretch_width",
+            ),
+            sizing_mode="stretch_width",
+        )
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _short(state: dict) -> str:
+    ps = ", ".join(f"{k}={_fmt(v)}" for k, v in state["params"].items())
+    weights = [mp.get("weight") for mp in state["model_params"].values()]
+    if weights and any(w not in (None, 1.0) for w in weights):
+        ps += ", w=[" + ", ".join(_fmt(w) for w in weights) + "]"
+    sched = state.get("schedules") or {}
+    if sched:
+        ps += ", " + ", ".join(f"{k}~[{v}]" for k, v in sched.items())
+    return f"{state['method']}({ps})"

@@ -1,0 +1,112 @@
+"""Task map: task vectors (whole model or one layer group) in 2-D by PCA and UMAP, plus the
+whole-model cosine-similarity matrix."""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+from panel.viewable import Viewer
+
+from wsviz.ui.session import Session
+
+WHOLE = "whole model"
+
+
+def project_2d(X: np.ndarray, how: str, seed: int = 0) -> np.ndarray:
+    """Project rows of ``X`` [n, d] to [n, 2] by "pca" or "umap" (tiny n handled: pads with
+    zeros when fewer than 2 components exist)."""
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    if n == 0:
+        return np.zeros((0, 2))
+    if how == "pca":
+        from sklearn.decomposition import PCA
+
+        k = max(1, min(2, n, X.shape[1]))
+        Y = PCA(n_components=k, random_state=seed).fit_transform(X)
+    else:
+        if n < 4:
+            return project_2d(X, "pca")
+        import umap
+
+        Y = umap.UMAP(n_components=2, n_neighbors=max(2, min(15, n - 1)), init="random",
+                      random_state=seed, metric="cosine").fit_transform(X)
+    if Y.shape[1] < 2:
+        Y = np.c_[Y, np.zeros(n)]
+    return Y
+
+
+class TaskMap(Viewer):
+    """Scatter of task vectors (PCA and UMAP side by side) and the cosine matrix."""
+
+    group = param.Selector(default=WHOLE, objects=[WHOLE],
+                           doc="Whole model or one layer group.")
+
+    def __init__(self, session: Session, **params):
+        super().__init__(**params)
+        self.session = session
+        groups = sorted(set(session.workspace.layer_groups().values()))
+        self.param.group.objects = [WHOLE] + groups
+        self._pca = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._umap = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._cos = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self.points: pd.DataFrame | None = None
+        self.param.watch(self._update, "group")
+        self._started = False
+
+    def start(self):
+        """Compute the projections (off the event loop in server mode)."""
+        if not self._started:
+            self._started = True
+            self._update()
+            self.session.runner.submit("cosine", self.session.workspace.cosine_matrix,
+                                       self._show_cos)
+
+    def _update(self, *_):
+        group = None if self.group == WHOLE else self.group
+        ws = self.session.workspace
+
+        def work():
+            labels, X = ws.task_map(group)
+            return pd.DataFrame({
+                "model": labels,
+                **dict(zip(["pca1", "pca2"], project_2d(X, "pca").T)),
+                **dict(zip(["umap1", "umap2"], project_2d(X, "umap").T)),
+            })
+
+        self._pca.object = hv.Div("<i>computing…</i>")
+        self.session.runner.submit("taskmap", work, self._show)
+
+    def _show(self, pts: pd.DataFrame):
+        self.points = pts
+        opts = dict(size=12, tools=["hover"], responsive=True, height=340, color="model",
+                    cmap="Category10", show_legend=False)
+        for pane, (a, b), name in ((self._pca, ("pca1", "pca2"), "PCA"),
+                                   (self._umap, ("umap1", "umap2"), "UMAP")):
+            pts_el = hv.Points(pts, [a, b], ["model"]).opts(**opts, title=f"{name}: {self.group}")
+            pane.object = pts_el * hv.Labels(pts, [a, b], "model").opts(
+                yoffset=0.0, text_font_size="9pt", text_align="left")
+
+    def _show_cos(self, cos: pd.DataFrame):
+        df = cos.copy()
+        df.index = df.index.astype(str)
+        df.columns = df.columns.astype(str)
+        long = df.stack().rename("cos").reset_index()
+        long.columns = ["a", "b", "cos"]
+        self._cos.object = hv.HeatMap(long, ["a", "b"], "cos").opts(
+            cmap="RdBu_r", clim=(-1, 1), colorbar=True, tools=["hover"], height=360,
+            responsive=True, title="Task-vector cosine similarity (whole model)",
+            xrotation=45) * hv.Labels(long.assign(t=long["cos"].map("{:.2f}".format)),
+                                      ["a", "b"], "t")
+
+    def __panel__(self):
+        self.start()
+        return pn.Column(
+            pn.widgets.Select.from_param(self.param.group, name="Task vectors of", width=260),
+            pn.Row(self._pca, self._umap, sizing_mode="stretch_width"),
+            self._cos,
+            sizing_mode="stretch_width",
+        )

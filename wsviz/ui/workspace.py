@@ -1,0 +1,174 @@
+"""What the dashboards need from wsviz, in one small interface.
+
+:class:`Workspace` is the only thing ui/ components talk to. It is implemented by
+:class:`wsviz.ui.backend.ApiWorkspace` on top of wsviz's public API (io, analysis, recipes,
+eval, zoo); tests may substitute a tiny fake. Every method returns plain Python / numpy /
+pandas objects, so views never do tensor math.
+
+A workspace is read-only and shared between sessions (its caches are thread-safe);
+per-session state (selected layer, current recipe, history) lives in the components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+Progress = Callable[[float, str], None]
+"""``progress(fraction_in_0_1, message)``."""
+
+
+@dataclass(frozen=True)
+class ParamView:
+    """One method parameter as a widget sees it.
+
+    ``kind``: "float" | "int" | "bool" | "choice" | "str"; ``scope``: "global", "model"
+    (per-model only) or "both"; ``lo``/``hi`` the slider range; ``choices`` for "choice".
+    """
+
+    name: str
+    kind: str
+    default: Any
+    lo: float | None = None
+    hi: float | None = None
+    step: float | None = None
+    choices: tuple = ()
+    scope: str = "global"
+    doc: str = ""
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class MethodView:
+    """A merge or prune method: its name, one-line doc, parameters, and whether it needs a base
+    model and how many models it takes (``n_models``: None = any, 2 for slerp)."""
+
+    name: str
+    doc: str
+    params: tuple[ParamView, ...]
+    mergekit: bool = True
+    needs_base: bool = True
+    n_models: int | None = None
+
+    def param(self, name: str) -> ParamView:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+@dataclass
+class LayerDetailView:
+    """Per-layer arrays for the detail views (any field may be empty / None with a ``notes``
+    entry saying why).
+
+    spectra: tidy DataFrame ``series, index, sigma`` (series e.g. "base", "ft:<label>",
+      "delta:<label>"); esd: DataFrame ``series, lam`` (eigenvalues λ = σ²) and esd_fit:
+      DataFrame ``series, alpha, xmin`` (power law p(λ) ∝ λ^-alpha for λ ≥ xmin);
+    delta_hist: DataFrame ``series, left, right, count``; matrix: dict label -> 2-D array
+      (weights or deltas, possibly down-sampled); sign_conflict: 2-D array in [0, 1]
+      (fraction of models disagreeing with the elected sign, 0 where trimmed away);
+    agreement: square DataFrame (models x models) of sign agreement;
+    intruders: DataFrame ``model, rank, max_cos`` (one row per intruder dimension).
+    """
+
+    layer: str
+    shape: tuple[int, ...] = ()
+    spectra: pd.DataFrame | None = None
+    esd: pd.DataFrame | None = None
+    esd_fit: pd.DataFrame | None = None
+    delta_hist: pd.DataFrame | None = None
+    matrix: dict[str, np.ndarray] = field(default_factory=dict)
+    sign_conflict: np.ndarray | None = None
+    agreement: pd.DataFrame | None = None
+    intruders: pd.DataFrame | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+class Workspace:
+    """Abstract interface; see module docstring. All methods may raise WsvizError."""
+
+    title: str = "wsviz"
+    labels: list[str]
+    tasks: list[str]
+
+    # -- analysis ----------------------------------------------------------------------------
+    def layers(self) -> list[str]:
+        """Aligned tensor names in model order."""
+        raise NotImplementedError
+
+    def layer_groups(self) -> dict[str, str]:
+        """``{layer: group}`` (group = the layer-group name used by schedules / filters)."""
+        raise NotImplementedError
+
+    def analysis_table(self, progress: Progress | None = None) -> pd.DataFrame:
+        """Tidy table ``layer, block, kind, group, model, metric, value, note`` (may be slow the
+        first time; cached)."""
+        raise NotImplementedError
+
+    def detail(self, layer: str) -> LayerDetailView:
+        raise NotImplementedError
+
+    def task_map(self, group: str | None) -> tuple[list[str], np.ndarray]:
+        """(labels, X[n_models, d]) task vectors for the whole model (group None) or one group."""
+        raise NotImplementedError
+
+    def cosine_matrix(self) -> pd.DataFrame:
+        """Whole-model task-vector cosine similarity, models x models."""
+        raise NotImplementedError
+
+    # -- merging / pruning ------------------------------------------------------------------
+    def merge_methods(self) -> dict[str, MethodView]:
+        raise NotImplementedError
+
+    def prune_methods(self) -> dict[str, MethodView]:
+        raise NotImplementedError
+
+    def make_recipe(self, method: str, params: dict, model_params: dict[str, dict]) -> Any:
+        """Build and validate a recipe (RecipeError naming the bad parameter)."""
+        raise NotImplementedError
+
+    def evaluate_recipe(self, recipe) -> dict[str, float]:
+        """Per-task metric (accuracy in [0, 1]) of the merged model."""
+        raise NotImplementedError
+
+    def evaluate_prune(self, target: str, method: str, params: dict) -> dict[str, float]:
+        raise NotImplementedError
+
+    def prune_mask(self, layer: str, target: str, method: str, params: dict) -> np.ndarray | None:
+        """Boolean keep-mask of one layer (True = keep), or None for 1-D tensors."""
+        raise NotImplementedError
+
+    def references(self) -> dict[str, dict[str, float]]:
+        """``{"pretrained": {task: v}, "individual": {task: v}}``."""
+        raise NotImplementedError
+
+    def sweep(self, make: Callable[[float], Any], values, progress: Progress | None = None
+              ) -> pd.DataFrame:
+        """Evaluate ``make(v)`` for each v: tidy DataFrame ``value, task, metric``."""
+        rows = []
+        values = list(values)
+        for i, v in enumerate(values):
+            metrics = self.evaluate_recipe(make(v))
+            rows += [{"value": v, "task": t, "metric": m} for t, m in metrics.items()]
+            if progress:
+                progress((i + 1) / len(values), f"{i + 1}/{len(values)}")
+        return pd.DataFrame(rows, columns=["value", "task", "metric"])
+
+    # -- export -----------------------------------------------------------------------------
+    def recipe_yaml(self, recipe) -> tuple[str | None, str | None]:
+        """(mergekit YAML text, None) or (None, reason it cannot be expressed)."""
+        raise NotImplementedError
+
+    def recipe_json(self, recipe) -> str:
+        raise NotImplementedError
+
+    def write_merged(self, recipe, outdir: str, force: bool, progress: Progress | None = None
+                     ) -> str:
+        """Write the merged model as an HF directory; returns its path. Refuses to overwrite
+        unless ``force``."""
+        raise NotImplementedError
