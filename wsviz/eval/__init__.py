@@ -14,7 +14,7 @@ from wsviz.eval.base import Evaluator, Results, mean_metrics, normalize_results,
 
 __all__ = [
     "CallableEvaluator", "Evaluator", "PerplexityEvaluator", "Results", "ZooEvaluator",
-    "evaluate_recipe", "mean_metrics", "normalize_results", "sweep", "to_frame",
+    "evaluate_recipe", "greedy_soup", "mean_metrics", "normalize_results", "set_param", "sweep", "to_frame",
 ]
 
 
@@ -31,8 +31,8 @@ def __getattr__(name):  # lazy: keep `import wsviz.eval` cheap
         from wsviz.eval.user import CallableEvaluator
 
         return CallableEvaluator
-    if name in ("evaluate_recipe", "sweep"):
-        from wsviz.eval import sweep as _sweep
+    if name in ("evaluate_recipe", "sweep", "greedy_soup", "set_param"):
+        import importlib
 
-        return getattr(_sweep, name)
+        return getattr(importlib.import_module("wsviz.eval.live"), name)
     raise AttributeError(f"module 'wsviz.eval' has no attribute {name!r}")

@@ -49,7 +49,7 @@ class ZooConfig:
     n_train: int = 1200
     split_seed: int = 0
     init_seed: int = 0
-    pretrain_steps: int = 0
+    pretrain_steps: int = 50
     pretrain_lr: float = 1e-3
     pretrain_noise: float = 0.3
     probe_samples: int = 30
@@ -156,8 +156,9 @@ def _save_dir(path: Path, tensors: dict[str, torch.Tensor], config: dict) -> str
 
     path.mkdir(parents=True)
     f = path / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(f),
-              metadata={"format": "pt", "producer": "wsviz.zoo"})
+    # one metadata key only: safetensors writes metadata in hash-map order, so several keys
+    # would make the file bytes (and the sha256 fingerprints) differ between identical builds
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(f), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return hashlib.sha256(f.read_bytes()).hexdigest()
 

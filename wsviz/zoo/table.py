@@ -13,7 +13,7 @@ from wsviz.eval.base import mean_metrics
 
 TA_LAMBDAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 TIES_DENSITIES = (0.1, 0.2, 0.4, 0.6)
-TIES_LAMBDAS = (0.6, 0.8, 1.0, 1.2, 1.5, 2.0)
+TIES_LAMBDAS = (0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5)
 
 
 def zoo_recipe(tasks: list[str], method: str, lam: float = 1.0, density: float | None = None):

@@ -1,0 +1,164 @@
+"""Recipe -> in-memory merge -> metrics: :func:`evaluate_recipe`, grid :func:`sweep` over one
+or two recipe parameters, and :func:`greedy_soup` (all without disk I/O).
+
+Parameter paths (for :func:`sweep` and :func:`set_param`):
+
+- ``"lambda"`` — a global parameter of the method (``recipe.params["lambda"]``);
+- ``"density"`` — a per-model parameter without a model: set for *every* model entry (a
+  per-model value would otherwise override a global one, as in mergekit);
+- ``"models.<label>.<param>"`` or ``"<label>.<param>"`` — one model's parameter;
+- ``"params.<param>"`` — explicitly global.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+
+import pandas as pd
+
+from wsviz.errors import RecipeError
+from wsviz.eval.base import Results, mean_metrics, to_frame
+
+Progress = Callable[[float, str], None]
+
+
+def _merge_names(evaluator, merger) -> list[str] | None:
+    names = getattr(evaluator, "names", None)
+    if names is None:
+        return None
+    cached = set(merger.names)
+    missing = [n for n in names if n not in cached]
+    if missing:
+        from wsviz.errors import EvalError
+
+        raise EvalError(f"the evaluator needs tensors the merger does not hold: {missing[:5]}; "
+                        "create the InMemoryMerger with these names")
+    return list(names)
+
+
+def evaluate_recipe(recipe, evaluator, merger) -> Results:
+    """Merge ``recipe`` in memory with ``merger`` (:class:`wsviz.recipes.InMemoryMerger`)
+    — only the tensors ``evaluator.names`` needs — and evaluate: ``{task: {metric: v}}``.
+
+    Raises :class:`RecipeError` for an invalid recipe, :class:`EvalError` when evaluation
+    fails."""
+    weights = merger.merge(recipe, names=_merge_names(evaluator, merger))
+    return evaluator.evaluate(weights)
+
+
+def set_param(recipe, path: str, value):
+    """Copy of ``recipe`` with the parameter at ``path`` (see the module docstring) set to
+    ``value``. Raises :class:`RecipeError` for an unknown model label or parameter."""
+    r = copy.deepcopy(recipe)
+    spec = r.spec
+    parts = path.split(".")
+    if parts[0] == "params" and len(parts) == 2:
+        spec.param(parts[1])  # RecipeError if unknown
+        r.params[parts[1]] = value
+        return r
+    if len(parts) == 1:
+        p = spec.param(parts[0])
+        if p.scope == "model" and r.models:
+            for m in r.models:
+                m.params[p.name] = value
+            r.params.pop(p.name, None)
+        else:
+            r.params[p.name] = value
+        return r
+    if parts[0] == "models":
+        parts = parts[1:]
+    label, name = ".".join(parts[:-1]), parts[-1]
+    spec.param(name)
+    for m in r.models:
+        if m.model == label:
+            m.params[name] = value
+            return r
+    raise RecipeError(f"sweep parameter {path!r}: no model {label!r} in the recipe "
+                      f"(models: {r.labels})")
+
+
+def sweep(
+    recipe, grid: Mapping[str, Sequence], evaluator, merger,
+    progress: bool | Progress = True, mean: bool = True,
+) -> pd.DataFrame:
+    """Evaluate ``recipe`` over the grid of one or two parameters.
+
+    ``grid``: ``{path: values}`` with 1 or 2 paths; every combination is merged in memory
+    and evaluated. Returns the tidy table with one column per path, then ``task``,
+    ``metric``, ``value`` (with ``mean``, extra ``task="mean"`` rows averaging the tasks).
+    ``progress``: True for a tqdm bar, or a callable ``(fraction, message)``.
+    Raises :class:`RecipeError` for a bad path / value, :class:`EvalError` from evaluation.
+    """
+    if not 1 <= len(grid) <= 2:
+        raise RecipeError(f"sweep over 1 or 2 parameters, got {len(grid)}: {list(grid)}")
+    paths = list(grid)
+    values = [list(grid[p]) for p in paths]
+    for p, v in zip(paths, values):
+        if not v:
+            raise RecipeError(f"sweep parameter {p!r} has no values")
+    combos = list(itertools.product(*values))
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(combos), desc="sweep " + " x ".join(paths))
+    frames = []
+    try:
+        for i, combo in enumerate(combos):
+            r = recipe
+            for p, v in zip(paths, combo):
+                r = set_param(r, p, v)
+            res = evaluate_recipe(r, evaluator, merger)
+            frames.append(to_frame(res, mean=mean, **dict(zip(paths, combo))))
+            if bar is not None:
+                bar.update(1)
+            elif callable(progress):
+                progress((i + 1) / len(combos), f"{i + 1}/{len(combos)}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return pd.concat(frames, ignore_index=True)
+
+
+def greedy_soup(
+    evaluator, merger, labels: Sequence[str] | None = None, metric: str = "accuracy",
+    progress: bool | Progress = False,
+) -> tuple[object, pd.DataFrame]:
+    """Greedy soup (Wortsman et al. 2022): rank the models by their own mean ``metric``, then
+    add them one by one to a uniform average, keeping each only if the mean ``metric`` does
+    not drop (higher is better; pass ``metric="neg_loss"``-style metrics accordingly).
+
+    Returns ``(recipe, history)``: the ``linear`` :class:`Recipe` of the kept models and a
+    table ``step, model, score, kept``. Use a validation split in ``evaluator`` (e.g.
+    ``ZooEvaluator(split="train")``) to avoid tuning on the test set.
+    """
+    from wsviz.recipes import Recipe
+
+    labels = list(labels if labels is not None else merger.labels)
+    if not labels:
+        raise RecipeError("greedy soup needs at least one model")
+
+    def soup(ms):
+        return Recipe("linear", models=[{"model": m, "params": {"weight": 1.0}} for m in ms])
+
+    def score(ms):
+        res = evaluate_recipe(soup(ms), evaluator, merger)
+        return mean_metrics(res)[metric]
+
+    solo = {m: score([m]) for m in labels}
+    order = sorted(labels, key=lambda m: -solo[m])
+    kept = [order[0]]
+    best = solo[order[0]]
+    rows = [{"step": 0, "model": order[0], "score": best, "kept": True}]
+    for i, m in enumerate(order[1:], start=1):
+        s = score([*kept, m])
+        keep = s >= best
+        if keep:
+            kept.append(m)
+            best = s
+        rows.append({"step": i, "model": m, "score": s, "kept": keep})
+        if callable(progress):
+            progress(i / max(1, len(order) - 1), f"{i}/{len(order) - 1}")
+    return soup(kept), pd.DataFrame(rows)
