@@ -142,3 +142,20 @@ def test_device_honoured():
                              {"weight": [1.0] * 3, "density": [0.5] * 3, "normalize": True,
                               "rescale": False, "lambda": 1.0})
     assert out.device.type == "cpu" and out.dtype == torch.float32
+
+
+def test_topk_keep_equals_stable_rank_mask():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 5, (400,), generator=g).float()  # many ties
+    r = sp.magnitude_ranks(x[None])[0]
+    for k in (0, 1, 7, 80, 399, 400):
+        assert torch.equal(sp.topk_keep(x, k), r < k)
+
+
+def test_one_shot_and_cached_ties_agree():
+    base, models = _data((64, 33))
+    p = {"weight": [1.0, 0.4, 0.8], "density": [0.2, 0.5, 0.05], "normalize": True,
+         "rescale": False, "lambda": 1.0, "int8_mask": False}
+    one = METHODS["ties"].fn(base, models, p)
+    cached = METHODS["ties"].fn(base, models, p, cache={})
+    assert torch.equal(one, cached)

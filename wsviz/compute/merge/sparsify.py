@@ -59,6 +59,23 @@ def row_ranks(deltas: Tensor) -> Tensor:
     return (ranks + 1).to(torch.float32)
 
 
+def topk_keep(absx: Tensor, k: int) -> Tensor:
+    """Bool mask of the ``k`` largest entries of the 1-D ``absx`` (ties broken by position,
+    like a stable descending sort) in O(numel) with ``kthvalue`` instead of a full sort."""
+    n = absx.numel()
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=absx.device)
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=absx.device)
+    thr = torch.kthvalue(absx, n - k + 1).values
+    gt = absx > thr
+    eq = absx == thr
+    need = k - int(gt.sum())
+    if need == int(eq.sum()):
+        return gt | eq
+    return gt | (eq & (eq.cumsum(0) <= need))
+
+
 def _cached(cache: dict | None, key: str, fn):
     if cache is None:
         return fn()

@@ -57,13 +57,15 @@ def _keep_intervals(sparsification, density, gamma, numel):
 
 
 def gta_fused(base: Tensor, deltas: Tensor, ranks: Tensor | None, weights, intervals,
-              consensus: str | None, normalize: bool, lam: float, chunk: int = CHUNK) -> Tensor:
+              consensus: str | None, normalize: bool, lam: float, chunk: int = CHUNK,
+              keep: Tensor | None = None) -> Tensor:
     """Cache-blocked generalised task arithmetic without rescale: the same arithmetic as
     :func:`gta_merge` done over column chunks of the flattened ``[n, numel]`` task vectors
     with preallocated buffers, so each cached input is streamed from memory once.
 
     ``ranks`` ``[n, numel]`` descending magnitude ranks (needed when an interval is not
-    the whole tensor); ``intervals`` per-model ``[lo, hi)`` kept rank intervals.
+    the whole tensor); ``intervals`` per-model ``[lo, hi)`` kept rank intervals; or
+    ``keep`` ``[n, numel]`` bool, the kept entries directly (one-shot merges).
     """
     n = deltas.shape[0]
     shape = base.shape
@@ -73,7 +75,9 @@ def gta_fused(base: Tensor, deltas: Tensor, ranks: Tensor | None, weights, inter
     dev = deltas.device
     w = torch.tensor([float(x) for x in weights], dtype=D.dtype, device=dev).view(n, 1)
     masked = any(lo > 0 or hi < N for lo, hi in intervals)
-    if masked:
+    if keep is not None:
+        K = keep.reshape(n, N)
+    elif masked:
         lo_t = torch.tensor([lo for lo, _ in intervals], dtype=ranks.dtype, device=dev).view(n, 1)
         hi_t = torch.tensor([hi for _, hi in intervals], dtype=ranks.dtype, device=dev).view(n, 1)
         need_lo = any(lo > 0 for lo, _ in intervals)
@@ -94,7 +98,9 @@ def gta_fused(base: Tensor, deltas: Tensor, ranks: Tensor | None, weights, inter
         c = b - a
         x = wd[:, :c]
         torch.mul(D[:, a:b], w, out=x)
-        if masked:
+        if keep is not None and masked:
+            x.mul_(K[:, a:b])
+        elif masked:
             k = kb[:, :c]
             torch.lt(R[:, a:b], hi_t, out=k)
             if need_lo:
@@ -148,11 +154,17 @@ def gta_merge(base: Tensor, deltas: Tensor, params: dict, *, sparsification: str
         numel = base.numel()
         gamma = as_list(params.get("gamma", 0.01), n)
         iv = _keep_intervals(sparsification, density, gamma, numel)
-        ranks = None
+        ranks = keep = None
         if any(lo > 0 or hi < numel for lo, hi in iv):
-            ranks = sp._cached(cache, "ranks", lambda: sp.magnitude_ranks(deltas))
+            if cache is None and sparsification == "magnitude":
+                # one-shot merge: O(numel) selection instead of a sort
+                a = deltas.reshape(n, -1).abs()
+                keep = torch.stack([sp.topk_keep(a[i], hi) for i, (_, hi) in enumerate(iv)])
+            else:
+                ranks = sp._cached(cache, "ranks", lambda: sp.magnitude_ranks(deltas))
         return gta_fused(base, deltas, ranks, as_list(params["weight"], n), iv, consensus,
-                         bool(params.get("normalize", False)), float(params.get("lambda", 1.0)))
+                         bool(params.get("normalize", False)), float(params.get("lambda", 1.0)),
+                         keep=keep)
     if sparsification == "magnitude":
         d = sp.magnitude(deltas, density, rescale, cache=cache)
     elif sparsification == "magnitude_outliers":
