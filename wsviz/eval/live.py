@@ -53,13 +53,20 @@ def set_param(recipe, path: str, value):
     ``value``. Raises :class:`RecipeError` for an unknown model label or parameter."""
     r = copy.deepcopy(recipe)
     spec = r.spec
+
+    def param(name):
+        if name not in spec.param_names:
+            raise RecipeError(f"sweep parameter {path!r}: method {spec.name!r} has no parameter "
+                              f"{name!r}; valid: {', '.join(spec.param_names) or '(none)'}")
+        return spec.param(name)
+
     parts = path.split(".")
     if parts[0] == "params" and len(parts) == 2:
-        spec.param(parts[1])  # RecipeError if unknown
+        param(parts[1])
         r.params[parts[1]] = value
         return r
     if len(parts) == 1:
-        p = spec.param(parts[0])
+        p = param(parts[0])
         if p.scope == "model" and r.models:
             for m in r.models:
                 m.params[p.name] = value
@@ -70,7 +77,7 @@ def set_param(recipe, path: str, value):
     if parts[0] == "models":
         parts = parts[1:]
     label, name = ".".join(parts[:-1]), parts[-1]
-    spec.param(name)
+    param(name)
     for m in r.models:
         if m.model == label:
             m.params[name] = value

@@ -1,0 +1,123 @@
+"""Causal-LM perplexity of an HF model directory on a user-supplied UTF-8 text file.
+
+The text is tokenised once with the model directory's tokenizer, cut into non-overlapping
+windows of ``context`` tokens (at most ``max_tokens`` in all), and every evaluation runs the
+model with the given weights swapped in (``torch.func.functional_call``, no copy of the
+model, no disk I/O)::
+
+    loss = mean over predicted tokens of -log p(token | previous tokens in its window)
+    perplexity = exp(loss)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from wsviz.errors import EvalError
+from wsviz.eval.base import Results
+
+
+def read_text(path: str | Path) -> str:
+    """Read a UTF-8 text file; :class:`EvalError` if it is missing, not UTF-8 or empty."""
+    p = Path(path)
+    if not p.is_file():
+        raise EvalError(f"perplexity text file {p} does not exist")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise EvalError(f"perplexity text file {p} is not UTF-8 text (invalid byte "
+                        f"0x{raw[e.start]:02x} at offset {e.start}); convert it, e.g. "
+                        f"iconv -t UTF-8") from None
+    if not text.strip():
+        raise EvalError(f"perplexity text file {p} is empty; give a file with some text")
+    return text
+
+
+class PerplexityEvaluator:
+    """Perplexity of the causal LM in ``model_dir`` (config, weights and tokenizer, loaded
+    with ``local_files_only``) on ``text_file``.
+
+    ``evaluate(weights)`` takes any subset of the model's tensors by checkpoint name (the
+    rest keep the directory's values) and returns ``{task: {"perplexity", "loss",
+    "tokens"}}`` with ``task`` = the text file's stem (or ``task``).
+    Raises :class:`EvalError` for a missing / empty / non-UTF-8 text file, a directory without
+    a tokenizer or model, a text of fewer than 2 tokens, unknown tensor names or shapes.
+    """
+
+    def __init__(self, model_dir: str | Path, text_file: str | Path, max_tokens: int = 4096,
+                 context: int | None = None, batch_size: int = 8, device=None,
+                 task: str | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_dir = Path(model_dir)
+        text = read_text(text_file)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        try:
+            tok = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise EvalError(f"{self.model_dir}: no usable tokenizer ({type(e).__name__}: {e}); "
+                            "save one there with tokenizer.save_pretrained(dir)") from None
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(self.model_dir), local_files_only=True, dtype=torch.float32)
+        except Exception as e:  # noqa: BLE001
+            raise EvalError(f"{self.model_dir}: cannot load a causal LM ({type(e).__name__}: "
+                            f"{e})") from None
+        self.model = model.eval().to(self.device)
+        ids = tok(text, return_tensors="pt", add_special_tokens=True)["input_ids"][0]
+        ids = ids[:max_tokens]
+        if len(ids) < 2:
+            raise EvalError(f"perplexity text file {text_file} has fewer than 2 tokens")
+        max_pos = getattr(model.config, "max_position_embeddings", None) or 1024
+        self.context = int(min(context or 512, max_pos))
+        self.windows = [ids[i:i + self.context] for i in range(0, len(ids), self.context)]
+        if len(self.windows) > 1 and len(self.windows[-1]) < 2:
+            self.windows = self.windows[:-1]
+        self.batch_size = batch_size
+        self.n_tokens = sum(len(w) - 1 for w in self.windows)
+        self.tasks = [task or Path(text_file).stem]
+        self.names = None
+        self._shapes = {k: tuple(v.shape) for k, v in
+                        {**dict(model.named_parameters()), **dict(model.named_buffers())}.items()}
+
+    def _batches(self):
+        full = [w for w in self.windows if len(w) == self.context]
+        rest = [w for w in self.windows if len(w) != self.context]
+        for i in range(0, len(full), self.batch_size):
+            yield torch.stack(full[i:i + self.batch_size])
+        for w in rest:
+            yield w[None]
+
+    def evaluate(self, weights: Mapping[str, torch.Tensor]) -> Results:
+        """``{task: {"perplexity", "loss", "tokens"}}`` with ``weights`` swapped in."""
+        from torch.func import functional_call
+
+        params = {}
+        for name, t in weights.items():
+            if name not in self._shapes:
+                raise EvalError(f"tensor {name!r} is not a parameter of the model in "
+                                f"{self.model_dir} (e.g. {next(iter(self._shapes))!r})")
+            if tuple(t.shape) != self._shapes[name]:
+                raise EvalError(f"tensor {name!r} has shape {tuple(t.shape)}, the model in "
+                                f"{self.model_dir} expects {self._shapes[name]}")
+            params[name] = t.to(device=self.device, dtype=torch.float32)
+        total = 0.0
+        with torch.no_grad():
+            for batch in self._batches():
+                batch = batch.to(self.device)
+                out = functional_call(self.model, params, (batch,), strict=False)
+                logits = out.logits[:, :-1].float()
+                total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                               batch[:, 1:].reshape(-1), reduction="sum"))
+        loss = total / self.n_tokens
+        return {self.tasks[0]: {"perplexity": math.exp(loss), "loss": loss,
+                                "tokens": float(self.n_tokens)}}
+
+    def __repr__(self) -> str:
+        return f"PerplexityEvaluator({self.model_dir}, tasks={self.tasks})"
