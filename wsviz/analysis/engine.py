@@ -17,7 +17,7 @@ from torch import Tensor
 
 from wsviz.analysis.detail import LayerDetail
 from wsviz.analysis.settings import AnalysisSettings
-from wsviz.analysis.tensor import analyze_tensor
+from wsviz.analysis.tensor import analyze_tensor, load_deltas
 from wsviz.compute import deltas as D
 from wsviz.errors import WsvizError
 
@@ -172,9 +172,8 @@ class AnalysisResult:
             raise WsvizError(f"no tensor named {layer!r} in the model set "
                              f"({len(ms.names)} tensors, e.g. {ms.names[:3]})")
         dev = resolve_device(device if device is not None else self.device)
-        base = ms.get_base(layer, dev)
-        models = ms.stack(layer, dev)
-        det = analyze_tensor(layer, ms.layer(layer), base, models, ms.labels, self.settings,
+        base, deltas = load_deltas(ms, layer, dev)
+        det = analyze_tensor(layer, ms.layer(layer), base, deltas, ms.labels, self.settings,
                              detail=True).detail
         self._details[layer] = det
         if path is not None:
@@ -299,14 +298,13 @@ def analyze(
         for i, name in enumerate(todo):
             if cb is not None:
                 cb(i, len(todo), name)
-            base = modelset.get_base(name, dev)
-            models = modelset.stack(name, dev)
-            res = analyze_tensor(name, modelset.layer(name), base, models, labels, settings)
+            base, deltas = load_deltas(modelset, name, dev)
+            res = analyze_tensor(name, modelset.layer(name), base, deltas, labels, settings)
             rows.extend(res.rows)
             if res.gram is not None:
                 g_total += res.gram
                 sketch += res.sketch
-            del base, models, res
+            del base, deltas, res
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(name[-40:], refresh=False)

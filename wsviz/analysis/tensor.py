@@ -47,37 +47,56 @@ def _svd_plan(shape: tuple[int, ...], settings: AnalysisSettings) -> tuple[str, 
     return mode, note
 
 
-def _spectra(keys: list[str], mats: list[Tensor], settings: AnalysisSettings, dev) -> dict:
-    """Singular values of several same-shape weights, batched within ``batch_bytes``."""
-    per = [S.as_matrices(m) for m in mats]  # each [b, r, c]
-    b, r, c = per[0].shape
-    mode, _ = _svd_plan((r, c), settings)
-    flat = torch.cat(per, 0)
-    per_bytes = r * c * 8 + min(r, c) ** 2 * 8
-    step = max(1, settings.batch_bytes // max(per_bytes, 1))
-    outs = []
-    for start in range(0, flat.shape[0], step):
-        outs.append(
-            S.batched_singular_values(
-                flat[start:start + step], mode=mode, k=settings.lowrank_k, device=dev
-            ).cpu()
-        )
-    sv = torch.cat(outs, 0).reshape(len(mats), b, -1)
-    return {k: torch.sort(sv[i].reshape(-1), descending=True).values for i, k in enumerate(keys)}
+def _spectra(keys: list[str], get, shape, settings: AnalysisSettings, dev) -> dict:
+    """Singular values of several same-shape weights (``get(key)`` builds one).
+
+    On CUDA, matrices are stacked into batched Gram/eigvalsh calls of at most
+    ``settings.batch_bytes`` float64 bytes; on CPU they are done one at a time with a streamed
+    float64 Gram (so host memory never holds more than one extra copy).
+    """
+    mode, _ = _svd_plan(shape, settings)
+    out: dict[str, Tensor] = {}
+    probe = S.as_matrices(torch.empty(shape, device="meta"))
+    b, r, c = probe.shape
+    per_bytes = b * (r * c * 8 + min(r, c) ** 2 * 8)
+    step = 1 if dev.type != "cuda" else max(1, settings.batch_bytes // max(per_bytes, 1))
+    for start in range(0, len(keys), step):
+        group = keys[start:start + step]
+        mats = torch.cat([S.as_matrices(get(k)) for k in group], 0)
+        sv = S.batched_singular_values(mats, mode=mode, k=settings.lowrank_k).cpu()
+        del mats
+        sv = sv.reshape(len(group), -1)
+        for i, k in enumerate(group):
+            out[k] = torch.sort(sv[i], descending=True).values
+    return out
+
+
+def load_deltas(modelset, name: str, device) -> tuple[Tensor, Tensor]:
+    """``(base [*shape], deltas [n, *shape])`` of tensor ``name``, reading one model at a time
+    into a preallocated buffer (peak: n + 2 copies of the tensor)."""
+    base = modelset.get_base(name, device)
+    labels = modelset.labels
+    deltas = torch.empty((len(labels), *base.shape), dtype=base.dtype, device=base.device)
+    for i, lab in enumerate(labels):
+        m = modelset.get(lab, name, device)
+        torch.sub(m, base, out=deltas[i])
+        del m
+    return base, deltas
 
 
 def analyze_tensor(
     name: str,
     layer,
     base: Tensor,
-    models: Tensor,
+    deltas: Tensor,
     labels: list[str],
     settings: AnalysisSettings,
     detail: bool = False,
 ) -> TensorResult:
     """Compute every enabled metric family for one tensor.
 
-    Shapes: ``base`` ``[*shape]``, ``models`` ``[n, *shape]`` (same device, compute dtype).
+    Shapes: ``base`` ``[*shape]``, ``deltas`` ``[n, *shape]`` task vectors (same device,
+    compute dtype); fine-tuned weights are rebuilt one at a time as ``base + deltas[i]``.
     ``layer`` is the parsed :class:`~wsviz.io.LayerName`. Never raises on degenerate values
     (zero / constant / 1-D): such metrics are NaN with a ``note``.
     """
@@ -92,8 +111,11 @@ def analyze_tensor(
         v = float(value) if value is not None else NAN
         rows.append((*key, model, metric, v, note))
 
-    deltas = models - base.unsqueeze(0)
     shape = tuple(base.shape)
+
+    def tuned(i: int) -> Tensor:
+        return base + deltas[i]
+
     det = None
     if detail:
         det = LayerDetail(name=name, block=block, kind=layer.kind, group=layer.group,
@@ -130,16 +152,22 @@ def analyze_tensor(
     # -- spectra ----------------------------------------------------------------------------
     is_matrix = base.dim() >= 2 and min(base.shape[0], base.shape[1]) >= 1 and base.dim() <= 4
     if settings.has("spectra"):
-        keys, mats = [], []
+        keys: list[str] = []
         if "base" in settings.spectra_of:
             keys.append("base")
-            mats.append(base)
         if "models" in settings.spectra_of:
             keys += list(labels)
-            mats += [models[i] for i in range(n)]
         if "deltas" in settings.spectra_of:
             keys += [f"delta:{lab}" for lab in labels]
-            mats += [deltas[i] for i in range(n)]
+        index = {lab: i for i, lab in enumerate(labels)}
+
+        def get(k: str) -> Tensor:
+            if k == "base":
+                return base
+            if k.startswith("delta:"):
+                return deltas[index[k[6:]]]
+            return tuned(index[k])
+
         if not is_matrix:
             reason = f"{base.dim()}-D tensor: no spectrum"
             for k in keys:
@@ -150,7 +178,7 @@ def analyze_tensor(
                 det.notes.append(reason)
         elif keys:
             _, lr_note = _svd_plan(shape, settings)
-            svs = _spectra(keys, mats, settings, dev)
+            svs = _spectra(keys, get, shape, settings, dev)
             for k in keys:
                 vals, notes, fit = S.spectral_metrics(svs[k])
                 model, prefix = (k[6:], "delta_") if k.startswith("delta:") else (k, "")
@@ -205,7 +233,7 @@ def analyze_tensor(
                     add(lab, "intruders", 0.0, "model equals base")
                     add(lab, "intruder_min_cos", 1.0, "model equals base")
                     continue
-                r = U.intruder_dimensions(base, models[i], settings.intruder_k,
+                r = U.intruder_dimensions(base, tuned(i), settings.intruder_k,
                                           settings.intruder_eps, base_u=base_u)
                 add(lab, "intruders", r.count)
                 add(lab, "intruder_min_cos", r.max_cos.min())
@@ -248,7 +276,7 @@ def analyze_tensor(
     if settings.has("masks"):
         s = settings.sparsity
         mb = MK.magnitude_mask(base, s)
-        mm = [MK.magnitude_mask(models[i], s) for i in range(n)]
+        mm = [MK.magnitude_mask(tuned(i), s) for i in range(n)]
         for i, lab in enumerate(labels):
             add(lab, "mask_iou_base", MK.mask_iou(mm[i], mb))
         for i, j in pairs:

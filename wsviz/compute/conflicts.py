@@ -1,7 +1,8 @@
 """Sign conflicts between task vectors, as TIES-merging sees them.
 
 Each task vector ``Δ_m`` (``[n, *shape]`` stacked) is first trimmed to its top-k fraction of
-entries by magnitude (``k`` = density, TIES default 0.2): ``τ_m = Δ_m ⊙ topk_mask(|Δ_m|)``.
+entries by magnitude (``k`` = density, TIES default 0.2): ``τ_m = Δ_m ⊙ [|Δ_m| >= t_m]`` with
+``t_m`` the ``round(k·numel)``-th largest ``|Δ_m|``.
 Then per coordinate j:
 
 - *overlap*: two or more ``τ_m[j] != 0``;
@@ -17,8 +18,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from wsviz.compute.masks import magnitude_mask
 
 
 @dataclass
@@ -46,28 +45,44 @@ class SignConflicts:
     conflict_mask: Tensor | None = None
 
 
-def trim(deltas: Tensor, density: float = 0.2) -> Tensor:
-    """Keep each model's top ``density`` fraction of entries by ``|Δ|`` (TIES' trim step);
-    ``[n, *shape] -> [n, *shape]`` with the rest set to 0."""
-    out = torch.empty_like(deltas)
-    for i in range(deltas.shape[0]):
-        out[i] = deltas[i] * magnitude_mask(deltas[i], 1.0 - density)
+def trim_thresholds(deltas: Tensor, density: float = 0.2) -> Tensor:
+    """Per-model magnitude threshold of TIES' trim: the ``round(density·numel)``-th largest
+    ``|Δ_m|`` (``[n, *shape] -> [n]``); entries with ``|Δ| >= t`` are kept (ties at ``t``
+    are all kept). ``inf`` when nothing is kept."""
+    n = deltas.shape[0]
+    numel = deltas[0].numel() if n else 0
+    keep = int(round(density * numel))
+    out = torch.full((n,), float("inf"), dtype=deltas.dtype, device=deltas.device)
+    if keep <= 0:
+        return out
+    for i in range(n):
+        a = deltas[i].reshape(-1).abs()
+        out[i] = torch.kthvalue(a, numel - keep + 1).values
+        del a
     return out
 
 
+def trim(deltas: Tensor, density: float = 0.2) -> Tensor:
+    """Keep each model's top ``density`` fraction of entries by ``|Δ|`` (TIES' trim step);
+    ``[n, *shape] -> [n, *shape]`` with the rest set to 0 (see :func:`trim_thresholds`)."""
+    t = trim_thresholds(deltas, density).reshape(-1, *([1] * (deltas.dim() - 1)))
+    return torch.where(deltas.abs() >= t, deltas, torch.zeros_like(deltas))
+
+
 def sign_conflicts(
-    deltas: Tensor, density: float = 0.2, return_mask: bool = False, chunk: int = 1 << 22
+    deltas: Tensor, density: float = 0.2, return_mask: bool = False, chunk: int = 1 << 21
 ) -> SignConflicts:
     """Sign conflicts of task vectors ``deltas`` ``[n, *shape]`` after trimming to ``density``.
 
-    Counts are accumulated over column chunks of ``chunk`` coordinates in float64, so
-    memory stays O(n · chunk) besides the trimmed copy. See :class:`SignConflicts`.
+    Streams over column chunks of ``chunk`` coordinates with float64 counters, so memory
+    stays O(n · chunk) besides the input (no trimmed copy). See :class:`SignConflicts`.
     """
     n = deltas.shape[0]
     shape = deltas.shape[1:]
-    t = trim(deltas, density).reshape(n, -1)
-    numel = t.shape[1]
-    dev = t.device
+    thr = trim_thresholds(deltas, density).unsqueeze(1)
+    flat = deltas.reshape(n, -1)
+    numel = flat.shape[1]
+    dev = flat.device
     f64 = torch.float64
     same = torch.zeros(n, n, dtype=f64, device=dev)
     both = torch.zeros(n, n, dtype=f64, device=dev)
@@ -77,8 +92,9 @@ def sign_conflicts(
     mass = torch.zeros(n, dtype=f64, device=dev)
     mask_parts = []
     for start in range(0, max(numel, 1), chunk):
-        x = t[:, start:start + chunk]
-        s = torch.sign(x).to(f64)
+        raw = flat[:, start:start + chunk]
+        x = torch.where(raw.abs() >= thr, raw, torch.zeros_like(raw)).to(f64)
+        s = torch.sign(x)
         nz = (s != 0).to(f64)
         same += (s @ s.T + nz @ nz.T) / 2
         both += nz @ nz.T
@@ -89,12 +105,13 @@ def sign_conflicts(
         conf = ov & (pos > 0) & (neg > 0)
         n_overlap += int(ov.sum())
         n_conflict += int(conf.sum())
-        elected = torch.sign(x.to(f64).sum(0))
-        a = x.abs().to(f64)
+        elected = torch.sign(x.sum(0))
+        a = x.abs()
         mass += a.sum(1)
         lost += (a * ((s != elected.unsqueeze(0)) & (s != 0)).to(f64)).sum(1)
         if return_mask:
             mask_parts.append(conf)
+        del x, s, nz, a
     agreement = torch.where(both > 0, same / both.clamp_min(1), torch.full_like(both, float("nan")))
     agreement.fill_diagonal_(1.0)
     total_mass = float(mass.sum())

@@ -15,7 +15,7 @@ DELTA_METRICS = ("delta_fro", "delta_rel", "delta_mean_abs", "delta_max_abs", "d
 
 
 def delta_stats(
-    deltas: Tensor, base: Tensor, atol: float = 1e-8, rtol: float = 1e-5
+    deltas: Tensor, base: Tensor, atol: float = 1e-8, rtol: float = 1e-5, chunk: int = 1 << 22
 ) -> dict[str, Tensor]:
     """Per-model statistics of task vectors.
 
@@ -26,38 +26,60 @@ def delta_stats(
     - ``delta_mean_abs``: ``mean |Δ|``; ``delta_max_abs``: ``max |Δ|``;
     - ``delta_frac_zero``: fraction of entries with ``|Δ| <= atol + rtol·|W_0|``
       (``torch.isclose`` semantics: the fine-tune left that weight unchanged).
+
+    Sums are accumulated in float64 over chunks of ``chunk`` entries (no full float64 copy).
     """
     n = deltas.shape[0]
-    d = deltas.reshape(n, -1).to(torch.float64)
-    b = base.reshape(-1).to(torch.float64).to(d.device)
-    fro = d.pow(2).sum(1).sqrt()
-    bn = float(b.pow(2).sum().sqrt())
+    d = deltas.reshape(n, -1)
+    b = base.reshape(-1).to(d.device)
+    numel = d.shape[1]
+    f64 = torch.float64
+    sq = torch.zeros(n, dtype=f64, device=d.device)
+    ab = torch.zeros(n, dtype=f64, device=d.device)
+    mx = torch.zeros(n, dtype=f64, device=d.device)
+    zc = torch.zeros(n, dtype=f64, device=d.device)
+    bsq = torch.zeros((), dtype=f64, device=d.device)
+    for start in range(0, numel, chunk):
+        x = d[:, start:start + chunk].to(f64)
+        bb = b[start:start + chunk].to(f64)
+        a = x.abs()
+        sq += (x * x).sum(1)
+        ab += a.sum(1)
+        mx = torch.maximum(mx, a.amax(1))
+        zc += (a <= (atol + rtol * bb.abs()).unsqueeze(0)).sum(1).to(f64)
+        bsq += (bb * bb).sum()
+        del x, a, bb
+    fro = sq.sqrt()
+    bn = float(bsq.sqrt())
     if bn > 0:
         rel = fro / bn
     else:
         rel = torch.where(fro > 0, torch.full_like(fro, float("inf")), torch.zeros_like(fro))
-    a = d.abs()
-    if d.shape[1] == 0:
-        z = torch.zeros(n, dtype=torch.float64, device=d.device)
+    if numel == 0:
+        z = torch.zeros(n, dtype=f64, device=d.device)
         return {"delta_fro": z, "delta_rel": z, "delta_mean_abs": z, "delta_max_abs": z,
                 "delta_frac_zero": z + 1}
-    tol = atol + rtol * b.abs()
     return {
         "delta_fro": fro,
         "delta_rel": rel,
-        "delta_mean_abs": a.mean(1),
-        "delta_max_abs": a.amax(1),
-        "delta_frac_zero": (a <= tol.unsqueeze(0)).to(torch.float64).mean(1),
+        "delta_mean_abs": ab / numel,
+        "delta_max_abs": mx,
+        "delta_frac_zero": zc / numel,
     }
 
 
-def gram(x: Tensor) -> Tensor:
-    """Inner products of flattened rows: ``[n, *shape] -> [n, n]`` in float64 (``X Xᵀ``).
+def gram(x: Tensor, chunk: int = 1 << 22) -> Tensor:
+    """Inner products of flattened rows: ``[n, *shape] -> [n, n]`` in float64 (``X Xᵀ``),
+    accumulated over column chunks of ``chunk`` entries.
 
     Summing these over tensors gives the whole-model Gram matrix of task vectors.
     """
-    x = x.reshape(x.shape[0], -1).to(torch.float64)
-    return x @ x.T
+    x = x.reshape(x.shape[0], -1)
+    g = torch.zeros(x.shape[0], x.shape[0], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[1], chunk):
+        c = x[:, start:start + chunk].to(torch.float64)
+        g += c @ c.T
+    return g
 
 
 def cosine_from_gram(g: Tensor) -> Tensor:
@@ -93,7 +115,7 @@ def count_sketch(x: Tensor, dim: int, name: str = "", seed: int = 0) -> Tensor:
     to ~``sqrt(2/dim)``. Memory: O(numel) int64 for the hash, one tensor at a time.
     """
     n = x.shape[0]
-    flat = x.reshape(n, -1).to(torch.float32)
+    flat = x.reshape(n, -1)
     g = torch.Generator().manual_seed(_seed_for(name, seed))
     numel = flat.shape[1]
     out = torch.zeros(n, dim, dtype=torch.float32, device=x.device)
@@ -102,5 +124,5 @@ def count_sketch(x: Tensor, dim: int, name: str = "", seed: int = 0) -> Tensor:
         stop = min(numel, start + chunk)
         h = torch.randint(dim, (stop - start,), generator=g).to(x.device)
         s = (torch.randint(2, (stop - start,), generator=g) * 2 - 1).to(x.device, torch.float32)
-        out.index_add_(1, h, flat[:, start:stop] * s)
+        out.index_add_(1, h, flat[:, start:stop].to(torch.float32) * s)
     return out

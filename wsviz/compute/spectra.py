@@ -85,24 +85,28 @@ def batched_singular_values(
     """
     if device is not None:
         w = w.to(device)
-    w = w.to(dtype)
     b, r, c = w.shape
     m = min(r, c)
     if mode == "auto":
         mode = "gram"
     if mode == "exact":
-        return torch.linalg.svdvals(w)
+        return torch.linalg.svdvals(w.to(dtype))
     if mode == "gram":
         if m == 0:
-            return w.new_zeros(b, 0)
-        g = w.transpose(1, 2) @ w if r >= c else w @ w.transpose(1, 2)
+            return w.new_zeros(b, 0, dtype=dtype)
+        if w.device.type == "cpu":  # stream: never hold a float64 copy of the whole matrix
+            g = torch.stack([gram_matrix(x, dtype) for x in w])
+        else:
+            x = w.to(dtype)
+            g = x.transpose(1, 2) @ x if r >= c else x @ x.transpose(1, 2)
+            del x
         ev = torch.linalg.eigvalsh(g)
         return ev.clamp_min_(0).sqrt_().flip(-1)
     if mode == "lowrank":
         kk = min(m, k or 64)
         q = min(m, kk + 10)
         out = []
-        for x in w:
+        for x in w.to(dtype):
             if float(x.abs().max()) == 0.0:
                 out.append(x.new_zeros(kk))
                 continue
@@ -110,6 +114,26 @@ def batched_singular_values(
             out.append(s[:kk])
         return torch.stack(out)
     raise ValueError(f"unknown svd mode {mode!r}; use one of {SVD_MODES}")
+
+
+def gram_matrix(w: Tensor, dtype: torch.dtype = torch.float64, chunk: int = 1 << 21) -> Tensor:
+    """The smaller Gram matrix of ``w`` ``[r, c]``: ``WᵀW`` ``[c, c]`` if ``r >= c`` else
+    ``WWᵀ`` ``[r, r]``, in ``dtype``, accumulated over slices of ~``chunk`` entries along the
+    long side (so only one slice is ever converted to ``dtype``)."""
+    r, c = w.shape
+    if r >= c:
+        step = max(1, chunk // max(c, 1))
+        g = torch.zeros(c, c, dtype=dtype, device=w.device)
+        for s0 in range(0, r, step):
+            x = w[s0:s0 + step].to(dtype)
+            g += x.T @ x
+    else:
+        step = max(1, chunk // max(r, 1))
+        g = torch.zeros(r, r, dtype=dtype, device=w.device)
+        for s0 in range(0, c, step):
+            x = w[:, s0:s0 + step].to(dtype)
+            g += x @ x.T
+    return g
 
 
 def singular_values(
