@@ -182,3 +182,17 @@ def test_perplexity_bad_weights(lm_dir, text_file):
         ev.evaluate({"encoder.layers.0.weight": torch.zeros(2)})
     with pytest.raises(EvalError, match="shape"):
         ev.evaluate({"lm_head.weight": torch.zeros(3, 3)})
+
+
+def test_make_evaluator(lm_dir, text_file, user_module, tmp_path):
+    from wsviz.eval import make_evaluator
+    from wsviz.io import ModelSet
+
+    assert isinstance(make_evaluator(f"{user_module}:flat"), CallableEvaluator)
+    ms = ModelSet.open(str(lm_dir), [str(lm_dir)], labels=["same"])
+    ev = make_evaluator(str(text_file), modelset=ms)
+    assert isinstance(ev, PerplexityEvaluator) and ev.model_dir == lm_dir
+    with pytest.raises(EvalError, match="no such file"):
+        make_evaluator(str(tmp_path / "missing.txt"))
+    with pytest.raises(EvalError, match="no model directory"):
+        make_evaluator(str(text_file))

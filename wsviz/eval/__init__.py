@@ -3,7 +3,9 @@
 - :class:`ZooEvaluator` — per-task accuracy / loss / normalized accuracy of the demo zoo;
 - :class:`PerplexityEvaluator` — causal-LM perplexity of an HF model on a text file;
 - :class:`CallableEvaluator` — a user function given as ``"module:function"``;
-- :func:`evaluate_recipe` and :func:`sweep` — Recipe -> in-memory merge -> metrics.
+- :func:`make_evaluator` — any of these from a ``--eval`` spec string;
+- :func:`evaluate_recipe`, :func:`sweep`, :func:`greedy_soup` — Recipe -> in-memory merge ->
+  metrics, no disk I/O.
 
 Results are ``{task: {metric: float}}``; :func:`to_frame` gives the tidy table.
 """
@@ -14,7 +16,8 @@ from wsviz.eval.base import Evaluator, Results, mean_metrics, normalize_results,
 
 __all__ = [
     "CallableEvaluator", "Evaluator", "PerplexityEvaluator", "Results", "ZooEvaluator",
-    "evaluate_recipe", "greedy_soup", "mean_metrics", "normalize_results", "set_param", "sweep", "to_frame",
+    "evaluate_recipe", "greedy_soup", "make_evaluator", "mean_metrics", "normalize_results",
+    "set_param", "sweep", "to_frame",
 ]
 
 
@@ -31,6 +34,10 @@ def __getattr__(name):  # lazy: keep `import wsviz.eval` cheap
         from wsviz.eval.user import CallableEvaluator
 
         return CallableEvaluator
+    if name == "make_evaluator":
+        from wsviz.eval.factory import make_evaluator
+
+        return make_evaluator
     if name in ("evaluate_recipe", "sweep", "greedy_soup", "set_param"):
         import importlib
 

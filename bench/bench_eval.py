@@ -1,0 +1,87 @@
+"""Live-evaluation latency on the demo zoo: Recipe -> in-memory merge -> all-task metrics.
+
+Prints the median wall time of one full live evaluation (merge + evaluate all zoo tasks) for
+simple averaging, task arithmetic and TIES, split into merge and evaluate, and compares the
+evaluate time with the machine's limit measured in the same run: the bare encoder matmuls
+(the same FLOPs, no heads / metrics / Python).
+
+    python bench/bench_eval.py [--threads 2] [--repeat 30]
+
+Target (issue 5): median <= 50 ms per evaluation of all zoo tasks on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def timed(fn, repeat: int) -> float:
+    """Median seconds of ``fn()`` over ``repeat`` runs after 2 warm-up runs."""
+    fn()
+    fn()
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=30)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from wsviz.eval import evaluate_recipe
+    from wsviz.recipes import InMemoryMerger
+    from wsviz.zoo import ensure_zoo
+    from wsviz.zoo.table import zoo_recipe
+
+    zoo = ensure_zoo()
+    t0 = time.perf_counter()
+    merger = InMemoryMerger(zoo.modelset(), names=zoo.encoder_names())
+    ev = zoo.evaluator()
+    ev.references()
+    setup = time.perf_counter() - t0
+
+    # machine limit: the encoder's matmuls alone on the same batch
+    base = zoo.weights("base")
+    x = ev._x
+    w0, b0 = base["encoder.layers.0.weight"], base["encoder.layers.0.bias"]
+    w1, b1 = base["encoder.layers.1.weight"], base["encoder.layers.1.bias"]
+    flops = 2 * x.shape[0] * (w0.numel() + w1.numel())
+    floor = timed(lambda: torch.addmm(b1, torch.addmm(b0, x, w0.t()).relu_(), w1.t()).relu_(),
+                  args.repeat)
+
+    print(f"zoo {zoo.version}: {len(zoo.tasks)} tasks, {x.shape[0]} encoder rows per "
+          f"evaluation ({flops / 1e9:.2f} GFLOP), torch threads {args.threads}; "
+          f"setup (merger + evaluator) {setup * 1e3:.0f} ms")
+    print(f"machine limit (bare encoder matmuls): {floor * 1e3:.1f} ms "
+          f"({flops / floor / 1e9:.1f} GFLOP/s)")
+    print(f"{'recipe':34s} {'merge ms':>9s} {'eval ms':>8s} {'total ms':>9s} "
+          f"{'eval/limit':>10s}")
+    totals = []
+    for label, recipe in [
+        ("simple average (linear)", zoo_recipe(zoo.tasks, "average")),
+        ("task arithmetic λ=0.4", zoo_recipe(zoo.tasks, "task_arithmetic", 0.4)),
+        ("TIES density=0.6 λ=1.5", zoo_recipe(zoo.tasks, "ties", 1.5, 0.6)),
+    ]:
+        weights = merger.merge(recipe, names=ev.names)
+        t_merge = timed(lambda r=recipe: merger.merge(r, names=ev.names), args.repeat)
+        t_eval = timed(lambda w=weights: ev.evaluate(w), args.repeat)
+        t_all = timed(lambda r=recipe: evaluate_recipe(r, ev, merger), args.repeat)
+        totals.append(t_all)
+        print(f"{label:34s} {t_merge * 1e3:9.1f} {t_eval * 1e3:8.1f} {t_all * 1e3:9.1f} "
+              f"{t_eval / floor:10.2f}")
+    print(f"median live evaluation (merge + all tasks): {statistics.median(totals) * 1e3:.1f} ms "
+          f"(target <= 50 ms)")
+
+
+if __name__ == "__main__":
+    main()
