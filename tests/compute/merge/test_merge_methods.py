@@ -144,12 +144,18 @@ def test_device_honoured():
     assert out.device.type == "cpu" and out.dtype == torch.float32
 
 
-def test_topk_keep_equals_stable_rank_mask():
+def test_topk_keep_equals_mergekit_argsort_even_with_ties():
     g = torch.Generator().manual_seed(3)
-    x = torch.randint(0, 5, (400,), generator=g).float()  # many ties
-    r = sp.magnitude_ranks(x[None])[0]
-    for k in (0, 1, 7, 80, 399, 400):
-        assert torch.equal(sp.topk_keep(x, k), r < k)
+    for x in (torch.randint(0, 5, (400,), generator=g).float(),  # many ties
+              torch.randint(0, 50, (600_000,), generator=g).float(),  # ties, sampled path
+              torch.randn(600_000, generator=g).abs()):  # unique, sampled path
+        r = sp.magnitude_ranks(x[None])[0]
+        n = x.numel()
+        for k in (0, 1, 7, n // 5, n // 2, n - 1, n):
+            ref = torch.zeros(n, dtype=torch.bool)
+            ref[torch.argsort(x, descending=True)[:k]] = True  # mergekit's selection
+            assert torch.equal(sp.topk_keep(x, k), ref)
+            assert torch.equal(r < k, ref)
 
 
 def test_one_shot_and_cached_ties_agree():

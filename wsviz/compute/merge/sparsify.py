@@ -34,15 +34,20 @@ _EPS = 1e-7
 
 
 def magnitude_ranks(deltas: Tensor) -> Tensor:
-    """Descending-magnitude rank of every element within its model: ``[n, numel]`` int64
-    (int32 when it fits); rank 0 is the largest ``|delta|``. Ties break by storage order."""
+    """Descending-magnitude rank of every element within its model: ``[n, numel]`` int32
+    (int64 beyond 2^31 elements); rank 0 is the largest ``|delta|``.
+
+    Uses exactly mergekit's call (``torch.argsort(|x|.reshape(-1), descending=True)`` per
+    model, not stable), so the kept set equals mergekit's even where magnitudes tie.
+    """
     n = deltas.shape[0]
     flat = deltas.reshape(n, -1).abs()
-    order = torch.argsort(flat, dim=1, descending=True, stable=True)
     dt = torch.int32 if flat.shape[1] < 2**31 else torch.int64
-    ranks = torch.empty(order.shape, dtype=dt, device=deltas.device)
-    ar = torch.arange(flat.shape[1], device=deltas.device, dtype=dt).expand_as(order)
-    ranks.scatter_(1, order, ar)
+    ranks = torch.empty(flat.shape, dtype=dt, device=deltas.device)
+    ar = torch.arange(flat.shape[1], device=deltas.device, dtype=dt)
+    for i in range(n):  # 1-D sorts, as mergekit calls them (tie order matches)
+        order = torch.argsort(flat[i], descending=True)
+        ranks[i].scatter_(0, order, ar)
     return ranks
 
 
@@ -59,21 +64,48 @@ def row_ranks(deltas: Tensor) -> Tensor:
     return (ranks + 1).to(torch.float32)
 
 
+_SAMPLE = 1 << 15
+
+
+def _kth_largest(absx: Tensor, k: int) -> Tensor:
+    """The ``k``-th largest value of the 1-D ``absx`` (1 <= k <= numel) in O(numel): a
+    strided sample brackets it, only the bracketed candidates go to ``kthvalue``."""
+    n = absx.numel()
+    if n > 8 * _SAMPLE:
+        step = n // _SAMPLE
+        smp = torch.sort(absx[::step]).values
+        m = smp.numel()
+        q = 1.0 - k / n
+        pad = int(6 * (m ** 0.5)) + 2
+        lo = smp[max(0, int(q * m) - pad)]
+        hi = smp[min(m - 1, int(q * m) + pad)]
+        n_above = int((absx > hi).sum())
+        need = k - n_above
+        if need >= 1:
+            cand = absx[(absx >= lo) & (absx <= hi)]
+            if need <= cand.numel():
+                return torch.kthvalue(cand, cand.numel() - need + 1).values
+    return torch.kthvalue(absx, n - k + 1).values
+
+
 def topk_keep(absx: Tensor, k: int) -> Tensor:
-    """Bool mask of the ``k`` largest entries of the 1-D ``absx`` (ties broken by position,
-    like a stable descending sort) in O(numel) with ``kthvalue`` instead of a full sort."""
+    """Bool mask of the ``k`` largest entries of the 1-D ``absx``, equal to mergekit's
+    ``argsort(absx, descending=True)[:k]``: O(numel) threshold selection when the k-th value
+    is unique, mergekit's exact sort call when magnitudes tie at the boundary."""
     n = absx.numel()
     if k >= n:
         return torch.ones(n, dtype=torch.bool, device=absx.device)
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool, device=absx.device)
-    thr = torch.kthvalue(absx, n - k + 1).values
+    thr = _kth_largest(absx, k)
     gt = absx > thr
-    eq = absx == thr
     need = k - int(gt.sum())
-    if need == int(eq.sum()):
+    eq = absx == thr
+    if need == int(eq.sum()):  # no tie straddles the boundary: the set is unambiguous
         return gt | eq
-    return gt | (eq & (eq.cumsum(0) <= need))
+    keep = torch.zeros(n, dtype=torch.bool, device=absx.device)
+    keep[torch.argsort(absx, descending=True)[:k]] = True
+    return keep
 
 
 def _cached(cache: dict | None, key: str, fn):

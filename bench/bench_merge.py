@@ -1,0 +1,123 @@
+"""Disk-to-disk merge: ``wsviz merge`` vs ``mergekit-yaml`` on the same TIES YAML.
+
+    python bench/bench_merge.py [--layers 12] [--threads N] [--keep DIR]
+
+Builds a Llama-shaped checkpoint (hidden 768, intermediate 2048, vocab 16000, 12 layers:
+~110 M parameters, fp32 safetensors) and 3 perturbed fine-tunes in a temp dir, writes one
+TIES mergekit YAML (density 0.2, weight 1, normalize), then runs both command-line tools
+on it as subprocesses in the same environment (wall-clock, including interpreter start),
+checks the outputs are identical (max abs diff <= 1e-6) and prints the speed ratio.
+``--threads`` sets OMP_NUM_THREADS for both runs (use 1 on an oversubscribed machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def build(root: Path, layers: int, n_ft: int = 3):
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=16000, hidden_size=768, intermediate_size=2048,
+                      num_hidden_layers=layers, num_attention_heads=12, num_key_value_heads=12,
+                      tie_word_embeddings=False, architectures=["LlamaForCausalLM"])
+    h, i, v = 768, 2048, 16000
+    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,),
+              "lm_head.weight": (v, h)}
+    for li in range(layers):
+        p = f"model.layers.{li}."
+        shapes.update({
+            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (h, h),
+            p + "self_attn.v_proj.weight": (h, h), p + "self_attn.o_proj.weight": (h, h),
+            p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
+            p + "mlp.down_proj.weight": (h, i)})
+    g = torch.Generator().manual_seed(0)
+    base = {k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}
+    paths = []
+    for j in range(n_ft + 1):
+        d = root / ("base" if j == 0 else f"ft{j}")
+        d.mkdir()
+        cfg.save_pretrained(d)
+        sd = base if j == 0 else {k: t + 0.002 * torch.randn(t.shape, generator=g)
+                                  for k, t in base.items()}
+        save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+        paths.append(d)
+    n = sum(t.numel() for t in base.values())
+    return paths, n
+
+
+def run(cmd, env) -> float:
+    t = time.perf_counter()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    if p.returncode != 0:
+        sys.exit(f"{cmd[0]} failed:\n{p.stderr[-3000:]}")
+    return dt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--keep", default=None, help="build in this dir and keep it")
+    a = ap.parse_args()
+    root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="wsviz-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if a.threads:
+        env["OMP_NUM_THREADS"] = str(a.threads)
+    try:
+        t = time.perf_counter()
+        (base, *fts), n = build(root, a.layers)
+        print(f"built base + {len(fts)} fine-tunes of {n / 1e6:.1f} M params in "
+              f"{time.perf_counter() - t:.1f} s ({root})")
+        from wsviz.recipes import Recipe
+
+        r = Recipe("ties", base=str(base), models=[
+            {"model": str(f), "params": {"weight": 1.0, "density": 0.2}} for f in fts])
+        y = root / "ties.yml"
+        y.write_text(r.to_mergekit_yaml())
+        mk_bin = shutil.which("mergekit-yaml") or "mergekit-yaml"
+        t_mk = run([mk_bin, str(y), str(root / "out_mk"), "--no-copy-tokenizer",
+                    "--no-write-model-card", "--random-seed", "0"], env)
+        t_ws = run([sys.executable, "-m", "wsviz.cli", "merge", str(y), "-o",
+                    str(root / "out_ws"), "--no-progress"], env)
+        from safetensors import safe_open
+
+        worst = 0.0
+        mk_files = sorted((root / "out_mk").glob("*.safetensors"))
+        ws = {}
+        for f in sorted((root / "out_ws").glob("*.safetensors")):
+            h = safe_open(str(f), "pt")
+            ws.update({k: (h, k) for k in h.keys()})
+        count = 0
+        for f in mk_files:
+            h = safe_open(str(f), "pt")
+            for k in h.keys():
+                wh, wk = ws[k]
+                worst = max(worst, (h.get_tensor(k) - wh.get_tensor(wk)).abs().max().item())
+                count += 1
+        print(f"threads: {env.get('OMP_NUM_THREADS', 'default')}")
+        print(f"mergekit-yaml TIES : {t_mk:7.1f} s")
+        print(f"wsviz merge TIES   : {t_ws:7.1f} s")
+        print(f"speed-up           : {t_mk / t_ws:7.1f}x  (goal >= 10x)")
+        print(f"identical output   : {count} tensors, max abs diff {worst:.2e} "
+              f"({'OK' if worst <= 1e-6 and count == len(ws) else 'MISMATCH'})")
+    finally:
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
