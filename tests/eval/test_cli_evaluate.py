@@ -1,0 +1,47 @@
+"""``wsviz evaluate`` on the demo zoo and with a user callable."""
+
+from __future__ import annotations
+
+import pytest
+
+from wsviz.cli import main
+from wsviz.commands.evaluate import parse_values
+from wsviz.errors import WsvizError
+
+
+def test_parse_values():
+    assert parse_values("0:1:0.25") == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert parse_values("0.1,2,true") == [0.1, 2, True]
+    for bad in ("1:0:0.1", "0:1", "a,b", ","):
+        with pytest.raises(WsvizError):
+            parse_values(bad)
+
+
+def test_evaluate_demo(zoo, monkeypatch, capsys):
+    monkeypatch.setenv("WSVIZ_ZOO_DIR", str(zoo.root))
+    assert main(["evaluate", "--demo"]) == 0
+    out = capsys.readouterr().out
+    assert "rot90" in out and "normalized_accuracy" in out and out.splitlines()[-1].startswith(
+        "mean")
+    assert main(["evaluate", "--demo", "--sweep", "lambda=0,1", "--metric", "loss"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("loss:") and "digit" in out
+    assert main(["evaluate", "--demo", "--sweep", "lambda=0,1", "--metric", "nope"]) == 2
+    assert main(["evaluate"]) == 2
+    assert "RECIPE" in capsys.readouterr().err
+
+
+def test_evaluate_recipe_file_with_callable(zoo, tmp_path, capsys):
+    from wsviz.recipes import Recipe
+
+    recipe = Recipe("task_arithmetic", base=str(zoo.base_dir),
+                    models=[{"model": str(zoo.task_dirs[t]), "params": {"weight": 1.0}}
+                            for t in ("digit", "parity")], params={"lambda": 0.5})
+    rf = tmp_path / "r.json"
+    rf.write_text(recipe.to_json())
+    ev = tmp_path / "ev.py"
+    ev.write_text("def score(w):\n    return {'norm': float(sum(float(t.norm()) for n, t in "
+                  "w.items() if n.startswith('encoder.')))}\n")
+    assert main(["evaluate", str(rf), "--eval", f"{ev}:score"]) == 0
+    assert "norm" in capsys.readouterr().out
+    assert main(["evaluate", str(rf)]) == 2
