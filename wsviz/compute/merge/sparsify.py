@@ -53,15 +53,19 @@ def magnitude_ranks(deltas: Tensor) -> Tensor:
 
 def row_ranks(deltas: Tensor) -> Tensor:
     """Ascending magnitude rank (1-based, float32) along dim 1 of each model's tensor, as
-    DELLA uses it: ``[n, rows, ...]`` (1-D tensors are treated as one row)."""
-    x = deltas.abs()
-    if x.dim() == 2:  # [n, numel] -> one row per model
-        x = x.unsqueeze(1)
-    order = torch.argsort(x, dim=2, stable=True)
-    ranks = torch.empty_like(order)
-    ar = torch.arange(x.shape[2], device=x.device).view(1, 1, -1, *([1] * (x.dim() - 3)))
-    ranks.scatter_(2, order, ar.expand_as(order))
-    return (ranks + 1).to(torch.float32)
+    DELLA uses it: ``[n, rows, ...]`` (1-D tensors are treated as one row). Per model it
+    makes mergekit's call (``torch.argsort(|x|, dim=1)``), so tied magnitudes rank alike."""
+    out = []
+    for i in range(deltas.shape[0]):
+        x = deltas[i].abs()
+        if x.dim() < 2:
+            x = x.unsqueeze(0)
+        order = torch.argsort(x, dim=1)
+        ranks = torch.empty_like(order)
+        ar = torch.arange(x.shape[1], device=x.device).view(1, -1, *([1] * (x.dim() - 2)))
+        ranks.scatter_(1, order, ar.expand_as(order))
+        out.append((ranks + 1).to(torch.float32))
+    return torch.stack(out)
 
 
 _SAMPLE = 1 << 15
