@@ -29,6 +29,7 @@ SVD modes (``mode=``):
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -100,7 +101,7 @@ def batched_singular_values(
             x = w.to(dtype)
             g = x.transpose(1, 2) @ x if r >= c else x @ x.transpose(1, 2)
             del x
-        ev = torch.linalg.eigvalsh(g)
+        ev = _eigvalsh(g)
         return ev.clamp_min_(0).sqrt_().flip(-1)
     if mode == "lowrank":
         kk = min(m, k or 64)
@@ -114,6 +115,32 @@ def batched_singular_values(
             out.append(s[:kk])
         return torch.stack(out)
     raise ValueError(f"unknown svd mode {mode!r}; use one of {SVD_MODES}")
+
+
+#: on CPU, symmetric eigenproblems up to this size run single-threaded: multi-threaded LAPACK
+#: gains nothing there and, on a shared / oversubscribed machine, OpenMP spin-waits made a
+#: 384x384 eigvalsh 100x slower (2 s instead of 20 ms) in our measurements
+SMALL_EIG_SINGLE_THREAD = 1024
+
+
+@contextmanager
+def _threads(n: int):
+    old = torch.get_num_threads()
+    if old == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _eigvalsh(g: Tensor) -> Tensor:
+    if g.device.type == "cpu" and g.shape[-1] <= SMALL_EIG_SINGLE_THREAD:
+        with _threads(1):
+            return torch.linalg.eigvalsh(g)
+    return torch.linalg.eigvalsh(g)
 
 
 def gram_matrix(w: Tensor, dtype: torch.dtype = torch.float64, chunk: int = 1 << 21) -> Tensor:
