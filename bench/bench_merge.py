@@ -79,9 +79,19 @@ def main():
         env["OMP_NUM_THREADS"] = str(a.threads)
     try:
         t = time.perf_counter()
-        (base, *fts), n = build(root, a.layers)
-        print(f"built base + {len(fts)} fine-tunes of {n / 1e6:.1f} M params in "
-              f"{time.perf_counter() - t:.1f} s ({root})")
+        if (root / "ft3" / "model.safetensors").exists():  # --keep DIR from an earlier run
+            base, fts = root / "base", [root / f"ft{j}" for j in (1, 2, 3)]
+            from safetensors import safe_open
+
+            h = safe_open(str(base / "model.safetensors"), "pt")
+            n = sum(h.get_slice(k).get_shape()[0] * (h.get_slice(k).get_shape()[1:] or [1])[0]
+                    for k in h.keys())
+            for d in ("out_mk", "out_ws"):
+                shutil.rmtree(root / d, ignore_errors=True)
+        else:
+            (base, *fts), n = build(root, a.layers)
+        print(f"base + {len(fts)} fine-tunes of {n / 1e6:.1f} M params ready in "
+              f"{time.perf_counter() - t:.1f} s ({root})", flush=True)
         from wsviz.recipes import Recipe
 
         r = Recipe("ties", base=str(base), models=[
@@ -91,6 +101,7 @@ def main():
         mk_bin = shutil.which("mergekit-yaml") or "mergekit-yaml"
         t_mk = run([mk_bin, str(y), str(root / "out_mk"), "--no-copy-tokenizer",
                     "--no-write-model-card", "--random-seed", "0"], env)
+        print(f"mergekit-yaml TIES : {t_mk:7.1f} s", flush=True)
         t_ws = run([sys.executable, "-m", "wsviz.cli", "merge", str(y), "-o",
                     str(root / "out_ws"), "--no-progress"], env)
         from safetensors import safe_open
@@ -109,7 +120,6 @@ def main():
                 worst = max(worst, (h.get_tensor(k) - wh.get_tensor(wk)).abs().max().item())
                 count += 1
         print(f"threads: {env.get('OMP_NUM_THREADS', 'default')}")
-        print(f"mergekit-yaml TIES : {t_mk:7.1f} s")
         print(f"wsviz merge TIES   : {t_ws:7.1f} s")
         print(f"speed-up           : {t_mk / t_ws:7.1f}x  (goal >= 10x)")
         print(f"identical output   : {count} tensors, max abs diff {worst:.2e} "

@@ -90,6 +90,8 @@ def gta_fused(base: Tensor, deltas: Tensor, ranks: Tensor | None, weights, inter
     tb = torch.empty((n, C), dtype=torch.bool, device=dev)
     mixed = torch.empty(C, dtype=D.dtype, device=dev)
     div = torch.empty(C, dtype=D.dtype, device=dev)
+    zero = torch.zeros((), dtype=D.dtype, device=dev)
+    one = torch.ones((), dtype=D.dtype, device=dev)
     if consensus is None:
         wsum = w.sum(0)
         wsum = torch.where(wsum.abs() < 1e-8, torch.ones_like(wsum), wsum)
@@ -99,14 +101,14 @@ def gta_fused(base: Tensor, deltas: Tensor, ranks: Tensor | None, weights, inter
         x = wd[:, :c]
         torch.mul(D[:, a:b], w, out=x)
         if keep is not None and masked:
-            x.mul_(K[:, a:b])
+            torch.where(K[:, a:b], x, zero, out=x)
         elif masked:
             k = kb[:, :c]
             torch.lt(R[:, a:b], hi_t, out=k)
             if need_lo:
                 torch.ge(R[:, a:b], lo_t, out=tb[:, :c])
                 k.logical_and_(tb[:, :c])
-            x.mul_(k)
+            torch.where(k, x, zero, out=x)
         m = mixed[:c]
         if consensus is not None:
             g = tb[:, :c]
@@ -118,13 +120,13 @@ def gta_fused(base: Tensor, deltas: Tensor, ranks: Tensor | None, weights, inter
             sgn = torch.where(m >= 0, 1.0, -1.0)
             torch.mul(x, sgn, out=tf[:, :c])
             torch.gt(tf[:, :c], 0, out=g)
-            x.mul_(g)
+            torch.where(g, x, zero, out=x)
             torch.sum(x, 0, out=m)
             if normalize:
-                torch.mul(w, g, out=tf[:, :c])
+                torch.where(g, w, zero, out=tf[:, :c])
                 d = div[:c]
                 torch.sum(tf[:, :c], 0, out=d)
-                d.masked_fill_(d == 0, 1.0)
+                torch.where(d == 0, one, d, out=d)
                 m.div_(d)
         else:
             torch.sum(x, 0, out=m)
