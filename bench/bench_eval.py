@@ -69,8 +69,8 @@ def main() -> None:
     totals = []
     for label, recipe in [
         ("simple average (linear)", zoo_recipe(zoo.tasks, "average")),
-        ("task arithmetic λ=0.4", zoo_recipe(zoo.tasks, "task_arithmetic", 0.4)),
-        ("TIES density=0.6 λ=1.5", zoo_recipe(zoo.tasks, "ties", 1.5, 0.6)),
+        ("task arithmetic (tuned λ)", zoo_recipe(zoo.tasks, "task_arithmetic")),
+        ("TIES (tuned density, λ)", zoo_recipe(zoo.tasks, "ties")),
     ]:
         weights = merger.merge(recipe, names=ev.names)
         t_merge = timed(lambda r=recipe: merger.merge(r, names=ev.names), args.repeat)

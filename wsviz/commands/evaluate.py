@@ -13,7 +13,7 @@ def register(sub) -> None:
         help="merge a recipe in memory and evaluate it (optionally sweep 1-2 parameters)",
         description="Merge RECIPE in memory (no files written) and print per-task metrics. "
         "With --demo the model set is the built-in zoo (recipe models are task names; default "
-        "recipe: task arithmetic λ=0.4 over all tasks; default evaluator: the zoo's). "
+        "recipe: task arithmetic λ=0.5 over all tasks; default evaluator: the zoo's). "
         "--sweep PARAM=VALUES (twice at most) evaluates a grid, e.g. --sweep lambda=0:1:0.1 "
         "--sweep density=0.2,0.5.",
     )
@@ -68,7 +68,7 @@ def run(args) -> int:
         zoo = ensure_zoo()
         ms = zoo.modelset()
         recipe = Recipe.load(args.recipe) if args.recipe else zoo_recipe(
-            zoo.tasks, "task_arithmetic", 0.4)
+            zoo.tasks, "task_arithmetic")
         evaluator = (zoo.evaluator(device=args.device) if args.eval in (None, "zoo")
                      else make_evaluator(args.eval, ms, device=args.device))
     else:

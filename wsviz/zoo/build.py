@@ -37,7 +37,7 @@ from wsviz.zoo.model import ENCODER_PREFIX, MODEL_TYPE, encode, encoder_names
 
 #: bump when the build changes in a way the config does not capture
 BUILD_REVISION = 1
-BUILD_THREADS = 2
+BUILD_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class ZooConfig:
     """Everything that determines the zoo's weights (hashed into the cache directory name)."""
 
     hidden_size: int = 512
-    feature_size: int = 512
+    feature_size: int = 256
     n_train: int = 1200
     split_seed: int = 0
     init_seed: int = 0

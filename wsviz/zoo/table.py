@@ -11,18 +11,26 @@ import pandas as pd
 
 from wsviz.eval.base import mean_metrics
 
+#: the settings measure_table picks for the default zoo (train-split tuning; see bench/zoo.md)
+TUNED = {"task_arithmetic": {"lambda": 0.5}, "ties": {"lambda": 2.0, "density": 0.4}}
+
 TA_LAMBDAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 TIES_DENSITIES = (0.1, 0.2, 0.4, 0.6)
 TIES_LAMBDAS = (0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5)
 
 
-def zoo_recipe(tasks: list[str], method: str, lam: float = 1.0, density: float | None = None):
+def zoo_recipe(tasks: list[str], method: str, lam: float | None = None,
+               density: float | None = None):
     """The :class:`wsviz.recipes.Recipe` the table uses for ``method`` in
-    ``("average", "task_arithmetic", "ties")`` over the zoo ``tasks``."""
+    ``("average", "task_arithmetic", "ties")`` over the zoo ``tasks`` (``lam`` / ``density``
+    default to the tuned values :data:`TUNED`)."""
     from wsviz.recipes import Recipe
 
     if method == "average":
         return Recipe("linear", models=[{"model": t, "params": {"weight": 1.0}} for t in tasks])
+    tuned = TUNED.get(method, {})
+    lam = tuned.get("lambda", 1.0) if lam is None else lam
+    density = tuned.get("density") if density is None else density
     mp = {"weight": 1.0} if density is None else {"weight": 1.0, "density": density}
     return Recipe(method, base="base", models=[{"model": t, "params": dict(mp)} for t in tasks],
                   params={"lambda": lam})
