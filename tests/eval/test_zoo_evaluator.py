@@ -155,12 +155,25 @@ def test_greedy_soup(zoo, merger):
     ev = zoo.evaluator(split="train")
     recipe, hist = greedy_soup(ev, merger)
     assert recipe.method == "linear" and 1 <= len(recipe.models) <= len(zoo.tasks)
-    assert list(hist.columns) == ["step", "model", "score", "kept"]
-    kept = hist[hist.kept]
+    assert {"model", "score", "accepted"} <= set(hist.columns)
+    kept = hist[hist.accepted]
     assert list(kept.model) == recipe.labels
     assert kept.score.is_monotonic_increasing
     final = mean_metrics(evaluate_recipe(recipe, ev, merger))["accuracy"]
     assert final == pytest.approx(kept.score.iloc[-1])
+
+
+def test_protocol(zoo, ev):
+    from wsviz.eval import CallableEvaluator, Evaluator
+
+    assert isinstance(ev, Evaluator)
+    assert isinstance(CallableEvaluator(lambda w: 1.0), Evaluator)
+    from wsviz.eval.live import scorer
+
+    s = scorer(ev, "loss", tasks=["digit"])
+    assert s(zoo.weights("digit")) == pytest.approx(ev.evaluate(zoo.weights("digit"))["digit"]["loss"])
+    with pytest.raises(EvalError, match="not 'nope'"):
+        scorer(ev, "nope")(zoo.weights("base"))
 
 
 def test_to_frame():

@@ -17,7 +17,7 @@ from wsviz.eval.base import Evaluator, Results, mean_metrics, normalize_results,
 __all__ = [
     "CallableEvaluator", "Evaluator", "PerplexityEvaluator", "Results", "ZooEvaluator",
     "evaluate_recipe", "greedy_soup", "make_evaluator", "mean_metrics", "normalize_results",
-    "set_param", "sweep", "to_frame",
+    "scorer", "set_param", "sweep", "to_frame",
 ]
 
 
@@ -38,7 +38,7 @@ def __getattr__(name):  # lazy: keep `import wsviz.eval` cheap
         from wsviz.eval.factory import make_evaluator
 
         return make_evaluator
-    if name in ("evaluate_recipe", "sweep", "greedy_soup", "set_param"):
+    if name in ("evaluate_recipe", "sweep", "greedy_soup", "set_param", "scorer"):
         import importlib
 
         return getattr(importlib.import_module("wsviz.eval.live"), name)

@@ -129,43 +129,34 @@ def sweep(
     return pd.concat(frames, ignore_index=True)
 
 
+def scorer(evaluator, metric: str = "accuracy", tasks: Sequence[str] | None = None
+           ) -> Callable[[Mapping], float]:
+    """Adapter from an :class:`Evaluator` to a scalar score ``weights -> float``: the mean of
+    ``metric`` over ``tasks`` (default all). :class:`EvalError` if ``metric`` is not reported."""
+    from wsviz.errors import EvalError
+
+    def score(weights) -> float:
+        res = evaluator.evaluate(weights)
+        mm = mean_metrics(res, list(tasks) if tasks is not None else None)
+        if metric not in mm:
+            raise EvalError(f"the evaluator reports {sorted(mm)}, not {metric!r}")
+        return mm[metric]
+
+    return score
+
+
 def greedy_soup(
     evaluator, merger, labels: Sequence[str] | None = None, metric: str = "accuracy",
-    progress: bool | Progress = False,
 ) -> tuple[object, pd.DataFrame]:
-    """Greedy soup (Wortsman et al. 2022): rank the models by their own mean ``metric``, then
-    add them one by one to a uniform average, keeping each only if the mean ``metric`` does
-    not drop (higher is better; pass ``metric="neg_loss"``-style metrics accordingly).
+    """Greedy soup (Wortsman et al. 2022) scored by ``evaluator``: the mean of ``metric``
+    (higher is better) over its tasks. Delegates to :func:`wsviz.recipes.greedy_soup` (the
+    merge side) with :func:`scorer` (the evaluation side).
 
-    Returns ``(recipe, history)``: the ``linear`` :class:`Recipe` of the kept models and a
-    table ``step, model, score, kept``. Use a validation split in ``evaluator`` (e.g.
-    ``ZooEvaluator(split="train")``) to avoid tuning on the test set.
+    Returns ``(recipe, history)``: the ``linear`` recipe of the kept models and a table
+    ``model, score, accepted, individual``. Use a validation split in ``evaluator`` (e.g.
+    ``ZooEvaluator(split="train")``) so the soup is not tuned on the test set.
     """
-    from wsviz.recipes import Recipe
+    from wsviz.recipes import greedy_soup as _greedy_soup
 
-    labels = list(labels if labels is not None else merger.labels)
-    if not labels:
-        raise RecipeError("greedy soup needs at least one model")
-
-    def soup(ms):
-        return Recipe("linear", models=[{"model": m, "params": {"weight": 1.0}} for m in ms])
-
-    def score(ms):
-        res = evaluate_recipe(soup(ms), evaluator, merger)
-        return mean_metrics(res)[metric]
-
-    solo = {m: score([m]) for m in labels}
-    order = sorted(labels, key=lambda m: -solo[m])
-    kept = [order[0]]
-    best = solo[order[0]]
-    rows = [{"step": 0, "model": order[0], "score": best, "kept": True}]
-    for i, m in enumerate(order[1:], start=1):
-        s = score([*kept, m])
-        keep = s >= best
-        if keep:
-            kept.append(m)
-            best = s
-        rows.append({"step": i, "model": m, "score": s, "kept": keep})
-        if callable(progress):
-            progress(i / max(1, len(order) - 1), f"{i}/{len(order) - 1}")
-    return soup(kept), pd.DataFrame(rows)
+    recipe, history = _greedy_soup(merger, scorer(evaluator, metric), labels)
+    return recipe, pd.DataFrame(history)
