@@ -162,3 +162,21 @@ def test_cli_zoo(zoo, monkeypatch, capsys):
     assert main(["zoo", "build", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert zoo.version in out and "rot90" in out
+
+
+def test_stale_zoo_dirs(tmp_path, monkeypatch):
+    from wsviz.zoo import default_zoo_dir, stale_zoo_dirs
+
+    monkeypatch.delenv("WSVIZ_ZOO_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    parent = tmp_path / "wsviz" / "zoo"
+    for name in ("old1", ZooConfig().version(), "notazoo"):
+        (parent / name).mkdir(parents=True)
+    (parent / "old1" / "zoo.json").write_text('{"format": "wsviz-zoo"}')
+    (parent / ZooConfig().version() / "zoo.json").write_text('{"format": "wsviz-zoo"}')
+    assert stale_zoo_dirs() == [parent / "old1"]
+    assert default_zoo_dir() == parent / ZooConfig().version()
+    from wsviz.cli import main
+
+    assert main(["zoo", "clean"]) == 0
+    assert not (parent / "old1").exists() and (parent / "notazoo").exists()

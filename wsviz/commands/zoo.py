@@ -1,7 +1,8 @@
-"""``wsviz zoo build|path|table``: the built-in demo model zoo."""
+"""``wsviz zoo build|path|table|clean``: the built-in demo model zoo."""
 
 from __future__ import annotations
 
+import shutil
 import time
 
 
@@ -18,10 +19,11 @@ def register(sub) -> None:
     b.add_argument("--force", action="store_true", help="rebuild even if it exists")
     b.add_argument("--dir", default=None, help="zoo directory (default: the cache location)")
     b.add_argument("--quiet", action="store_true", help="no progress messages")
-    pp = zsub.add_parser("path", help="print the zoo directory (does not build)")
+    zsub.add_parser("path", help="print the zoo directory (does not build)")
     t = zsub.add_parser("table", help="measure and print the merging table (builds if needed)")
     t.add_argument("--dir", default=None, help="zoo directory (default: the cache location)")
-    for q in (b, pp, t):
+    zsub.add_parser("clean", help="delete cached zoos of other versions (keeps the current one)")
+    for q in zsub.choices.values():
         q.set_defaults(func=run)
     p.set_defaults(func=run)
 
@@ -32,6 +34,15 @@ def run(args) -> int:
     cmd = args.zoo_command
     if cmd == "path":
         print(default_zoo_dir())
+        return 0
+    if cmd == "clean":
+        from wsviz.zoo import stale_zoo_dirs
+
+        stale = stale_zoo_dirs()
+        for d in stale:
+            shutil.rmtree(d, ignore_errors=True)
+            print(f"removed {d}")
+        print(f"{len(stale)} stale zoo version(s) removed; current: {default_zoo_dir()}")
         return 0
     if cmd == "build":
         t0 = time.perf_counter()

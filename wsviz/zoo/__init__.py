@@ -39,6 +39,7 @@ from wsviz.zoo.model import ENCODER_PREFIX, HEAD_PREFIX, ZooClassifier, encode, 
 __all__ = [
     "ENCODER_PREFIX", "HEAD_PREFIX", "TASKS", "Task", "Zoo", "ZooClassifier", "ZooConfig",
     "default_zoo_dir", "encode", "encoder_names", "ensure_zoo", "load_digits_split",
+    "stale_zoo_dirs",
 ]
 
 ENV_VAR = "WSVIZ_ZOO_DIR"
@@ -51,6 +52,26 @@ def default_zoo_dir(config: ZooConfig | None = None) -> Path:
         return Path(env).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "wsviz" / "zoo" / (config or ZooConfig()).version()
+
+
+def stale_zoo_dirs(config: ZooConfig | None = None) -> list[Path]:
+    """Cached zoos of other versions under ``<user cache>/wsviz/zoo`` (never the current one,
+    nor ``$WSVIZ_ZOO_DIR``); only directories holding a wsviz ``zoo.json`` are listed."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    parent = Path(cache) / "wsviz" / "zoo"
+    current = (config or ZooConfig()).version()
+    out = []
+    if parent.is_dir():
+        for d in sorted(parent.iterdir()):
+            if d.name == current or not d.is_dir() or d.name.startswith("."):
+                continue
+            try:
+                fmt = json.loads((d / "zoo.json").read_text()).get("format")
+            except (OSError, ValueError):
+                continue
+            if fmt == "wsviz-zoo":
+                out.append(d)
+    return out
 
 
 @dataclass

@@ -62,9 +62,10 @@ class ZooConfig:
     tasks: tuple[str, ...] = tuple(TASKS)
 
     def version(self) -> str:
-        """Short hash of the config, the build revision and the zoo source code."""
+        """Short hash of the config, the build revision, the zoo source code and the torch
+        version (weights are bit-identical only for the same torch build and CPU)."""
         h = hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode())
-        h.update(f"rev{BUILD_REVISION}".encode())
+        h.update(f"rev{BUILD_REVISION} torch{torch.__version__}".encode())
         here = Path(__file__).parent
         for f in ("build.py", "data.py", "model.py"):
             h.update((here / f).read_bytes())
