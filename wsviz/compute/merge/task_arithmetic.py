@@ -76,22 +76,29 @@ def gta_fused(base: Tensor, deltas: Tensor, ranks: Tensor | None, weights, inter
     w = torch.tensor([float(x) for x in weights], dtype=D.dtype, device=dev).view(n, 1)
     masked = any(lo > 0 or hi < N for lo, hi in intervals)
     if keep is not None:
-        K = keep.reshape(n, N)
+        K = keep.reshape(n, N).to(D.dtype)
     elif masked:
         lo_t = torch.tensor([lo for lo, _ in intervals], dtype=ranks.dtype, device=dev).view(n, 1)
         hi_t = torch.tensor([hi for _, hi in intervals], dtype=ranks.dtype, device=dev).view(n, 1)
         need_lo = any(lo > 0 for lo, _ in intervals)
         R = ranks.reshape(n, N)
+    if consensus is None and not masked:  # plain weighted sum: one GEMV over the deltas
+        m = (w.view(1, n) @ D).view(N)
+        if normalize:
+            m = m / w.sum(0).where(w.sum(0).abs() >= 1e-8, torch.ones_like(w.sum(0)))
+        if lam != 1:
+            m = m * lam
+        return (B + m).view(shape)
     out = torch.empty(N, dtype=base.dtype, device=dev)
     C = min(chunk, max(N, 1))
+    # float 0/1 masks throughout: comparisons written into float buffers and multiplied
+    # are several times faster on CPU than bool masks with where/masked_fill
     wd = torch.empty((n, C), dtype=D.dtype, device=dev)
-    tf = torch.empty((n, C), dtype=D.dtype, device=dev)
-    kb = torch.empty((n, C), dtype=torch.bool, device=dev)
-    tb = torch.empty((n, C), dtype=torch.bool, device=dev)
+    f1 = torch.empty((n, C), dtype=D.dtype, device=dev)
+    f2 = torch.empty((n, C), dtype=D.dtype, device=dev)
     mixed = torch.empty(C, dtype=D.dtype, device=dev)
     div = torch.empty(C, dtype=D.dtype, device=dev)
-    zero = torch.zeros((), dtype=D.dtype, device=dev)
-    one = torch.ones((), dtype=D.dtype, device=dev)
+    row = torch.empty(C, dtype=D.dtype, device=dev)
     if consensus is None:
         wsum = w.sum(0)
         wsum = torch.where(wsum.abs() < 1e-8, torch.ones_like(wsum), wsum)
@@ -101,32 +108,35 @@ def gta_fused(base: Tensor, deltas: Tensor, ranks: Tensor | None, weights, inter
         x = wd[:, :c]
         torch.mul(D[:, a:b], w, out=x)
         if keep is not None and masked:
-            torch.where(K[:, a:b], x, zero, out=x)
+            x.mul_(K[:, a:b])
         elif masked:
-            k = kb[:, :c]
+            k = f1[:, :c]
             torch.lt(R[:, a:b], hi_t, out=k)
             if need_lo:
-                torch.ge(R[:, a:b], lo_t, out=tb[:, :c])
-                k.logical_and_(tb[:, :c])
-            torch.where(k, x, zero, out=x)
+                torch.ge(R[:, a:b], lo_t, out=f2[:, :c])
+                k.mul_(f2[:, :c])
+            x.mul_(k)
         m = mixed[:c]
         if consensus is not None:
-            g = tb[:, :c]
+            g = f1[:, :c]
             if consensus == "sum":
                 torch.sum(x, 0, out=m)
             else:
-                torch.sign(x, out=tf[:, :c])
-                torch.sum(tf[:, :c], 0, out=m)
-            sgn = torch.where(m >= 0, 1.0, -1.0)
-            torch.mul(x, sgn, out=tf[:, :c])
-            torch.gt(tf[:, :c], 0, out=g)
-            torch.where(g, x, zero, out=x)
+                torch.sign(x, out=g)
+                torch.sum(g, 0, out=m)
+            sg = row[:c]
+            torch.ge(m, 0, out=sg)  # 1 where the elected sign is +, else 0
+            sg.mul_(2).sub_(1)  # -> +1 / -1
+            torch.mul(x, sg, out=g)
+            torch.gt(g, 0, out=g)  # agree with the elected sign (zeros never agree)
+            x.mul_(g)
             torch.sum(x, 0, out=m)
             if normalize:
-                torch.where(g, w, zero, out=tf[:, :c])
+                g.mul_(w)
                 d = div[:c]
-                torch.sum(tf[:, :c], 0, out=d)
-                torch.where(d == 0, one, d, out=d)
+                torch.sum(g, 0, out=d)
+                torch.eq(d, 0, out=sg)
+                d.add_(sg)  # 0 -> 1
                 m.div_(d)
         else:
             torch.sum(x, 0, out=m)
