@@ -100,11 +100,12 @@ def test_callable_from_file(tmp_path):
         CallableEvaluator(f"{f2}:score")
 
 
-def _hand_ppl(model_dir, text, context):
+def _hand_ppl(model_dir, text, context, model=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
     ids = tok(text, return_tensors="pt")["input_ids"][0]
     total, n = 0.0, 0
     with torch.no_grad():
@@ -118,39 +119,40 @@ def _hand_ppl(model_dir, text, context):
     return math.exp(total / n), n
 
 
-def test_perplexity_matches_hand_computation(lm_dir, text_file):
+@pytest.fixture(scope="module")
+def hand_ppl(lm_dir, text_file):
+    return _hand_ppl(lm_dir, text_file.read_text(), 48)
+
+
+def test_perplexity_matches_hand_computation(lm_dir, text_file, hand_ppl):
     ev = PerplexityEvaluator(lm_dir, text_file, context=48, batch_size=4)
     assert ev.tasks == ["sample"]
     from safetensors.torch import load_file
 
     weights = load_file(str(lm_dir / "model.safetensors"))
     res = ev.evaluate(weights)["sample"]
-    ppl, n = _hand_ppl(lm_dir, text_file.read_text(), 48)
+    ppl, n = hand_ppl
     assert res["tokens"] == n
     assert res["perplexity"] == pytest.approx(ppl, rel=1e-4)
     assert res["loss"] == pytest.approx(math.log(ppl), rel=1e-4)
     assert ev.evaluate({})["sample"]["perplexity"] == pytest.approx(ppl, rel=1e-4)
 
 
-def test_perplexity_uses_given_weights(lm_dir, text_file, tmp_path):
+def test_perplexity_uses_given_weights(lm_dir, text_file, tmp_path, hand_ppl):
     from tests.checkpoints import make_llama
 
     other = make_llama(seed=11)
-    d = tmp_path / "other"
-    other.save_pretrained(str(d))
-    from tests.eval.conftest import save_char_tokenizer
-
-    save_char_tokenizer(d)
     ev = PerplexityEvaluator(lm_dir, text_file, context=48)
     sd = {k: v for k, v in other.state_dict().items()}
     got = ev.evaluate(sd)["sample"]["perplexity"]
-    ref, _ = _hand_ppl(d, text_file.read_text(), 48)
+    ref, _ = _hand_ppl(lm_dir, text_file.read_text(), 48, model=other)
+    assert ref != pytest.approx(hand_ppl[0], rel=1e-3)  # a different model really
     assert got == pytest.approx(ref, rel=1e-4)
     # partial weights: only one tensor swapped; the model itself is never modified
     name = "model.layers.0.mlp.down_proj.weight"
     ev.evaluate({name: torch.zeros_like(sd[name])})
     base = ev.evaluate({})["sample"]["perplexity"]
-    assert base == pytest.approx(_hand_ppl(lm_dir, text_file.read_text(), 48)[0], rel=1e-4)
+    assert base == pytest.approx(hand_ppl[0], rel=1e-4)
 
 
 def test_perplexity_bad_input(lm_dir, tmp_path):
