@@ -132,3 +132,14 @@ def test_mask_iou():
     assert M.mask_iou(z, z) == 1.0
     with pytest.raises(WsvizError):
         M.mask_iou(a, torch.ones(3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("k", [1, 7, 5000, 99999, 100000])
+def test_kth_largest_exact_with_chunks(k):
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(100000, generator=g)
+    x[::10] = 0.5  # many ties
+    ref = torch.sort(x, descending=True).values[k - 1]
+    assert M.kth_largest(x, k, bins=64, chunk=4096) == ref
+    m = M.topk_mask(x.reshape(1000, 100), k)
+    assert int(m.sum()) == k

@@ -62,7 +62,10 @@ def _spectra(keys: list[str], get, shape, settings: AnalysisSettings, dev) -> di
     step = 1 if dev.type != "cuda" else max(1, settings.batch_bytes // max(per_bytes, 1))
     for start in range(0, len(keys), step):
         group = keys[start:start + step]
-        mats = torch.cat([S.as_matrices(get(k)) for k in group], 0)
+        if len(group) == 1:
+            mats = S.as_matrices(get(group[0]))
+        else:
+            mats = torch.cat([S.as_matrices(get(k)) for k in group], 0)
         sv = S.batched_singular_values(mats, mode=mode, k=settings.lowrank_k).cpu()
         del mats
         sv = sv.reshape(len(group), -1)
@@ -275,8 +278,13 @@ def analyze_tensor(
     # -- masks ------------------------------------------------------------------------------
     if settings.has("masks"):
         s = settings.sparsity
+        keep = MK.n_keep(base.numel(), s)
         mb = MK.magnitude_mask(base, s)
-        mm = [MK.magnitude_mask(tuned(i), s) for i in range(n)]
+        mm = []
+        for i in range(n):  # |base + Δ| built in place: one tensor-sized buffer at a time
+            a = torch.add(base, deltas[i]).abs_()
+            mm.append(MK.topk_mask(a, keep))
+            del a
         for i, lab in enumerate(labels):
             add(lab, "mask_iou_base", MK.mask_iou(mm[i], mb))
         for i, j in pairs:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wsviz.compute.masks import kth_largest
+
 
 @dataclass
 class SignConflicts:
@@ -57,7 +59,7 @@ def trim_thresholds(deltas: Tensor, density: float = 0.2) -> Tensor:
         return out
     for i in range(n):
         a = deltas[i].reshape(-1).abs()
-        out[i] = torch.kthvalue(a, numel - keep + 1).values
+        out[i] = kth_largest(a, keep)
         del a
     return out
 
@@ -70,7 +72,7 @@ def trim(deltas: Tensor, density: float = 0.2) -> Tensor:
 
 
 def sign_conflicts(
-    deltas: Tensor, density: float = 0.2, return_mask: bool = False, chunk: int = 1 << 21
+    deltas: Tensor, density: float = 0.2, return_mask: bool = False, chunk: int = 1 << 19
 ) -> SignConflicts:
     """Sign conflicts of task vectors ``deltas`` ``[n, *shape]`` after trimming to ``density``.
 

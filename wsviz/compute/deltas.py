@@ -15,7 +15,7 @@ DELTA_METRICS = ("delta_fro", "delta_rel", "delta_mean_abs", "delta_max_abs", "d
 
 
 def delta_stats(
-    deltas: Tensor, base: Tensor, atol: float = 1e-8, rtol: float = 1e-5, chunk: int = 1 << 22
+    deltas: Tensor, base: Tensor, atol: float = 1e-8, rtol: float = 1e-5, chunk: int = 1 << 20
 ) -> dict[str, Tensor]:
     """Per-model statistics of task vectors.
 
@@ -68,7 +68,7 @@ def delta_stats(
     }
 
 
-def gram(x: Tensor, chunk: int = 1 << 22) -> Tensor:
+def gram(x: Tensor, chunk: int = 1 << 20) -> Tensor:
     """Inner products of flattened rows: ``[n, *shape] -> [n, n]`` in float64 (``X Xᵀ``),
     accumulated over column chunks of ``chunk`` entries.
 
@@ -119,7 +119,7 @@ def count_sketch(x: Tensor, dim: int, name: str = "", seed: int = 0) -> Tensor:
     g = torch.Generator().manual_seed(_seed_for(name, seed))
     numel = flat.shape[1]
     out = torch.zeros(n, dim, dtype=torch.float32, device=x.device)
-    chunk = 1 << 22
+    chunk = 1 << 20
     for start in range(0, numel, chunk):
         stop = min(numel, start + chunk)
         h = torch.randint(dim, (stop - start,), generator=g).to(x.device)

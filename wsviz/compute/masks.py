@@ -32,6 +32,7 @@ __all__ = [
     "nm_mask",
     "random_mask",
     "structured_mask",
+    "kth_largest",
     "topk_mask",
     "wanda_mask",
     "wanda_scores",
@@ -56,6 +57,39 @@ def n_keep(n: int, sparsity: float) -> int:
     return int(round((1.0 - check_sparsity(sparsity)) * n))
 
 
+def kth_largest(x: Tensor, k: int, bins: int = 1 << 16, chunk: int = 1 << 20) -> Tensor:
+    """The ``k``-th largest value of ``x`` (``1 <= k <= numel``), exactly, as a 0-d tensor.
+
+    Memory-bounded selection (no sorted copy, no int64 index tensor as ``torch.kthvalue`` /
+    ``torch.topk`` need): a ``bins``-bin histogram over chunks of ``chunk`` entries locates the
+    bin holding the k-th largest value, then only that bin's entries are sorted.
+    """
+    flat = x.reshape(-1)
+    n = flat.numel()
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} outside [1, {n}]")
+    if n <= chunk:
+        return torch.kthvalue(flat, n - k + 1).values
+    lo = min(float(flat[i:i + chunk].min()) for i in range(0, n, chunk))
+    hi = max(float(flat[i:i + chunk].max()) for i in range(0, n, chunk))
+    if hi <= lo:
+        return flat[0].clone()
+    counts = torch.zeros(bins, dtype=torch.int64, device=flat.device)
+    width = (hi - lo) / bins
+
+    def bin_of(c: Tensor) -> Tensor:
+        return ((c.to(torch.float64) - lo) / width).floor_().clamp_(0, bins - 1).long()
+
+    for i in range(0, n, chunk):
+        counts += torch.bincount(bin_of(flat[i:i + chunk]), minlength=bins)
+    above = torch.flip(torch.cumsum(torch.flip(counts, [0]), 0), [0])  # entries in bins >= j
+    j = int((above >= k).nonzero().max())  # highest bin whose suffix count reaches k
+    beyond = int(above[j + 1]) if j + 1 < bins else 0  # entries in bins > j
+    vals = torch.cat([c[bin_of(c) == j] for c in (flat[i:i + chunk] for i in range(0, n, chunk))])
+    vals = torch.sort(vals, descending=True).values
+    return vals[k - beyond - 1]
+
+
 def topk_mask(score: Tensor, k: int, dim: int | None = None) -> Tensor:
     """Bool mask keeping exactly the ``k`` largest entries of ``score``.
 
@@ -63,13 +97,21 @@ def topk_mask(score: Tensor, k: int, dim: int | None = None) -> Tensor:
     along ``dim`` (e.g. ``dim=-1`` keeps ``k`` per row). Shape: same as ``score``.
     """
     if dim is None:
+        # threshold by a memory-bounded selection instead of topk (k values + k int64
+        # indices); ties at the threshold are filled in position order to keep exactly k
         flat = score.reshape(-1)
-        mask = torch.zeros(flat.numel(), dtype=torch.bool, device=score.device)
-        k = max(0, min(int(k), flat.numel()))
-        if k == flat.numel():
-            mask[:] = True
-        elif k > 0:
-            mask[torch.topk(flat, k, sorted=False).indices] = True
+        numel = flat.numel()
+        k = max(0, min(int(k), numel))
+        if k == numel:
+            return torch.ones_like(score, dtype=torch.bool)
+        if k == 0:
+            return torch.zeros_like(score, dtype=torch.bool)
+        t = kth_largest(flat, k)
+        mask = flat > t
+        need = k - int(mask.sum())
+        if need > 0:
+            ties = torch.nonzero(flat == t).reshape(-1)[:need]
+            mask[ties] = True
         return mask.reshape(score.shape)
     size = score.shape[dim]
     k = max(0, min(int(k), size))
