@@ -7,6 +7,8 @@ Panel runs this script once per browser session, so every tab gets its own state
 model set, analysis and evaluator are shared (cached) across sessions.
 """
 
+import logging
+import os
 import sys
 
 import panel as pn
@@ -14,6 +16,9 @@ import panel as pn
 from wsviz.ui import build_page, extension
 from wsviz.ui.launch import parse_app_args, workspace_from_args
 
+if os.environ.get("WSVIZ_UI_DEBUG"):
+    logging.basicConfig(level=logging.INFO)
+    logging.getLogger("wsviz.ui").setLevel(logging.DEBUG)
 extension()
 try:
     page = build_page(workspace_from_args(parse_app_args(sys.argv[1:])))

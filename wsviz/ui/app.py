@@ -46,7 +46,8 @@ def build_components(workspace: Workspace, background: bool = False,
     overview = Overview(session)
     detail = LayerDetail(session)
     merge = MergeTuner(session)
-    comps = Components(session, overview, detail, TaskMap(session), merge,
+    comps = Components(session, overview, detail, TaskMap(session, autostart=not background),
+                       merge,
                        PruneTuner(session), Export(session, merge))
     if analyse:
         session.load_analysis()
@@ -78,8 +79,14 @@ def build_page(workspace: Workspace, background: bool = True):
         ("Merge", c.merge),
         ("Prune", c.prune),
         ("Export", c.export),
-        dynamic=False, sizing_mode="stretch_width",
+        dynamic=True, sizing_mode="stretch_width",
     )
+
+    def on_tab(event):
+        if tabs._names[event.new] == "Task map":
+            c.task_map.start()  # PCA / UMAP only when first looked at
+
+    tabs.param.watch(on_tab, "active")
     template = pn.template.FastListTemplate(
         title=f"wsviz — {workspace.title}",
         header=[pn.Row(spinner, status)],

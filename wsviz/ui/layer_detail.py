@@ -14,8 +14,9 @@ from panel.viewable import Viewer
 from wsviz.ui.session import Session
 from wsviz.ui.workspace import LayerDetailView
 
-# Matrices larger than this many cells are drawn through datashader's rasterize.
-RASTERIZE_CELLS = 256 * 256
+# Matrices larger than this many cells are drawn through datashader's rasterize (its first
+# use JIT-compiles numba code for several seconds, so small matrices go to Bokeh directly).
+RASTERIZE_CELLS = 1024 * 1024
 
 
 def _note(detail: LayerDetailView, key: str, default: str) -> hv.Div:
@@ -26,7 +27,9 @@ def spectra_plot(d: LayerDetailView):
     if d.spectra is None or d.spectra.empty:
         return _note(d, "spectra", "No spectra (1-D tensor).")
     curves = []
-    for series, g in d.spectra.groupby("series", sort=False):
+    # base and the task deltas (fine-tuned spectra sit on top of the base one)
+    spectra = d.spectra[~d.spectra["series"].astype(str).str.startswith("ft:")]
+    for series, g in spectra.groupby("series", sort=False):
         g = g[g["sigma"] > 0]
         dash = "dashed" if str(series).startswith("delta") else "solid"
         curves.append(hv.Curve(g, "index", "sigma", label=str(series)).opts(line_dash=dash))
@@ -125,8 +128,8 @@ def intruder_table(d: LayerDetailView):
                                 "vector of the fine-tunes is close to a base direction).")
     return pn.Column(
         pn.pane.Markdown(f"**Intruder dimensions:** {len(d.intruders)} found"),
-        pn.widgets.Tabulator(d.intruders, disabled=True, height=220, show_index=False,
-                             sizing_mode="stretch_width"),
+        pn.pane.DataFrame(d.intruders, index=False, float_format="{:.3f}".format,
+                          sizing_mode="stretch_width"),
     )
 
 
@@ -176,11 +179,11 @@ class LayerDetail(Viewer):
         self._hist.object = delta_hist_plot(d)
         self._quiet = True
         try:
-            self.param.matrix_of.objects = list(d.matrix)
-            if self.matrix_of not in d.matrix:
-                keys = list(d.matrix)
-                self.matrix_of = next((k for k in keys if k.startswith("delta")),
-                                      keys[0] if keys else None)
+            keys = list(d.matrix)
+            choice = self.matrix_of if self.matrix_of in d.matrix else next(
+                (k for k in keys if k.startswith("delta")), keys[0] if keys else None)
+            self.param.matrix_of.objects = keys
+            self.matrix_of = choice
             esd_names = list(dict.fromkeys(d.esd["series"])) if d.esd is not None else []
             self.param.esd_of.objects = esd_names
             if self.esd_of not in esd_names:
@@ -213,14 +216,23 @@ class LayerDetail(Viewer):
             self._esd.object = esd_plot(self.detail, self.esd_of)
 
     def __panel__(self):
+        # Sub-tabs are dynamic: only the visible one is rendered when the layer changes.
         return pn.Column(
             pn.Row(self._title, self._spinner),
-            pn.Row(self._spectra, self._esd, sizing_mode="stretch_width"),
-            pn.Row(pn.widgets.Select.from_param(self.param.esd_of, name="ESD of", width=200),
-                   pn.widgets.Select.from_param(self.param.matrix_of, name="Matrix",
-                                                width=240)),
-            pn.Row(self._hist, self._matrix, sizing_mode="stretch_width"),
-            pn.Row(self._conflict, self._agree, sizing_mode="stretch_width"),
-            self._intruders,
+            pn.Tabs(
+                ("Spectra", pn.Column(
+                    pn.widgets.Select.from_param(self.param.esd_of, name="ESD of", width=220),
+                    pn.Row(self._spectra, self._esd, sizing_mode="stretch_width"),
+                    sizing_mode="stretch_width")),
+                ("Δ histogram", self._hist),
+                ("Matrix", pn.Column(
+                    pn.widgets.Select.from_param(self.param.matrix_of, name="Matrix",
+                                                 width=240),
+                    self._matrix, sizing_mode="stretch_width")),
+                ("Sign conflicts", pn.Row(self._conflict, self._agree,
+                                          sizing_mode="stretch_width")),
+                ("Intruders", self._intruders),
+                dynamic=True, sizing_mode="stretch_width",
+            ),
             sizing_mode="stretch_width",
         )

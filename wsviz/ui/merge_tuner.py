@@ -17,11 +17,12 @@ from panel.viewable import Viewer
 from wsviz.errors import RecipeError
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import (
+    LiveBars,
     make_widget,
-    metrics_plot,
     set_widget,
     summary_stats,
     watch_widget,
+    widget_value,
 )
 from wsviz.ui.workspace import MethodView
 
@@ -101,9 +102,13 @@ class MergeTuner(Viewer):
         self._summary = pn.pane.Markdown("*no evaluation yet*",
                                          css_classes=["wsviz-merge-summary"],
                                          sizing_mode="stretch_width")
-        self._bars = pn.pane.HoloViews(None, sizing_mode="stretch_width")
-        self._history_pane = pn.pane.HoloViews(None, sizing_mode="stretch_width")
-        self._selection = None
+        self._live = LiveBars(lambda: self.refs)
+        self._bars = self._live.pane
+        self._history_pipe = hv.streams.Pipe(data=self.history_frame())
+        history = hv.DynamicMap(self._history_el, streams=[self._history_pipe])
+        self._selection = hv.streams.Selection1D(source=history)
+        self._selection.add_subscriber(self._on_history_tap)
+        self._history_pane = pn.pane.HoloViews(history, sizing_mode="stretch_width")
         self._busy = pn.indicators.LoadingSpinner(value=False, size=24)
         self._refresh = pn.widgets.Button(name="Re-evaluate", button_type="default", width=120)
         self._refresh.on_click(lambda e: self.request())
@@ -187,8 +192,8 @@ class MergeTuner(Viewer):
         """JSON-able description of the current settings (restorable with :meth:`restore`)."""
         return {
             "method": self.method,
-            "params": {k: w.value for k, w in self._widgets.items()},
-            "model_params": {lab: {k: w.value for k, w in ws_.items()}
+            "params": {k: widget_value(w) for k, w in self._widgets.items()},
+            "model_params": {lab: {k: widget_value(w) for k, w in ws_.items()}
                              for lab, ws_ in self._model_widgets.items()},
             "schedules": {k: w.value for k, w in self._sched_widgets.items() if w.value},
         }
@@ -261,6 +266,10 @@ class MergeTuner(Viewer):
             lambda exc: setattr(self._busy, "value", False))
 
     def _show(self, result) -> None:
+        with pn.io.hold():  # one patch to the browser: summary, bars and history together
+            self._show_now(result)
+
+    def _show_now(self, result) -> None:
         state, recipe, metrics = result
         self._busy.value = False
         self.last_latency_ms = 1000 * (time.perf_counter() - self._t_request)
@@ -271,37 +280,38 @@ class MergeTuner(Viewer):
             f"**eval #{self.n_evals}** — avg **{stats['avg']:.1%}** · worst "
             f"**{stats['worst']:.1%}** · normalised avg {stats['normalized']:.1%}  \n"
             f"`{_short(state)}`")
-        self._bars.object = metrics_plot(metrics, self.refs, f"{state['method']}: per-task")
+        self._live.update(metrics, f"{state['method']}: per-task")
         key = json.dumps(state, sort_keys=True, default=str)
         if not any(h["key"] == key for h in self.history):
             self.history.append({"key": key, "state": state, "metrics": dict(metrics), **stats})
             self._draw_history()
 
     def history_frame(self) -> pd.DataFrame:
+        """One row per recipe tried: ``i, avg, worst, recipe, pareto, kind``."""
         df = pd.DataFrame([{"i": i, "avg": h["avg"], "worst": h["worst"],
-                            "recipe": _short(h["state"])} for i, h in enumerate(self.history)])
-        if not df.empty:
-            df["pareto"] = pareto_mask(df["avg"].to_numpy(), df["worst"].to_numpy())
+                            "recipe": _short(h["state"])} for i, h in enumerate(self.history)],
+                          columns=["i", "avg", "worst", "recipe"])
+        df["pareto"] = (pareto_mask(df["avg"].to_numpy(), df["worst"].to_numpy())
+                        if len(df) else np.zeros(0, dtype=bool))
+        df["kind"] = np.where(df["pareto"], "Pareto", "dominated")
         return df
 
     def _draw_history(self):
-        df = self.history_frame()
-        if df.empty:
-            return
-        df["kind"] = np.where(df["pareto"], "Pareto", "dominated")
-        lo = float(max(0.0, min(df["avg"].min(), df["worst"].min()) - 0.05))
+        self._history_pipe.send(self.history_frame())
+
+    @staticmethod
+    def _history_el(data: pd.DataFrame):
+        df = data
+        lo = 0.0
+        if len(df):
+            lo = float(max(0.0, min(df["avg"].min(), df["worst"].min()) - 0.05))
         pts = hv.Points(df, ["avg", "worst"], ["i", "recipe", "kind"]).opts(
             color="kind", cmap={"Pareto": "#d62728", "dominated": "#9ecae1"}, size=11,
             tools=["hover", "tap"], responsive=True, height=320, nonselection_alpha=0.5,
             title="Recipes tried (click one to restore it)", xlabel="average task accuracy",
-            xlim=(lo, 1.0), ylim=(lo, 1.0),
-            ylabel="worst task accuracy", show_legend=True, legend_position="bottom_right")
+            ylabel="worst task accuracy", xlim=(lo, 1.0), ylim=(lo, 1.0), framewise=True)
         front = df[df["pareto"]].sort_values("avg")
-        sel = hv.streams.Selection1D(source=pts)
-        sel.add_subscriber(self._on_history_tap)
-        self._selection = sel
-        self._history_pane.object = pts * hv.Curve(front, "avg", "worst").opts(
-            color="#d62728", line_dash="dotted")
+        return pts * hv.Curve(front, "avg", "worst").opts(color="#d62728", line_dash="dotted")
 
     def _on_history_tap(self, index):
         if index:

@@ -14,7 +14,14 @@ from panel.viewable import Viewer
 from wsviz.ui.layer_detail import matrix_plot
 from wsviz.ui.merge_tuner import parse_schedule
 from wsviz.ui.session import Session
-from wsviz.ui.widgets import make_widget, metrics_plot, set_widget, summary_stats, watch_widget
+from wsviz.ui.widgets import (
+    LiveBars,
+    make_widget,
+    set_widget,
+    summary_stats,
+    watch_widget,
+    widget_value,
+)
 
 
 class PruneTuner(Viewer):
@@ -45,7 +52,8 @@ class PruneTuner(Viewer):
         watch_widget(self._sched, self.request)
         self._summary = pn.pane.Markdown("*no evaluation yet*",
                                          css_classes=["wsviz-prune-summary"])
-        self._bars = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._live = LiveBars(lambda: self.refs)
+        self._bars = self._live.pane
         self._mask = pn.pane.HoloViews(None, sizing_mode="stretch_width")
         self._busy = pn.indicators.LoadingSpinner(value=False, size=24)
         self._doc = pn.pane.Markdown("")
@@ -71,7 +79,7 @@ class PruneTuner(Viewer):
 
     @property
     def state(self) -> dict:
-        params = {k: w.value for k, w in self._widgets.items()}
+        params = {k: widget_value(w) for k, w in self._widgets.items()}
         return {"target": self.target, "method": self.method, "params": params,
                 "schedule": self._sched.value}
 
@@ -118,8 +126,7 @@ class PruneTuner(Viewer):
         self._summary.object = (
             f"**eval #{self.n_evals}** — {state['method']}({ps}) on `{state['target']}`: "
             f"avg **{stats['avg']:.1%}** · worst **{stats['worst']:.1%}**")
-        self._bars.object = metrics_plot(metrics, self.refs,
-                                         f"pruned {state['target']}: per-task")
+        self._live.update(metrics, f"pruned {state['target']}: per-task")
 
     def _draw_mask(self):
         layer = self.session.layer

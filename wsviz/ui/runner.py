@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -101,8 +102,10 @@ class Runner:
         self._busy(+1)
 
         def job():
+            t0 = time.perf_counter()
             try:
                 result = work()
+                log.debug("job %s: work %.3f s", key, time.perf_counter() - t0)
             except Exception as exc:  # noqa: BLE001
                 log.debug("job %s failed:\n%s", key, traceback.format_exc())
                 self._dispatch(doc, partial(self._fail, exc, error))
@@ -124,8 +127,11 @@ class Runner:
             self._start(key, doc, *nxt)
 
     def _guard(self, fn, result, error) -> None:
+        t0 = time.perf_counter()
         try:
             fn(result)
+            log.debug("done callback %s: %.3f s", getattr(fn, "__qualname__", fn),
+                      time.perf_counter() - t0)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc, error)
 

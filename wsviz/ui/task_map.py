@@ -44,6 +44,8 @@ class TaskMap(Viewer):
 
     group = param.Selector(default=WHOLE, objects=[WHOLE],
                            doc="Whole model or one layer group.")
+    autostart = param.Boolean(default=True, doc="Compute as soon as displayed (the app "
+                              "starts it when its tab is first opened instead).")
 
     def __init__(self, session: Session, **params):
         super().__init__(**params)
@@ -71,24 +73,37 @@ class TaskMap(Viewer):
 
         def work():
             labels, X = ws.task_map(group)
-            return pd.DataFrame({
-                "model": labels,
-                **dict(zip(["pca1", "pca2"], project_2d(X, "pca").T)),
-                **dict(zip(["umap1", "umap2"], project_2d(X, "umap").T)),
-            })
+            pts = pd.DataFrame({"model": labels,
+                                **dict(zip(["pca1", "pca2"], project_2d(X, "pca").T))})
+            return pts, X
+
+        def umap_work(X):
+            return project_2d(X, "umap")
+
+        def done(result):
+            pts, X = result
+            self.points = pts
+            self._draw(self._pca, pts, ("pca1", "pca2"), "PCA")
+            self.session.runner.submit("taskmap-umap", lambda: umap_work(X),
+                                       lambda Y: self._show_umap(pts, Y))
 
         self._pca.object = hv.Div("<i>computing…</i>")
-        self.session.runner.submit("taskmap", work, self._show)
+        self._umap.object = hv.Div("<i>UMAP: computing… (the first run compiles numba "
+                                   "code)</i>")
+        self.session.runner.submit("taskmap", work, done)
 
-    def _show(self, pts: pd.DataFrame):
+    def _show_umap(self, pts: pd.DataFrame, Y):
+        pts = pts.assign(umap1=Y[:, 0], umap2=Y[:, 1])
         self.points = pts
+        self._draw(self._umap, pts, ("umap1", "umap2"), "UMAP")
+
+    def _draw(self, pane, pts: pd.DataFrame, dims, name: str):
         opts = dict(size=12, tools=["hover"], responsive=True, height=340, color="model",
                     cmap="Category10", show_legend=False)
-        for pane, (a, b), name in ((self._pca, ("pca1", "pca2"), "PCA"),
-                                   (self._umap, ("umap1", "umap2"), "UMAP")):
-            pts_el = hv.Points(pts, [a, b], ["model"]).opts(**opts, title=f"{name}: {self.group}")
-            pane.object = pts_el * hv.Labels(pts, [a, b], "model").opts(
-                yoffset=0.0, text_font_size="9pt", text_align="left")
+        a, b = dims
+        pts_el = hv.Points(pts, [a, b], ["model"]).opts(**opts, title=f"{name}: {self.group}")
+        pane.object = pts_el * hv.Labels(pts, [a, b], "model").opts(
+            yoffset=0.0, text_font_size="9pt", text_align="left")
 
     def _show_cos(self, cos: pd.DataFrame):
         df = cos.copy()
@@ -103,7 +118,8 @@ class TaskMap(Viewer):
                                       ["a", "b"], "t")
 
     def __panel__(self):
-        self.start()
+        if self.autostart:
+            self.start()
         return pn.Column(
             pn.widgets.Select.from_param(self.param.group, name="Task vectors of", width=260),
             pn.Row(self._pca, self._umap, sizing_mode="stretch_width"),

@@ -48,6 +48,13 @@ def watch_widget(w, callback: Callable) -> None:
     w.param.watch(lambda e: callback(), "value_throttled" if is_slider(w) else "value")
 
 
+def widget_value(w):
+    """The committed value (FloatSlider values arrive from the browser as int when whole)."""
+    if isinstance(w, pn.widgets.FloatSlider):
+        return float(w.value)
+    return w.value
+
+
 def set_widget(w, value) -> None:
     """Set a widget programmatically as if the user had committed ``value``."""
     if is_slider(w):
@@ -71,18 +78,33 @@ def summary_stats(metrics: dict[str, float], individual: dict[str, float]) -> di
 
 def metrics_plot(metrics: dict[str, float], refs: dict[str, dict[str, float]], title: str):
     """Bars of per-task metrics, with the individual fine-tuned (black dash) and pre-trained
-    (grey dash) references drawn on top."""
+    (grey dash) references drawn on top. Always the same three layers (possibly empty), so a
+    DynamicMap can update it in place."""
+    metrics = metrics or {}
     df = pd.DataFrame({"task": list(metrics), "metric": [float(v) for v in metrics.values()]})
     bars = hv.Bars(df, "task", "metric", label="merged").opts(
-        color="#4c78a8", tools=["hover"], ylim=(0, 1.05), xrotation=30)
+        color="#4c78a8", tools=["hover"], xrotation=30)
     layers = [bars]
     styles = {"individual": "black", "pretrained": "#999999"}
     for kind, color in styles.items():
         ref = refs.get(kind) or {}
         pts = pd.DataFrame({"task": [t for t in metrics if t in ref],
                             "metric": [float(ref[t]) for t in metrics if t in ref]})
-        if not pts.empty:
-            layers.append(hv.Scatter(pts, "task", "metric", label=kind).opts(
-                marker="dash", size=36, line_width=3, color=color, tools=["hover"]))
-    return hv.Overlay(layers).opts(responsive=True, height=320, title=title,
+        layers.append(hv.Scatter(pts, "task", "metric", label=kind).opts(
+            marker="dash", size=36, line_width=3, color=color, tools=["hover"]))
+    return hv.Overlay(layers).opts(responsive=True, height=320, title=title, ylim=(0, 1.05),
                                    legend_position="bottom_right", ylabel="accuracy")
+
+
+class LiveBars:
+    """A metrics bar chart updated in place through a Pipe (no figure rebuild per update)."""
+
+    def __init__(self, refs_getter):
+        self._refs = refs_getter
+        self.pipe = hv.streams.Pipe(data=({}, "waiting for the first evaluation…"))
+        dmap = hv.DynamicMap(lambda data: metrics_plot(data[0], self._refs(), data[1]),
+                             streams=[self.pipe])
+        self.pane = pn.pane.HoloViews(dmap, sizing_mode="stretch_width")
+
+    def update(self, metrics: dict[str, float], title: str) -> None:
+        self.pipe.send((dict(metrics), title))
