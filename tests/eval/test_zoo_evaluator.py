@@ -84,6 +84,14 @@ def test_task_subset_and_train_split(zoo):
     assert res["rot90"]["accuracy"] > 0.9
 
 
+def test_n_samples(zoo):
+    small = zoo.evaluator(n_samples=100, tasks=["digit"])
+    res = small.evaluate(zoo.weights("base"))["digit"]
+    assert small.n == 100 and res["accuracy"] * 100 == pytest.approx(round(res["accuracy"] * 100))
+    with pytest.raises(WsvizError, match="n_samples"):
+        zoo.evaluator(n_samples=0)
+
+
 def test_bad_weights(zoo, ev):
     w = zoo.weights("base")
     name = zoo.encoder_names()[0]

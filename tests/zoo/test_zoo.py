@@ -140,6 +140,9 @@ def test_ensure_zoo_errors(tmp_path, monkeypatch):
     with pytest.raises(WsvizError, match="version"):
         ensure_zoo(built, progress=False)  # tiny config != default config
     assert ensure_zoo(built, progress=False, config=TINY).tasks == list(TINY.tasks)
+    msgs = []
+    ensure_zoo(tmp_path / "cb", progress=msgs.append, config=TINY)
+    assert msgs[0].startswith("pre-training") and len(msgs) == 1 + len(TINY.tasks)
     monkeypatch.setenv("WSVIZ_ZOO_DIR", str(built))
     from wsviz.zoo import default_zoo_dir
 

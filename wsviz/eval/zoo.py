@@ -26,13 +26,15 @@ class ZooEvaluator:
 
     ``zoo``: a :class:`wsviz.zoo.Zoo`, a zoo root path, or None (``ensure_zoo()``);
     ``split``: ``"test"`` (held out, 597 images) or ``"train"``; ``tasks``: subset of the
-    zoo's tasks; ``device``: where weights and data live during evaluation.
+    zoo's tasks; ``device``: where weights and data live during evaluation; ``n_samples``:
+    use only the first n images of the split (faster interactive evaluation on slow machines;
+    references are measured on the same images).
     ``evaluate(weights)`` takes the :attr:`names` encoder tensors (extra keys ignored).
     Raises :class:`EvalError` for a missing tensor or wrong shape.
     """
 
     def __init__(self, zoo=None, split: str = "test", tasks: Sequence[str] | None = None,
-                 device=None):
+                 device=None, n_samples: int | None = None):
         from safetensors.torch import load_file
 
         from wsviz.zoo import Zoo, ensure_zoo
@@ -58,6 +60,10 @@ class ZooEvaluator:
         zc = zoo.manifest["config"]
         data = load_digits_split(zc["n_train"], zc["split_seed"])
         x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
+        if n_samples is not None:
+            if not isinstance(n_samples, int) or n_samples < 1:
+                raise WsvizError(f"n_samples must be a positive integer, got {n_samples!r}")
+            x, y = x[:n_samples], y[:n_samples]
         kinds = sorted({TASKS[t].input_kind for t in self.tasks}, key=list(INPUT_TRANSFORMS).index)
         n = len(x)
         self.n = n

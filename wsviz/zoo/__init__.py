@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,10 +160,12 @@ def _stderr_progress(msg: str) -> None:
 
 
 def ensure_zoo(path: str | Path | None = None, force: bool = False,
-               progress: bool = True, config: ZooConfig | None = None) -> Zoo:
+               progress: bool | Callable[[str], None] = True,
+               config: ZooConfig | None = None) -> Zoo:
     """Return the demo zoo at ``path`` (default :func:`default_zoo_dir`), building it first if
     it is missing (or always with ``force``). Deterministic: the same machine and torch build
-    give bit-identical weights. ``progress`` prints build steps to stderr.
+    give bit-identical weights. ``progress``: True prints build steps to stderr, a callable
+    receives each step's message (e.g. a UI status line), False is silent.
 
     Raises :class:`WsvizError` when ``path`` holds a zoo of another version (rebuild it with
     ``force=True`` / ``wsviz zoo build --force``) or something that is not a zoo.
@@ -183,5 +186,6 @@ def ensure_zoo(path: str | Path | None = None, force: bool = False,
                     f"{root} holds zoo version {zoo.version}, this wsviz builds "
                     f"{cfg.version()}; rebuild with `wsviz zoo build --force`")
             return zoo
-    build_zoo(root, cfg, force=force, progress=_stderr_progress if progress else None)
+    say = progress if callable(progress) else (_stderr_progress if progress else None)
+    build_zoo(root, cfg, force=force, progress=say)
     return Zoo.open(root)
