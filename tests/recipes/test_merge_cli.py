@@ -109,3 +109,15 @@ def test_inmemory_linear_with_base_label(merger):
     n = merger.names[0]
     ref = merger.base(n) + 0.5 * merger.deltas(n)[0]
     assert (got[n] - ref).abs().max() <= 1e-6
+
+
+def test_inmemory_recipe_exports_with_paths(merger, llama_set, tmp_path):
+    r = Recipe("ties", base="base", models=[
+        {"model": lab, "params": {"weight": 1.0, "density": 0.3}} for lab in "ab"])
+    paths = merger.paths()
+    text = r.to_mergekit_yaml(paths=paths)
+    assert str(llama_set.base) in text and str(llama_set.fts[1]) in text
+    out = load_file(str(merge_to_dir(r.with_paths(paths), tmp_path / "o", progress=False)
+                        / "model.safetensors"))
+    got = merger.merge(r)
+    assert max((got[k] - out[k]).abs().max().item() for k in got) <= 1e-6

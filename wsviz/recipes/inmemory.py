@@ -89,6 +89,20 @@ class InMemoryMerger:
             tot += sum(v.numel() * v.element_size() for v in self._cache[n].values())
         return tot
 
+    def paths(self) -> dict[str, str]:
+        """``{label: checkpoint path}`` for the base (as ``"base"`` and its label) and the
+        models that came from disk: ``recipe.to_mergekit_yaml(paths=merger.paths())`` or
+        ``merge_to_dir(recipe.with_paths(merger.paths()), OUT)`` export an in-memory recipe."""
+        out = {}
+        b = self.modelset.base
+        if getattr(b, "path", None) is not None:
+            out["base"] = str(b.path)
+            out[b.label] = str(b.path)
+        for lab, src in self.modelset.models.items():
+            if getattr(src, "path", None) is not None:
+                out[lab] = str(src.path)
+        return out
+
     def base(self, name: str) -> Tensor:
         return self._base[name]
 

@@ -104,6 +104,18 @@ class Recipe:
         return resolve_params(self.spec, self.params, [m.params for m in self.models],
                               tensor_name, t)
 
+    def with_paths(self, paths: Mapping[str, str]) -> Recipe:
+        """A copy whose base / model labels are replaced by ``paths[label]`` (labels not in
+        ``paths`` stay): turns an in-memory recipe into one for :func:`merge_to_dir`."""
+        def ref(x):
+            return None if x is None else str(paths.get(x, x))
+
+        d = self.to_dict()
+        d["base"] = ref(self.base)
+        for m in d["models"]:
+            m["model"] = ref(m["model"])
+        return Recipe.from_dict(d)
+
     # ------------------------------------------------------------------------------------
     def validate(self) -> Recipe:
         """Strict check; returns ``self`` or raises :class:`RecipeError` naming the problem.
