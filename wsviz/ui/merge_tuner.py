@@ -177,7 +177,8 @@ class MergeTuner(Viewer):
                 pn.pane.Markdown("*no schedulable parameters*")]
             floats = [p.name for p in spec.params if p.kind == "float" and p.scope != "model"]
             self._sweep_param.options = floats
-            self._sweep_param.value = floats[0] if floats else None
+            self._sweep_param.value = ("lambda" if "lambda" in floats
+                                       else floats[0] if floats else None)
             if floats:
                 p0 = spec.param(floats[0])
                 self._sweep_from.value = float(p0.lo if p0.lo is not None else 0.0)
