@@ -3,7 +3,7 @@
 Prints the median wall time of one full live evaluation (merge + evaluate all zoo tasks) for
 simple averaging, task arithmetic and TIES, split into merge and evaluate, and compares the
 evaluate time with the machine's limit measured in the same run: the bare encoder matmuls
-(the same FLOPs, no heads / metrics / Python).
+(the same FLOPs, no heads / metrics / Python), timed interleaved with the evaluations.
 
     python bench/bench_eval.py [--threads 2] [--repeat 30]
 
@@ -19,16 +19,17 @@ import time
 import torch
 
 
-def timed(fn, repeat: int) -> float:
-    """Median seconds of ``fn()`` over ``repeat`` runs after 2 warm-up runs."""
-    fn()
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+def timed(fns, repeat: int) -> list[float]:
+    """Median seconds of each of ``fns`` over ``repeat`` rounds (2 warm-up rounds); the
+    functions run interleaved, so load changes on a shared machine hit them alike."""
+    ts: list[list[float]] = [[] for _ in fns]
+    for r in range(repeat + 2):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            if r >= 2:
+                ts[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in ts]
 
 
 def main() -> None:
@@ -56,8 +57,11 @@ def main() -> None:
     w0, b0 = base["encoder.layers.0.weight"], base["encoder.layers.0.bias"]
     w1, b1 = base["encoder.layers.1.weight"], base["encoder.layers.1.bias"]
     flops = 2 * x.shape[0] * (w0.numel() + w1.numel())
-    floor = timed(lambda: torch.addmm(b1, torch.addmm(b0, x, w0.t()).relu_(), w1.t()).relu_(),
-                  args.repeat)
+
+    def bare():
+        return torch.addmm(b1, torch.addmm(b0, x, w0.t()).relu_(), w1.t()).relu_()
+
+    (floor,) = timed([bare], args.repeat)
 
     print(f"zoo {zoo.version}: {len(zoo.tasks)} tasks, {x.shape[0]} encoder rows per "
           f"evaluation ({flops / 1e9:.2f} GFLOP), torch threads {args.threads}; "
@@ -73,12 +77,15 @@ def main() -> None:
         ("TIES (tuned density, λ)", zoo_recipe(zoo.tasks, "ties")),
     ]:
         weights = merger.merge(recipe, names=ev.names)
-        t_merge = timed(lambda r=recipe: merger.merge(r, names=ev.names), args.repeat)
-        t_eval = timed(lambda w=weights: ev.evaluate(w), args.repeat)
-        t_all = timed(lambda r=recipe: evaluate_recipe(r, ev, merger), args.repeat)
+        t_merge, t_eval, t_all, t_bare = timed([
+            lambda r=recipe: merger.merge(r, names=ev.names),
+            lambda w=weights: ev.evaluate(w),
+            lambda r=recipe: evaluate_recipe(r, ev, merger),
+            bare,
+        ], args.repeat)
         totals.append(t_all)
         print(f"{label:34s} {t_merge * 1e3:9.1f} {t_eval * 1e3:8.1f} {t_all * 1e3:9.1f} "
-              f"{t_eval / floor:10.2f}")
+              f"{t_eval / t_bare:10.2f}")
     print(f"median live evaluation (merge + all tasks): {statistics.median(totals) * 1e3:.1f} ms "
           f"(target <= 50 ms)")
 
