@@ -183,3 +183,19 @@ def test_stale_zoo_dirs(tmp_path, monkeypatch):
 
     assert main(["zoo", "clean"]) == 0
     assert not (parent / "old1").exists() and (parent / "notazoo").exists()
+
+
+def test_table_recipes_and_format():
+    import pandas as pd
+
+    from wsviz.zoo.table import TUNED, format_table, zoo_recipe
+
+    tasks = ["digit", "parity"]
+    r = zoo_recipe(tasks, "ties")
+    assert r.method == "ties" and r.params["lambda"] == TUNED["ties"]["lambda"]
+    assert all(m.params["density"] == TUNED["ties"]["density"] for m in r.models)
+    assert zoo_recipe(tasks, "task_arithmetic", 0.3).params["lambda"] == 0.3
+    avg = zoo_recipe(tasks, "average")
+    assert avg.method == "linear" and avg.labels == tasks
+    text = format_table(pd.DataFrame([{"method": "A", "setting": "", "digit": 91.234}]))
+    assert text.splitlines()[2] == "| A |  | 91.2 |"

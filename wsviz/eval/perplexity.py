@@ -48,6 +48,7 @@ class PerplexityEvaluator:
     "tokens"}}`` with ``task`` = the text file's stem (or ``task``).
     Raises :class:`EvalError` for a missing / empty / non-UTF-8 text file, a directory without
     a tokenizer or model, a text of fewer than 2 tokens, unknown tensor names or shapes.
+    Not thread-safe (the weights are swapped into one shared module): serialise calls.
     """
 
     def __init__(self, model_dir: str | Path, text_file: str | Path, max_tokens: int = 4096,
