@@ -69,10 +69,11 @@ class Export(Viewer):
             text, reason = None, str(exc)
         self.yaml_text, self.yaml_reason = text, reason
         if text is not None:
-            self._status.object = "✅ **mergekit YAML** — validated (reproduces this merge)."
+            self._status.object = ("**mergekit YAML: valid** — validated by wsviz's strict "
+                                   "checker; mergekit reproduces this merge.")
             self._yaml.value = text
         else:
-            self._status.object = f"⚠️ **Not expressible in mergekit:** {reason}"
+            self._status.object = f"**Not expressible in mergekit:** {reason}"
             self._yaml.value = f"# not expressible in mergekit:\n# {reason}\n"
         self._json.value = self.json_text
         self._dl_yaml.disabled = text is None
@@ -111,13 +112,13 @@ class Export(Viewer):
             self._progress.visible = False
             self._write_btn.disabled = False
             self.written = str(path)
-            self._write_msg.object = f"✅ wrote `{path}`"
+            self._write_msg.object = f"Wrote `{path}`"
             self.session.notify_info(f"Merged model written to {path}")
 
         def error(exc):
             self._progress.visible = False
             self._write_btn.disabled = False
-            self._write_msg.object = "❌ nothing written (see the notification)"
+            self._write_msg.object = "**Nothing written** (see the notification)."
 
         runner.submit("write", work, done, error)
 
