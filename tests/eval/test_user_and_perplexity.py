@@ -194,6 +194,10 @@ def test_make_evaluator(lm_dir, text_file, user_module, tmp_path):
     ms = ModelSet.open(str(lm_dir), [str(lm_dir)], labels=["same"])
     ev = make_evaluator(str(text_file), modelset=ms)
     assert isinstance(ev, PerplexityEvaluator) and ev.model_dir == lm_dir
+    ev2 = PerplexityEvaluator(text_file, modelset=ms)  # the call form wsviz.ui uses
+    assert ev2.model_dir == lm_dir and ev2.tasks == ["sample"]
+    with pytest.raises(EvalError, match="needs a model directory"):
+        PerplexityEvaluator(text_file)
     with pytest.raises(EvalError, match="no such file"):
         make_evaluator(str(tmp_path / "missing.txt"))
     with pytest.raises(EvalError, match="no model directory"):

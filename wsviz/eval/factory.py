@@ -25,16 +25,13 @@ def make_evaluator(spec: str, modelset=None, device=None, model_dir=None):
         return ZooEvaluator(device=device)
     p = Path(spec).expanduser()
     if p.exists() and not p.is_dir():
+        from wsviz.eval.perplexity import PerplexityEvaluator, _base_dir
+
         if model_dir is None:
-            base = getattr(modelset, "base", None)
-            path = getattr(base, "path", None)
-            if path is None:
+            if modelset is None:
                 raise EvalError(f"perplexity on {spec}: no model directory (pass model_dir or a "
                                 "model set whose base is an HF directory)")
-            model_dir = Path(path)
-            if not model_dir.is_dir():
-                model_dir = model_dir.parent
-        from wsviz.eval.perplexity import PerplexityEvaluator
+            model_dir = _base_dir(modelset)
 
         return PerplexityEvaluator(model_dir, p, device=device)
     if ":" in spec:

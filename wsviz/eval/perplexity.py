@@ -39,10 +39,22 @@ def read_text(path: str | Path) -> str:
     return text
 
 
+def _base_dir(modelset) -> Path:
+    """The HF directory of ``modelset``'s base (EvalError if it has none)."""
+    path = getattr(getattr(modelset, "base", None), "path", None)
+    if path is None:
+        raise EvalError("perplexity needs a model directory: the model set's base is not a "
+                        "checkpoint on disk; pass model_dir")
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
 class PerplexityEvaluator:
     """Perplexity of the causal LM in ``model_dir`` (config, weights and tokenizer, loaded
     with ``local_files_only``) on ``text_file``.
 
+    Also ``PerplexityEvaluator(text_file, modelset=ms)``: the model is the base directory of
+    the :class:`wsviz.io.ModelSet` ``ms``.
     ``evaluate(weights)`` takes any subset of the model's tensors by checkpoint name (the
     rest keep the directory's values) and returns ``{task: {"perplexity", "loss",
     "tokens"}}`` with ``task`` = the text file's stem (or ``task``).
@@ -51,11 +63,18 @@ class PerplexityEvaluator:
     Not thread-safe (the weights are swapped into one shared module): serialise calls.
     """
 
-    def __init__(self, model_dir: str | Path, text_file: str | Path, max_tokens: int = 4096,
-                 context: int | None = None, batch_size: int = 8, device=None,
-                 task: str | None = None):
+    def __init__(self, model_dir: str | Path | None = None, text_file: str | Path | None = None,
+                 max_tokens: int = 4096, context: int | None = None, batch_size: int = 8,
+                 device=None, task: str | None = None, modelset=None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if modelset is not None and text_file is None:
+            # PerplexityEvaluator(text_file, modelset=ms): the model set's base directory
+            text_file, model_dir = model_dir, _base_dir(modelset)
+        if model_dir is None or text_file is None:
+            raise EvalError("PerplexityEvaluator needs a model directory and a text file "
+                            "(PerplexityEvaluator(model_dir, text_file) or "
+                            "PerplexityEvaluator(text_file, modelset=ms))")
         self.model_dir = Path(model_dir)
         text = read_text(text_file)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
