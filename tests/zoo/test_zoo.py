@@ -199,3 +199,14 @@ def test_table_recipes_and_format():
     assert avg.method == "linear" and avg.labels == tasks
     text = format_table(pd.DataFrame([{"method": "A", "setting": "", "digit": 91.234}]))
     assert text.splitlines()[2] == "| A |  | 91.2 |"
+
+
+def test_unwritable_location(tmp_path, monkeypatch):
+    import wsviz.zoo as zoo_mod
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(zoo_mod, "build_zoo", denied)
+    with pytest.raises(WsvizError, match="Permission denied.*WSVIZ_ZOO_DIR"):
+        ensure_zoo(tmp_path / "zoo", progress=False, config=TINY)

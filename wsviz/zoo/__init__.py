@@ -187,5 +187,9 @@ def ensure_zoo(path: str | Path | None = None, force: bool = False,
                     f"{cfg.version()}; rebuild with `wsviz zoo build --force`")
             return zoo
     say = progress if callable(progress) else (_stderr_progress if progress else None)
-    build_zoo(root, cfg, force=force, progress=say)
+    try:
+        build_zoo(root, cfg, force=force, progress=say)
+    except PermissionError as e:
+        raise WsvizError(f"cannot write the demo zoo to {root} ({e.strerror}); set "
+                         f"{ENV_VAR} to a writable directory") from None
     return Zoo.open(root)
