@@ -69,22 +69,33 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(names), desc="merge", unit="tensor")
+
+    def load(name):
+        """Inputs of one tensor (run one tensor ahead in a reader thread)."""
+        if not ms.info(name).dtype.is_floating_point:
+            return ms.base.get(name), None, None, None
+        base = ms.get_base(name, device=dev) if recipe.base else None
+        models = torch.stack([ms.get(lab, name, device=dev) for lab in labels])
+        cache = None
+        if fisher is not None:
+            cache = {"fisher": torch.stack([f.get(name, device=dev) for f in fisher])}
+        return None, base, models, cache
+
+    from concurrent.futures import ThreadPoolExecutor
+
     with HFDirWriter(out, force=force, copy_from=base_dir,
-                     max_shard_bytes=max_shard_bytes) as w:
-        for name in names:
-            info = ms.info(name)
-            if not info.dtype.is_floating_point:
-                w.add(name, ms.base.get(name))
+                     max_shard_bytes=max_shard_bytes) as w, ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(load, names[0]) if names else None
+        for i, name in enumerate(names):
+            copied, base, models, cache = nxt.result()
+            nxt = pool.submit(load, names[i + 1]) if i + 1 < len(names) else None
+            if copied is not None:
+                w.add(name, copied)
             else:
-                base = ms.get_base(name, device=dev) if recipe.base else None
-                models = torch.stack([ms.get(lab, name, device=dev) for lab in labels])
-                cache = None
-                if fisher is not None:
-                    cache = {"fisher": torch.stack([f.get(name, device=dev) for f in fisher])}
                 r = merge_one(recipe, name, tpos.get(name, 0.0), base, models, generator=gen,
                               cache=cache)
                 w.add(name, r.to(out_dt))
-                del base, models, r
+                del base, models, r, cache
             if bar is not None:
                 bar.update(1)
         w.write_text("wsviz_recipe.json", recipe.to_json())
