@@ -116,7 +116,7 @@ def _hand_ppl(model_dir, text, context, model=None):
             logits = model(w[None]).logits[0, :-1]
             total += float(F.cross_entropy(logits, w[1:], reduction="sum"))
             n += len(w) - 1
-    return math.exp(total / n), n
+    return math.exp(total / n), n, model
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_perplexity_matches_hand_computation(lm_dir, text_file, hand_ppl):
 
     weights = load_file(str(lm_dir / "model.safetensors"))
     res = ev.evaluate(weights)["sample"]
-    ppl, n = hand_ppl
+    ppl, n, _ = hand_ppl
     assert res["tokens"] == n
     assert res["perplexity"] == pytest.approx(ppl, rel=1e-4)
     assert res["loss"] == pytest.approx(math.log(ppl), rel=1e-4)
@@ -139,13 +139,17 @@ def test_perplexity_matches_hand_computation(lm_dir, text_file, hand_ppl):
 
 
 def test_perplexity_uses_given_weights(lm_dir, text_file, tmp_path, hand_ppl):
-    from tests.checkpoints import make_llama
+    import copy
 
-    other = make_llama(seed=11)
+    other = copy.deepcopy(hand_ppl[2])  # the lm_dir model, loaded by hand_ppl
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
     ev = PerplexityEvaluator(lm_dir, text_file, context=48)
     sd = {k: v for k, v in other.state_dict().items()}
     got = ev.evaluate(sd)["sample"]["perplexity"]
-    ref, _ = _hand_ppl(lm_dir, text_file.read_text(), 48, model=other)
+    ref, _, _ = _hand_ppl(lm_dir, text_file.read_text(), 48, model=other)
     assert ref != pytest.approx(hand_ppl[0], rel=1e-3)  # a different model really
     assert got == pytest.approx(ref, rel=1e-4)
     # partial weights: only one tensor swapped; the model itself is never modified
