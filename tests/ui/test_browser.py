@@ -93,6 +93,30 @@ def test_merge_slider_updates_metrics_and_latency(page, demo_app, artifacts_dir)
     page.screenshot(path=str(artifacts_dir / "merge_tuner.png"), full_page=True)
 
 
+def _avg_worst(text: str) -> tuple[float, float]:
+    avg = float(text.split("avg", 1)[1].split("%")[0].strip(" *")) / 100
+    worst = float(text.split("worst", 1)[1].split("%")[0].strip(" *")) / 100
+    return avg, worst
+
+
+def test_history_click_restores_recipe(page, demo_app, artifacts_dir):
+    open_app(page, demo_app.url)
+    open_tab(page, "Merge")
+    first = wait_eval(page, 1)
+    assert "lambda=0.3" in first
+    drag_handle(page, slider_handle(page, "lambda"), 60)
+    second = wait_eval(page, 2)
+    assert "lambda=0.3" not in second
+    (a0, w0), (a1, w1) = _avg_worst(first), _avg_worst(second)
+    lo = max(0.0, min(a0, w0, a1, w1) - 0.05)  # the scatter's axis range is [lo, 1]
+    box = plot_box(page, "Recipes tried")
+    page.mouse.click(box["x"] + box["w"] * (a0 - lo) / (1 - lo),
+                     box["y"] + box["h"] * (1 - (w0 - lo) / (1 - lo)))
+    restored = wait_eval(page, 3)
+    assert "lambda=0.3" in restored
+    page.screenshot(path=str(artifacts_dir / "history_restore.png"), full_page=True)
+
+
 def test_export_yaml_is_valid_mergekit_config(page, demo_app, artifacts_dir):
     from mergekit.config import MergeConfiguration
 

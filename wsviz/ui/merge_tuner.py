@@ -105,10 +105,11 @@ class MergeTuner(Viewer):
         self._live = LiveBars(lambda: self.refs)
         self._bars = self._live.pane
         self._history_pipe = hv.streams.Pipe(data=self.history_frame())
-        history = hv.DynamicMap(self._history_el, streams=[self._history_pipe])
-        self._selection = hv.streams.Selection1D(source=history)
+        points = hv.DynamicMap(self._history_el, streams=[self._history_pipe])
+        front = hv.DynamicMap(self._front_el, streams=[self._history_pipe])
+        self._selection = hv.streams.Selection1D(source=points)
         self._selection.add_subscriber(self._on_history_tap)
-        self._history_pane = pn.pane.HoloViews(history, sizing_mode="stretch_width")
+        self._history_pane = pn.pane.HoloViews(points * front, sizing_mode="stretch_width")
         self._busy = pn.indicators.LoadingSpinner(value=False, size=24)
         self._refresh = pn.widgets.Button(name="Re-evaluate", button_type="default", width=120)
         self._refresh.on_click(lambda e: self.request())
@@ -311,8 +312,12 @@ class MergeTuner(Viewer):
             tools=["hover", "tap"], responsive=True, height=320, nonselection_alpha=0.5,
             title="Recipes tried (click one to restore it)", xlabel="average task accuracy",
             ylabel="worst task accuracy", xlim=(lo, 1.0), ylim=(lo, 1.0), framewise=True)
-        front = df[df["pareto"]].sort_values("avg")
-        return pts * hv.Curve(front, "avg", "worst").opts(color="#d62728", line_dash="dotted")
+        return pts
+
+    @staticmethod
+    def _front_el(data: pd.DataFrame):
+        front = data[data["pareto"]].sort_values("avg")
+        return hv.Curve(front, "avg", "worst").opts(color="#d62728", line_dash="dotted")
 
     def _on_history_tap(self, index):
         if index:

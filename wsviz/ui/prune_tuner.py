@@ -52,7 +52,7 @@ class PruneTuner(Viewer):
         watch_widget(self._sched, self.request)
         self._summary = pn.pane.Markdown("*no evaluation yet*",
                                          css_classes=["wsviz-prune-summary"])
-        self._live = LiveBars(lambda: self.refs)
+        self._live = LiveBars(lambda: self.refs, label="pruned")
         self._bars = self._live.pane
         self._mask = pn.pane.HoloViews(None, sizing_mode="stretch_width")
         self._busy = pn.indicators.LoadingSpinner(value=False, size=24)

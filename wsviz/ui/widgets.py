@@ -76,13 +76,14 @@ def summary_stats(metrics: dict[str, float], individual: dict[str, float]) -> di
     return out
 
 
-def metrics_plot(metrics: dict[str, float], refs: dict[str, dict[str, float]], title: str):
+def metrics_plot(metrics: dict[str, float], refs: dict[str, dict[str, float]], title: str,
+                 label: str = "merged"):
     """Bars of per-task metrics, with the individual fine-tuned (black dash) and pre-trained
     (grey dash) references drawn on top. Always the same three layers (possibly empty), so a
     DynamicMap can update it in place."""
     metrics = metrics or {}
     df = pd.DataFrame({"task": list(metrics), "metric": [float(v) for v in metrics.values()]})
-    bars = hv.Bars(df, "task", "metric", label="merged").opts(
+    bars = hv.Bars(df, "task", "metric", label=label).opts(
         color="#4c78a8", tools=["hover"], xrotation=30)
     layers = [bars]
     styles = {"individual": "black", "pretrained": "#999999"}
@@ -93,16 +94,16 @@ def metrics_plot(metrics: dict[str, float], refs: dict[str, dict[str, float]], t
         layers.append(hv.Scatter(pts, "task", "metric", label=kind).opts(
             marker="dash", size=36, line_width=3, color=color, tools=["hover"]))
     return hv.Overlay(layers).opts(responsive=True, height=320, title=title, ylim=(0, 1.05),
-                                   legend_position="bottom_right", ylabel="accuracy")
+                                   legend_position="right", ylabel="accuracy")
 
 
 class LiveBars:
     """A metrics bar chart updated in place through a Pipe (no figure rebuild per update)."""
 
-    def __init__(self, refs_getter):
+    def __init__(self, refs_getter, label: str = "merged"):
         self._refs = refs_getter
         self.pipe = hv.streams.Pipe(data=({}, "waiting for the first evaluation…"))
-        dmap = hv.DynamicMap(lambda data: metrics_plot(data[0], self._refs(), data[1]),
+        dmap = hv.DynamicMap(lambda data: metrics_plot(data[0], self._refs(), data[1], label),
                              streams=[self.pipe])
         self.pane = pn.pane.HoloViews(dmap, sizing_mode="stretch_width")
 
