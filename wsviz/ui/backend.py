@@ -110,6 +110,10 @@ class ApiWorkspace(Workspace):
         self._taskmaps: dict = {}
         self._groups = None
 
+    @property
+    def can_evaluate(self) -> bool:
+        return self.evaluator is not None
+
     # -- analysis ---------------------------------------------------------------------------
     def layers(self) -> list[str]:
         return list(self.ms.names)
@@ -479,16 +483,15 @@ def demo_workspace(device=None) -> ApiWorkspace:
     return ApiWorkspace(ms, ev, title="demo zoo (digits encoders)", device=device)
 
 
-def load_evaluator(spec: str | None, modelset=None):
-    """An evaluator from ``--eval``: ``module:function`` (a user callable) or a text file
-    (causal-LM perplexity of the merged model). None -> None."""
+def load_evaluator(spec: str | None, modelset=None, device=None):
+    """An evaluator from ``--eval`` (see :func:`wsviz.eval.factory.make_evaluator`):
+    ``zoo``, ``module:function`` (a user callable) or a text file (causal-LM perplexity of
+    the merged model). None -> None."""
     if not spec:
         return None
-    import wsviz.eval as ev
+    from wsviz.eval.factory import make_evaluator
 
-    if ":" in spec and not Path(spec).exists():
-        return ev.CallableEvaluator(spec)
-    return ev.PerplexityEvaluator(spec, modelset=modelset)
+    return make_evaluator(spec, modelset=modelset, device=device)
 
 
 def open_workspace(base, models, eval_spec: str | None = None, device=None,
@@ -497,6 +500,6 @@ def open_workspace(base, models, eval_spec: str | None = None, device=None,
     from wsviz.io import ModelSet
 
     ms = ModelSet.open(str(base), [str(m) for m in models], labels=labels)
-    evaluator = load_evaluator(eval_spec, ms)
+    evaluator = load_evaluator(eval_spec, ms, device=device)
     return ApiWorkspace(ms, evaluator, title=f"{Path(str(base)).name} + {len(ms.labels)}",
                         device=device)

@@ -27,6 +27,8 @@ from wsviz.ui.widgets import (
 from wsviz.ui.workspace import MethodView
 
 DEFAULT_METHOD = "task_arithmetic"
+NO_EVALUATOR = ("*No evaluator: live metrics are off (the recipe still exports). Start with "
+                "`--eval module:function` or `--eval text.txt` (perplexity), or use `--demo`.*")
 
 
 def parse_schedule(text: str) -> list | None:
@@ -127,10 +129,11 @@ class MergeTuner(Viewer):
         self.sweep_result: pd.DataFrame | None = None
 
         self.param.watch(self._on_method, "method")
-        try:
-            self.refs = ws.references()
-        except Exception as exc:  # noqa: BLE001 - references are optional decoration
-            session.notify_error(exc)
+        if ws.can_evaluate:
+            try:
+                self.refs = ws.references()
+            except Exception as exc:  # noqa: BLE001 - references are optional decoration
+                session.notify_error(exc)
         self.method = DEFAULT_METHOD if DEFAULT_METHOD in names else names[0]
 
     # -- building widgets ------------------------------------------------------------------
@@ -260,6 +263,9 @@ class MergeTuner(Viewer):
             self.session.notify_error(exc)
             return
         self.recipe = recipe
+        if not self.session.workspace.can_evaluate:
+            self._summary.object = (f"`{_short(state)}`  \n" + NO_EVALUATOR)
+            return
         self._t_request = time.perf_counter()
         self._busy.value = True
         ws = self.session.workspace

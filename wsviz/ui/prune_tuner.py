@@ -12,7 +12,7 @@ import param
 from panel.viewable import Viewer
 
 from wsviz.ui.layer_detail import matrix_plot
-from wsviz.ui.merge_tuner import parse_schedule
+from wsviz.ui.merge_tuner import NO_EVALUATOR, parse_schedule
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import (
     LiveBars,
@@ -40,10 +40,11 @@ class PruneTuner(Viewer):
         self.param.target.objects = list(ws.labels) + ["base"]
         self.param.method.objects = list(self.methods)
         self.refs = {}
-        try:
-            self.refs = ws.references()
-        except Exception as exc:  # noqa: BLE001
-            session.notify_error(exc)
+        if ws.can_evaluate:
+            try:
+                self.refs = ws.references()
+            except Exception as exc:  # noqa: BLE001
+                session.notify_error(exc)
         self._widgets: dict[str, object] = {}
         self._building = False
         self._box = pn.Column()
@@ -108,13 +109,16 @@ class PruneTuner(Viewer):
             self.session.notify_error(exc)
             return
         ws = self.session.workspace
+        self._draw_mask()
+        if not ws.can_evaluate:
+            self._summary.object = NO_EVALUATOR
+            return
         self._busy.value = True
         self._t0 = time.perf_counter()
         self.session.runner.submit(
             "prune-eval",
             lambda: (state, ws.evaluate_prune(state["target"], state["method"], params)),
             self._show, lambda exc: setattr(self._busy, "value", False))
-        self._draw_mask()
 
     def _show(self, result):
         state, metrics = result

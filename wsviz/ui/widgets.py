@@ -93,8 +93,11 @@ def metrics_plot(metrics: dict[str, float], refs: dict[str, dict[str, float]], t
                             "metric": [float(ref[t]) for t in metrics if t in ref]})
         layers.append(hv.Scatter(pts, "task", "metric", label=kind).opts(
             marker="dash", size=36, line_width=3, color=color, tools=["hover"]))
-    return hv.Overlay(layers).opts(responsive=True, height=320, title=title, ylim=(0, 1.05),
-                                   legend_position="right", ylabel="accuracy")
+    unit = all(0 <= v <= 1 for v in df["metric"])  # accuracies; else e.g. perplexity
+    return hv.Overlay(layers).opts(responsive=True, height=320, title=title,
+                                   ylim=(0, 1.05) if unit else (None, None),
+                                   legend_position="right",
+                                   ylabel="accuracy" if unit else "metric")
 
 
 class LiveBars:

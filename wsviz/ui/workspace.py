@@ -96,6 +96,10 @@ class Workspace:
     labels: list[str]
     tasks: list[str]
 
+    #: False when no evaluator was given: the tuners then build recipes (for export) but
+    #: show no live metrics.
+    can_evaluate: bool = True
+
     # -- analysis ----------------------------------------------------------------------------
     def layers(self) -> list[str]:
         """Aligned tensor names in model order."""

@@ -1,0 +1,125 @@
+"""The real workspace adapter (wsviz.ui.backend) on the demo zoo and on tiny Llama checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+import wsviz.ui  # noqa: F401
+from wsviz.errors import RecipeError, WsvizError
+from wsviz.ui.app import build_components
+from wsviz.ui.backend import ApiWorkspace, demo_workspace, open_workspace
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return demo_workspace()
+
+
+def test_demo_detail_views(demo):
+    two_d = next(n for n in demo.layers() if demo.ms.info(n).shape.__len__() == 2)
+    d = demo.detail(two_d)
+    rows, cols = demo.ms.info(two_d).shape
+    assert d.shape == (rows, cols)
+    assert set(d.spectra["series"]) >= {"base", f"delta:{demo.labels[0]}"}
+    p = min(rows, cols)
+    base_sv = d.spectra[d.spectra["series"] == "base"]["sigma"].to_numpy()
+    assert len(base_sv) == p and np.all(np.diff(base_sv) <= 1e-9)  # descending
+    ref = np.linalg.svd(demo.ms.get_base(two_d).double().numpy(), compute_uv=False)
+    np.testing.assert_allclose(base_sv, ref, rtol=1e-6, atol=1e-9)
+    assert d.matrix["base"].shape == (rows, cols)
+    np.testing.assert_allclose(d.matrix[f"delta:{demo.labels[0]}"],
+                               demo.ms.deltas(two_d)[0].double().numpy())
+    assert d.agreement.shape == (len(demo.labels),) * 2
+    assert set(d.delta_hist["series"]) == set(demo.labels)
+    one_d = next(n for n in demo.layers() if len(demo.ms.info(n).shape) == 1)
+    d1 = demo.detail(one_d)
+    assert d1.spectra is None and d1.matrix == {} and d1.notes
+
+
+def test_demo_recipe_yaml_validates_in_mergekit_and_bad_params(demo):
+    from mergekit.config import MergeConfiguration
+
+    r = demo.make_recipe("ties", {"density": 0.2, "lambda": 1.0},
+                         {lab: {"weight": 1.0} for lab in demo.labels})
+    text, reason = demo.recipe_yaml(r)
+    assert reason is None
+    cfg = MergeConfiguration.model_validate(yaml.safe_load(text))
+    assert cfg.merge_method == "ties" and len(cfg.models) == len(demo.labels)
+    assert str(demo.ms.base.path) in text
+    with pytest.raises(RecipeError, match="density"):
+        demo.make_recipe("ties", {"density": 1.5}, {lab: {"weight": 1.0} for lab in demo.labels})
+    # a method mergekit lacks: the reason is given, JSON still works
+    if "tsv" in demo.merge_methods():
+        r2 = demo.make_recipe("tsv", {}, {lab: {} for lab in demo.labels})
+        text, reason = demo.recipe_yaml(r2)
+        assert text is None and "mergekit" in reason
+        assert '"method": "tsv"' in demo.recipe_json(r2)
+
+
+def test_demo_live_metrics_match_direct_evaluation(demo):
+    r = demo.make_recipe("task_arithmetic", {"lambda": 0.3},
+                         {lab: {"weight": 1.0} for lab in demo.labels})
+    got = demo.evaluate_recipe(r)
+    weights = demo.merger().merge(r, names=demo.evaluator.names)
+    want = {t: m["accuracy"] for t, m in demo.evaluator.evaluate(weights).items()}
+    assert got == pytest.approx(want) and set(got) == set(demo.tasks)
+    refs = demo.references()
+    assert set(refs["individual"]) == set(got)
+    # lambda = 0: the base model; one model with weight 1, lambda 1: that fine-tune
+    zero = demo.evaluate_recipe(demo.make_recipe(
+        "task_arithmetic", {"lambda": 0.0}, {lab: {"weight": 1.0} for lab in demo.labels}))
+    assert zero == pytest.approx(refs["pretrained"])
+    lab = demo.labels[0]
+    one = demo.evaluate_recipe(demo.make_recipe(
+        "task_arithmetic", {"lambda": 1.0},
+        {m: {"weight": 1.0, "include": m == lab} for m in demo.labels}))
+    assert one[lab] == pytest.approx(refs["individual"][lab])
+
+
+def test_demo_prune_mask_and_metrics(demo):
+    two_d = next(n for n in demo.layers() if len(demo.ms.info(n).shape) == 2)
+    m = demo.prune_mask(two_d, demo.labels[0], "magnitude", {"sparsity": 0.75})
+    assert m.dtype == bool and m.mean() == pytest.approx(0.25, abs=1 / m.size)
+    m24 = demo.prune_mask(two_d, "base", "2:4", {})
+    assert m24.reshape(m24.shape[0], -1, 4).sum(-1).max() == 2
+    acc = demo.evaluate_prune(demo.labels[0], "magnitude", {"sparsity": 0.0})
+    assert acc[demo.labels[0]] == pytest.approx(demo.references()["individual"][demo.labels[0]])
+
+
+def test_demo_write_merged_and_overwrite_protection(demo, tmp_path):
+    r = demo.make_recipe("task_arithmetic", {"lambda": 0.3},
+                         {lab: {"weight": 1.0} for lab in demo.labels})
+    out = tmp_path / "merged"
+    calls = []
+    path = demo.write_merged(r, str(out), force=False, progress=lambda f, m: calls.append(f))
+    assert (out / "wsviz_recipe.json").is_file() and calls[-1] == 1.0 and path
+    with pytest.raises(WsvizError, match="exists"):
+        demo.write_merged(r, str(out), force=False)
+    demo.write_merged(r, str(out), force=True)
+    with pytest.raises(WsvizError, match="cannot write|not writable"):
+        demo.write_merged(r, "/proc/wsviz-no/merged", force=False)
+
+
+def test_model_set_without_evaluator(llama_set):
+    ws = open_workspace(llama_set.base, llama_set.fts)
+    assert isinstance(ws, ApiWorkspace) and not ws.can_evaluate
+    c = build_components(ws)
+    assert c.session.table is not None and not c.session.errors
+    assert c.merge.recipe is not None and c.merge.metrics is None
+    assert "No evaluator" in c.merge._summary.object
+    assert c.export.yaml_text is not None  # exports without metrics
+    layer = next(n for n in ws.layers() if "q_proj" in n)
+    c.session.select_layer(layer)
+    assert c.detail.detail.layer == layer and c.detail.detail.spectra is not None
+
+
+def test_every_listed_method_starts_valid_in_the_tuner(demo):
+    c = build_components(demo, analyse=False)
+    for name in demo.merge_methods():
+        c.merge.method = name
+        assert c.merge.recipe is not None and c.merge.recipe.method == name, c.session.errors
+        assert set(c.merge.metrics) == set(demo.tasks)
+        assert (c.export.yaml_text is None) == (c.export.yaml_reason is not None)
+    assert not c.session.errors
