@@ -19,3 +19,11 @@ def minilm_dir():
     from wsviz.io import minilm_path
 
     return minilm_path()
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    """The demo zoo, built once per machine into the normal cache (~20 s) and reused."""
+    from wsviz.zoo import ensure_zoo
+
+    return ensure_zoo(progress=False)
