@@ -89,12 +89,13 @@ def bench_minilm(dev, repeat: int) -> None:
           f"{t_ww / med:.1f}x (median)")
 
 
-def bench_7b(dev, blocks: int, exact: bool, lowrank_k: int) -> None:
+def bench_7b(dev, blocks: int, exact: bool, lowrank_k: int, scale: int = 1) -> None:
     from wsviz.compute.powerlaw import fit_powerlaw
     from wsviz.compute.spectra import batched_singular_values
 
     g = torch.Generator(device=dev).manual_seed(0)
-    shapes = {(4096, 4096): 4 * blocks, (11008, 4096): 2 * blocks, (4096, 11008): blocks}
+    h, i = 4096 // scale, 11008 // scale
+    shapes = {(h, h): 4 * blocks, (i, h): 2 * blocks, (h, i): blocks}
     total_mats = sum(shapes.values())
     print(f"[7b] device={dev} blocks={blocks}: {total_mats} matrices "
           f"({', '.join(f'{c}x {r}x{k}' for (r, k), c in shapes.items())})")
@@ -163,6 +164,8 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=1, help="7B blocks of matrices (7b mode)")
     ap.add_argument("--no-exact", action="store_true", help="skip exact-SVD error check (7b)")
     ap.add_argument("--lowrank-k", type=int, default=256)
+    ap.add_argument("--scale", type=int, default=1,
+                    help="divide the 7B dimensions by this (smoke test on a small CPU)")
     ap.add_argument("--threads", type=int, default=None,
                     help="limit BLAS/OpenMP threads of both tools (torch + threadpoolctl)")
     args = ap.parse_args()
@@ -180,7 +183,8 @@ def main() -> None:
     if args.mode in ("minilm", "all"):
         bench_minilm(dev, args.repeat)
     if args.mode in ("7b", "all"):
-        bench_7b(dev, args.blocks, not args.no_exact, args.lowrank_k)
+        bench_7b(dev, args.blocks, not args.no_exact, min(args.lowrank_k, 4096 // args.scale),
+                 args.scale)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ class AnalysisSettings:
       :mod:`wsviz.compute.spectra` for the error each admits.
     - ``max_exact_dim``: min(rows, cols) above which ``auto`` switches to ``lowrank``.
     - ``lowrank_k``: number of singular values kept by the low-rank path.
-    - ``batch_bytes``: float64 bytes per batched-SVD call (bounds peak memory).
+    - ``batch_bytes``: float64 bytes per batched Gram/eigvalsh call on CUDA (0 = auto:
+      1/8 of the free GPU memory); on CPU matrices are done one at a time.
     - ``zero_atol`` / ``zero_rtol``: an entry of Δ is "near zero" if ``|Δ| <= atol + rtol·|W0|``.
     - ``sketch_dim``: width of the CountSketch task-vector matrix for the task map.
     - ``hist_bins``: bins of the per-layer delta histogram (detail only).
@@ -49,7 +50,7 @@ class AnalysisSettings:
     svd_mode: str = "auto"
     max_exact_dim: int = 16384
     lowrank_k: int = 256
-    batch_bytes: int = 256 << 20
+    batch_bytes: int = 0
     zero_atol: float = 1e-8
     zero_rtol: float = 1e-5
     sketch_dim: int = 4096

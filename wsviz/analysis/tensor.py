@@ -59,7 +59,10 @@ def _spectra(keys: list[str], get, shape, settings: AnalysisSettings, dev) -> di
     probe = S.as_matrices(torch.empty(shape, device="meta"))
     b, r, c = probe.shape
     per_bytes = b * (r * c * 8 + min(r, c) ** 2 * 8)
-    step = 1 if dev.type != "cuda" else max(1, settings.batch_bytes // max(per_bytes, 1))
+    budget = settings.batch_bytes
+    if dev.type == "cuda" and not budget:
+        budget = torch.cuda.mem_get_info(dev)[0] // 8
+    step = 1 if dev.type != "cuda" else max(1, budget // max(per_bytes, 1))
     for start in range(0, len(keys), step):
         group = keys[start:start + step]
         if len(group) == 1:
