@@ -151,7 +151,8 @@ def bench_7b(dev, blocks: int, exact: bool, lowrank_k: int, scale: int = 1) -> N
     print(f"[7b] power-law fits: {len(alphas)} in {tf:.2f} s "
           f"({tf / len(alphas) * 1e3:.0f} ms each); singular values total {t_all:.2f} s")
     per_block = (t_all + tf) / blocks
-    print(f"[7b] spectra + alpha per 7B block: {per_block:.2f} s -> 32 blocks ~ "
+    what = "7B block" if scale == 1 else f"7B block scaled 1/{scale}"
+    print(f"[7b] spectra + alpha per {what}: {per_block:.2f} s -> 32 blocks ~ "
           f"{32 * per_block:.0f} s")
 
 
