@@ -117,9 +117,9 @@ class ServedApp:
 @pytest.fixture(scope="session")
 def demo_app(artifacts_dir):
     """The real app on the built-in demo zoo (the zoo is built first if not cached)."""
-    from wsviz.ui import backend
+    from wsviz.zoo import ensure_zoo
 
-    backend.demo_workspace()  # build/cache the zoo before the server so startup is fast
+    ensure_zoo()  # build/cache the zoo before the server so its first page is fast
     app = ServedApp(["--demo"], artifacts_dir / "server_demo.log")
     yield app
     app.stop()

@@ -22,7 +22,7 @@ from tests.ui.browser import (
     wait_pane_text,
 )
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
 
 SUMMARY = "wsviz-merge-summary"
 DETAIL = "wsviz-detail-title"
