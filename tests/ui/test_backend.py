@@ -123,3 +123,29 @@ def test_every_listed_method_starts_valid_in_the_tuner(demo):
         assert set(c.merge.metrics) == set(demo.tasks)
         assert (c.export.yaml_text is None) == (c.export.yaml_reason is not None)
     assert not c.session.errors
+
+
+def test_demo_wanda_uses_calibration_norms(demo):
+    import torch
+
+    from wsviz.compute import masks
+    from wsviz.ui.backend import _zoo_input_norms
+    from wsviz.zoo import ensure_zoo
+
+    name = next(n for n in demo.layers() if n.endswith("1.weight"))
+    lab = demo.labels[0]
+    got = demo.prune_mask(name, lab, "wanda", {"sparsity": 0.5})
+    norms = _zoo_input_norms(ensure_zoo(progress=False), lab)
+    want = masks.wanda_mask(demo.ms.get(lab, name), norms[name], 0.5).numpy()
+    assert (got == want).all()
+    assert (got.mean(axis=1) == 0.5).all()  # Wanda keeps the same fraction in every row
+    assert not (got == demo.prune_mask(name, lab, "magnitude", {"sparsity": 0.5})).all()
+    assert torch.is_tensor(norms[name])
+
+
+def test_wanda_absent_without_calibration(llama_set):
+    ws = open_workspace(llama_set.base, llama_set.fts)
+    assert "wanda" not in ws.prune_methods()
+    layer = next(n for n in ws.layers() if "q_proj" in n)
+    with pytest.raises(WsvizError, match="calibration"):
+        ws.prune_mask(layer, "base", "wanda", {"sparsity": 0.5})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +49,12 @@ PRUNE_METHODS = {
     "random": "keep a uniformly random subset (seeded)",
     "2:4": "N:M semi-structured: keep the 2 largest |w| of every 4 along the input dim",
     "structured": "drop whole output rows with the smallest L2 norm",
-    "wanda": "keep the largest |w|·||x|| per output row (input norms from a calibration "
-             "batch; needs an evaluator that provides activations — falls back to "
-             "magnitude)",
+    "wanda": "keep the largest |w|·||x|| per output row (||x||: input-feature norms from a "
+             "calibration batch run through the model)",
 }
+
+InputNorms = Callable[[str], dict]
+"""``input_norms(target) -> {tensor_name: ||X||_2 per input feature}`` for Wanda."""
 
 
 def _param_view(p, method: str) -> ParamView:
@@ -93,7 +96,8 @@ class ApiWorkspace(Workspace):
     """
 
     def __init__(self, modelset, evaluator=None, title: str = "model set", device=None,
-                 metric: str = "accuracy", base_label: str = "base"):
+                 metric: str = "accuracy", base_label: str = "base",
+                 input_norms: InputNorms | None = None):
         self.ms = modelset
         self.evaluator = evaluator
         self.title = title
@@ -109,6 +113,8 @@ class ApiWorkspace(Workspace):
         self._refs = None
         self._taskmaps: dict = {}
         self._groups = None
+        self._input_norms = input_norms
+        self._norms: dict[str, dict] = {}
 
     @property
     def can_evaluate(self) -> bool:
@@ -340,6 +346,8 @@ class ApiWorkspace(Workspace):
                        doc="fraction of entries pruned")
         out = {}
         for name, doc in PRUNE_METHODS.items():
+            if name == "wanda" and self._input_norms is None:
+                continue  # no calibration data for this model set
             params: tuple[ParamView, ...] = (sp,)
             if name == "2:4":
                 params = ()
@@ -353,7 +361,7 @@ class ApiWorkspace(Workspace):
             return self.ms.get_base(name, device=self.device)
         return self.ms.get(target, name, device=self.device)
 
-    def _mask(self, w: torch.Tensor, name: str, method: str, params: dict):
+    def _mask(self, w: torch.Tensor, name: str, method: str, params: dict, target: str):
         from wsviz.compute import masks
         from wsviz.recipes import evaluate_setting, layer_positions
 
@@ -373,9 +381,24 @@ class ApiWorkspace(Workspace):
             m = masks.nm_mask(w2, 2, 4)
         elif method == "structured":
             m = masks.structured_mask(w2, s, dim=0)
-        else:  # magnitude, and wanda without calibration activations
+        elif method == "wanda":
+            norm = self._wanda_norms(target).get(name)
+            if norm is None:
+                raise WsvizError(f"Wanda: no calibration input norms for {name!r}; prune it "
+                                 "with another method")
+            m = masks.wanda_mask(w2, norm.to(w2.device), s)
+        else:
             m = masks.magnitude_mask(w2, s)
         return m.reshape(w.shape)
+
+    def _wanda_norms(self, target: str) -> dict:
+        if self._input_norms is None:
+            raise WsvizError("Wanda needs calibration activations, which this model set has "
+                             "none of; use magnitude, random, 2:4 or structured")
+        with self._lock:
+            if target not in self._norms:
+                self._norms[target] = self._input_norms(target)
+            return self._norms[target]
 
     def prune_weights(self, target: str, method: str, params: dict,
                       names=None) -> dict[str, torch.Tensor]:
@@ -388,7 +411,7 @@ class ApiWorkspace(Workspace):
         out = {}
         for name in names or self.ms.names:
             w = self._weight(target, name)
-            m = self._mask(w, name, method, params)
+            m = self._mask(w, name, method, params, target)
             out[name] = w if m is None else torch.where(m, w, torch.zeros_like(w))
         return out
 
@@ -398,7 +421,7 @@ class ApiWorkspace(Workspace):
             return self._evaluate_weights(self.prune_weights(target, method, params, names))
 
     def prune_mask(self, layer: str, target: str, method: str, params: dict):
-        m = self._mask(self._weight(target, layer), layer, method, params)
+        m = self._mask(self._weight(target, layer), layer, method, params, target)
         if m is None:
             return None
         m = m.reshape(m.shape[0], -1)
@@ -480,7 +503,34 @@ def demo_workspace(device=None) -> ApiWorkspace:
     zoo = ensure_zoo()
     ms = zoo.modelset()
     ev = zoo.evaluator()
-    return ApiWorkspace(ms, ev, title="demo zoo (digits encoders)", device=device)
+    return ApiWorkspace(ms, ev, title="demo zoo (digits encoders)", device=device,
+                        input_norms=partial(_zoo_input_norms, zoo))
+
+
+def _zoo_input_norms(zoo, target: str) -> dict:
+    """Wanda calibration for the demo zoo: input-feature norms of every encoder layer of
+    ``target`` (a task or "base") on the zoo's training images
+    (:func:`wsviz.compute.masks.collect_input_norms` on :class:`wsviz.zoo.ZooClassifier`)."""
+    from torch import nn
+
+    from wsviz.compute.masks import collect_input_norms
+    from wsviz.zoo import ZooClassifier, load_digits_split
+
+    model = ZooClassifier.from_pretrained(zoo.base_dir if target == "base"
+                                          else zoo.task_dirs[target])
+
+    class Features(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m.features(x)
+
+    cfg = zoo.manifest["config"]
+    x = load_digits_split(cfg["n_train"], cfg["split_seed"]).x_train
+    norms = collect_input_norms(Features(model), x)
+    return {f"{k.removeprefix('m.')}.weight": v for k, v in norms.items()}
 
 
 def load_evaluator(spec: str | None, modelset=None, device=None):
