@@ -188,3 +188,19 @@ def test_two_tabs_do_not_share_state(context, demo_app):
     a.wait_for_timeout(500)
     assert eval_no(pane_text(b, SUMMARY)) == 1  # b saw no evaluation of a's recipe
     assert "lambda=0.3" in pane_text(b, SUMMARY) and "lambda=0.3" not in pane_text(a, SUMMARY)
+
+
+def test_prune_and_task_map_tabs(page, demo_app, artifacts_dir):
+    open_app(page, demo_app.url)
+    open_tab(page, "Prune")
+    first = wait_pane_text(page, "wsviz-prune-summary", lambda t: "eval #1" in t)
+    assert "magnitude(sparsity=0.5)" in first
+    drag_handle(page, slider_handle(page, "sparsity"), 60)
+    second = wait_pane_text(page, "wsviz-prune-summary", lambda t: "eval #2" in t)
+    assert "sparsity=0.5)" not in second
+    assert plot_box(page, "keep-mask of")["w"] > 0
+    page.screenshot(path=str(artifacts_dir / "prune_tuner.png"), full_page=True)
+    open_tab(page, "Task map")
+    assert plot_box(page, "PCA: whole model", timeout=120)["w"] > 0
+    assert plot_box(page, "Task-vector cosine similarity", timeout=120)["w"] > 0
+    page.screenshot(path=str(artifacts_dir / "task_map.png"), full_page=True)
