@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from wsviz.ui.launch import add_model_args, workspace_from_args
+from wsviz.commands._model_args import add_model_args
 
 
 def register(sub) -> None:
@@ -27,6 +27,7 @@ def run(args) -> int:
     import panel as pn
 
     from wsviz.ui import build_page, extension
+    from wsviz.ui.launch import workspace_from_args
 
     print("wsviz: loading the model set…", flush=True)
     ws = workspace_from_args(args)  # builds the demo zoo on first use; errors before serving

@@ -7,27 +7,12 @@ import argparse
 import importlib
 import threading
 
+from wsviz.commands._model_args import add_model_args  # noqa: F401 - re-exported
 from wsviz.errors import WsvizError
 from wsviz.ui.workspace import Workspace
 
 _CACHE: dict[tuple, Workspace] = {}
 _LOCK = threading.Lock()
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The model-set arguments (shared by the app script and ``wsviz serve``)."""
-    p.add_argument("paths", nargs="*", metavar="PATH",
-                   help="BASE then one or more fine-tuned checkpoints (HF dir, .safetensors, "
-                        ".bin, PEFT adapter dir)")
-    p.add_argument("--demo", action="store_true",
-                   help="use the built-in demo zoo (digits encoders; built on first use)")
-    p.add_argument("--eval", dest="eval", default=None, metavar="SPEC",
-                   help="evaluator for live metrics: 'module:function' (called with the merged "
-                        "state dict, returns {task: metric}) or a text file for causal-LM "
-                        "perplexity")
-    p.add_argument("--device", default=None, help="torch device for analysis and merging")
-    p.add_argument("--workspace", default=None, metavar="MODULE:CALLABLE",
-                   help="advanced: a callable returning a wsviz.ui.Workspace")
 
 
 def parse_app_args(argv: list[str]) -> argparse.Namespace:
