@@ -29,7 +29,7 @@ SVD modes (``mode=``):
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor
@@ -103,7 +103,9 @@ def batched_singular_values(
             return w.new_zeros(b, 0, dtype=dtype)
         gd = gram_dtype or dtype
         if w.device.type == "cpu":  # stream: never hold a float64 copy of the whole matrix
-            g = torch.stack([gram_matrix(x, gd) for x in w]).to(dtype)
+            # small Gram matrices: one thread (see SMALL_EIG_SINGLE_THREAD)
+            with _threads(1) if m <= SMALL_EIG_SINGLE_THREAD else nullcontext():
+                g = torch.stack([gram_matrix(x, gd) for x in w]).to(dtype)
         else:
             x = w.to(gd)
             g = (x.transpose(1, 2) @ x if r >= c else x @ x.transpose(1, 2)).to(dtype)
@@ -124,9 +126,9 @@ def batched_singular_values(
     raise ValueError(f"unknown svd mode {mode!r}; use one of {SVD_MODES}")
 
 
-#: on CPU, symmetric eigenproblems up to this size run single-threaded: multi-threaded LAPACK
-#: gains nothing there and, on a shared / oversubscribed machine, OpenMP spin-waits made a
-#: 384x384 eigvalsh 100x slower (2 s instead of 20 ms) in our measurements
+#: on CPU, Gram matrices and symmetric eigenproblems up to this size run single-threaded:
+#: multi-threading gains little there and, on a shared / oversubscribed machine, OpenMP
+#: spin-waits made a 384x384 eigvalsh 100x slower (2 s instead of 20 ms) in our measurements
 SMALL_EIG_SINGLE_THREAD = 1024
 
 
