@@ -130,3 +130,15 @@ def test_adapter_targets_not_in_base(tmp_path, llama_set):
     small = make_llama(2, hidden_size=16, num_attention_heads=2, num_key_value_heads=1)
     with pytest.raises(CheckpointError, match="belongs to another base"):
         ModelSet.open(small, [adapter])
+
+
+def test_deleted_untied_head_is_missing_not_tied(tmp_path, llama_set):
+    sd = {k: v.contiguous() for k, v in llama_set.ft_models[0].state_dict().items()}
+    del sd["lm_head.weight"]
+    (tmp_path / "nohead").mkdir()
+    save_file(sd, tmp_path / "nohead" / "model.safetensors")  # no config.json: no tie known
+    with pytest.raises(AlignmentError, match="missing 1: lm_head.weight"):
+        ModelSet.open(llama_set.base, [tmp_path / "nohead"])
+    (tmp_path / "nohead" / "config.json").write_text(json.dumps({"tie_word_embeddings": False}))
+    with pytest.raises(AlignmentError, match="missing 1: lm_head.weight"):
+        ModelSet.open(llama_set.base, [tmp_path / "nohead"])

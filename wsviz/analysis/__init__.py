@@ -6,19 +6,34 @@ Entry points: :func:`analyze` (-> :class:`AnalysisResult` with a tidy ``table``,
 :func:`task_vector_matrix` (task vectors as a matrix for the task map).
 """
 
-from wsviz.analysis.detail import LayerDetail
-from wsviz.analysis.engine import (
-    COLUMNS,
-    AnalysisResult,
-    TaskVectors,
-    analyze,
-    cache_root,
-    resolve_device,
-    task_vector_matrix,
-)
-from wsviz.analysis.metrics import METRIC_DOCS, metric_doc
-from wsviz.analysis.settings import FAMILIES, AnalysisSettings
-from wsviz.analysis.spectra_table import spectra_table
+# Submodules load on first attribute access, so ``import wsviz.analysis.settings`` (the CLI's
+# argument parsing) does not import torch or pandas.
+_EXPORTS = {
+    "LayerDetail": "wsviz.analysis.detail",
+    "COLUMNS": "wsviz.analysis.engine",
+    "AnalysisResult": "wsviz.analysis.engine",
+    "TaskVectors": "wsviz.analysis.engine",
+    "analyze": "wsviz.analysis.engine",
+    "cache_root": "wsviz.analysis.engine",
+    "resolve_device": "wsviz.analysis.engine",
+    "task_vector_matrix": "wsviz.analysis.engine",
+    "METRIC_DOCS": "wsviz.analysis.metrics",
+    "metric_doc": "wsviz.analysis.metrics",
+    "FAMILIES": "wsviz.analysis.settings",
+    "AnalysisSettings": "wsviz.analysis.settings",
+    "spectra_table": "wsviz.analysis.spectra_table",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wsviz.analysis' has no attribute {name!r}")
+
 
 __all__ = [
     "COLUMNS",

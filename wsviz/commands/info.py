@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from tqdm import tqdm
-
-from wsviz.io import ModelSet, open_source, parse_layer_name
-
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -34,6 +30,8 @@ def _human(n: int) -> str:
 
 def describe(src, tensors: bool = False, fingerprint: bool = False) -> str:
     """Multi-line description of one source (counts per block and kind)."""
+    from wsviz.io import parse_layer_name
+
     infos = src.infos()
     aliases = src.aliases()
     lines = [f"{src.where()}  [{type(src).__name__.replace('Source', '')}"
@@ -68,6 +66,10 @@ def describe(src, tensors: bool = False, fingerprint: bool = False) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from wsviz.io import ModelSet, open_source
+
     sources = []
     base = None
     for i, path in enumerate(tqdm(args.paths, desc="opening", unit="ckpt",

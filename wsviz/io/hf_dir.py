@@ -140,7 +140,9 @@ class HFDirSource(CheckpointSource):
         out = {}
         for shard in self._shards.values():
             out.update(shard.aliases())
-        tied = (self._config or {}).get("tie_word_embeddings", True)
+        # alias an absent head only when config.json says the embeddings are tied
+        # (transformers' default is tied); without a config an absent head is missing
+        tied = self._config is not None and self._config.get("tie_word_embeddings", True)
         if tied:
             for head, candidates in _TIED_HEADS.items():
                 if head not in infos:
