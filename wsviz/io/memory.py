@@ -6,7 +6,6 @@ import torch
 
 from wsviz.errors import CheckpointError
 from wsviz.io.source import CheckpointSource, TensorInfo, tensor_bytes_fingerprint
-from wsviz.io.torch_source import _shared_storage_aliases
 
 
 class StateDictSource(CheckpointSource):
@@ -31,9 +30,13 @@ class StateDictSource(CheckpointSource):
             )
         self.label = label
         self.path = None
+        self._set_tensors(sd)
+
+    def _set_tensors(self, sd: dict) -> None:
+        """Hold ``sd`` (name -> tensor), index its metadata and its tied (shared) tensors."""
         self._sd = {str(k): v.detach() for k, v in sd.items()}
         self._infos = {n: TensorInfo(n, tuple(t.shape), t.dtype) for n, t in self._sd.items()}
-        self._aliases = _shared_storage_aliases(self._sd)
+        self._aliases = shared_storage_aliases(self._sd)
 
     def infos(self) -> dict[str, TensorInfo]:
         return self._infos
@@ -46,3 +49,18 @@ class StateDictSource(CheckpointSource):
 
     def _fingerprint_parts(self) -> list[bytes]:
         return [tensor_bytes_fingerprint(t) for t in self._sd.values()]
+
+
+def shared_storage_aliases(sd: dict[str, torch.Tensor]) -> dict[str, str]:
+    """``{alias: first_name}`` for tensors that are views of the same data (tied weights)."""
+    seen: dict[tuple, str] = {}
+    aliases: dict[str, str] = {}
+    for name, t in sd.items():
+        if t.numel() == 0 or t.device.type == "meta":
+            continue
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+    return aliases

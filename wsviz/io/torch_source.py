@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from wsviz.errors import CheckpointError
-from wsviz.io.source import CheckpointSource, TensorInfo, file_fingerprint
+from wsviz.io.memory import StateDictSource
+from wsviz.io.source import file_fingerprint
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "params")
 
@@ -61,39 +62,13 @@ def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in obj.items()}
 
 
-class TorchFileSource(CheckpointSource):
+class TorchFileSource(StateDictSource):
     """One pickled state-dict file, loaded with ``weights_only=True`` (and mmap)."""
 
     def __init__(self, path: str | Path, label: str | None = None):
         self.path = Path(path)
         self.label = label or self.path.stem
-        self._sd = load_torch_state_dict(self.path)
-        self._infos = {n: TensorInfo(n, tuple(t.shape), t.dtype) for n, t in self._sd.items()}
-        self._aliases = _shared_storage_aliases(self._sd)
-
-    def infos(self) -> dict[str, TensorInfo]:
-        return self._infos
-
-    def aliases(self) -> dict[str, str]:
-        return self._aliases
-
-    def _read(self, name: str) -> torch.Tensor:
-        return self._sd[name].clone()
+        self._set_tensors(load_torch_state_dict(self.path))
 
     def _fingerprint_parts(self) -> list[bytes]:
         return [file_fingerprint(self.path)]
-
-
-def _shared_storage_aliases(sd: dict[str, torch.Tensor]) -> dict[str, str]:
-    """``{alias: first_name}`` for tensors that are views of the same data (tied weights)."""
-    seen: dict[tuple, str] = {}
-    aliases: dict[str, str] = {}
-    for name, t in sd.items():
-        if t.numel() == 0 or t.device.type == "meta":
-            continue
-        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
-        if key in seen:
-            aliases[name] = seen[key]
-        else:
-            seen[key] = name
-    return aliases
