@@ -29,6 +29,7 @@ SVD modes (``mode=``):
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -126,14 +127,26 @@ def batched_singular_values(
     raise ValueError(f"unknown svd mode {mode!r}; use one of {SVD_MODES}")
 
 
-#: on CPU, Gram matrices and symmetric eigenproblems up to this size run single-threaded:
-#: multi-threading gains little there and, on a shared / oversubscribed machine, OpenMP
-#: spin-waits made a 384x384 eigvalsh 100x slower (2 s instead of 20 ms) in our measurements
+#: on CPU, Gram matrices and symmetric eigenproblems up to this size run single-threaded
+#: *when the machine is oversubscribed* (1-minute load average >= number of cores): there
+#: OpenMP spin-waits made a 384x384 eigvalsh 100x slower (2 s instead of 20 ms) in our
+#: measurements, while on an idle machine threads made all-MiniLM's spectra 1.4x faster
 SMALL_EIG_SINGLE_THREAD = 1024
+
+
+def _oversubscribed() -> bool:
+    """True when the 1-minute load average is at least the number of CPU cores."""
+    try:
+        return os.getloadavg()[0] >= (os.cpu_count() or 1)
+    except OSError:  # pragma: no cover - platforms without getloadavg
+        return False
 
 
 @contextmanager
 def _threads(n: int):
+    if not _oversubscribed():
+        yield
+        return
     old = torch.get_num_threads()
     if old == n:
         yield
