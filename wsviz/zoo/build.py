@@ -13,7 +13,7 @@ Recipe (all seeds fixed, ``torch.use_deterministic_algorithms`` on, a fixed thre
 
 The result shows the standard merging picture: fine-tuned models >= 90 % on their task, the
 pre-trained encoder clearly worse, simple averaging well below the individual models, task
-arithmetic (tuned lambda) and TIES recovering part of the gap (see ``bench/zoo.md``).
+arithmetic (tuned lambda) and TIES recovering part of the gap (see ``bench/README.md``).
 """
 
 from __future__ import annotations

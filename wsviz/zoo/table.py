@@ -11,7 +11,7 @@ import pandas as pd
 
 from wsviz.eval.base import mean_metrics
 
-#: the settings measure_table picks for the default zoo (train-split tuning; see bench/zoo.md)
+#: the settings measure_table picks for the default zoo (train-split tuning; see bench/README.md)
 TUNED = {"task_arithmetic": {"lambda": 0.5}, "ties": {"lambda": 2.0, "density": 0.4}}
 
 TA_LAMBDAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
