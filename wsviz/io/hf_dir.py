@@ -80,6 +80,7 @@ class HFDirSource(CheckpointSource):
         self.format, self.shard_paths, weight_map = find_weight_files(self.path)
         self._shards: dict[Path, CheckpointSource] = {}
         self._infos: dict[str, TensorInfo] | None = None
+        self._aliases: dict[str, str] | None = None
         self._indexed = weight_map is not None
         self._where: dict[str, Path] = (
             {n: self.path / s for n, s in weight_map.items()} if weight_map else {}
@@ -136,7 +137,12 @@ class HFDirSource(CheckpointSource):
         return self._config
 
     def aliases(self) -> dict[str, str]:
-        infos = self.infos()
+        if self._aliases is None:
+            self._aliases = self._find_aliases()
+        return self._aliases
+
+    def _find_aliases(self) -> dict[str, str]:
+        infos = self.infos()  # opens every shard, so the loop below sees them all
         out = {}
         for shard in self._shards.values():
             out.update(shard.aliases())
