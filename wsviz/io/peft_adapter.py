@@ -87,6 +87,13 @@ class LoraAdapter:
         )
         return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
 
+    def delta_shape(self, module: str) -> tuple[int, int]:
+        """Shape of the dense ``ΔW`` of ``module``: ``(out, in)``, or ``(in, out)`` with
+        ``fan_in_fan_out`` — read from the A/B headers, no tensor data."""
+        keys = self.modules[module]
+        shape = (self._file.info(keys["B"]).shape[0], self._file.info(keys["A"]).shape[1])
+        return shape[::-1] if self.config.get("fan_in_fan_out") else shape
+
     def target_names(self) -> list[str]:
         """Base-model tensor names the adapter changes (``<module>.weight`` and full tensors)."""
         return [f"{m}.weight" for m in self.modules] + list(self.full)
@@ -135,11 +142,9 @@ class LoraFinetunedSource(CheckpointSource):
                     f"{base.where()} (adapter was made for {hint!r}); pass the adapter's own "
                     "base model"
                 )
-        for module, keys in self.adapter.modules.items():
+        for module in self.adapter.modules:
             name = f"{module}.weight"
-            a = self.adapter._file.info(keys["A"]).shape
-            b = self.adapter._file.info(keys["B"]).shape
-            shape = (b[0], a[1]) if not self.adapter.config.get("fan_in_fan_out") else (a[1], b[0])
+            shape = self.adapter.delta_shape(module)
             if shape != infos[name].shape:
                 raise CheckpointError(
                     f"{self.path}: LoRA delta for {name!r} has shape {shape} but the base tensor "
@@ -174,13 +179,9 @@ class LoraDeltaSource(CheckpointSource):
         self.label = label or self.path.name
         self._infos = {}
         for module, keys in self.adapter.modules.items():
-            a = self.adapter._file.info(keys["A"])
-            b = self.adapter._file.info(keys["B"])
-            shape = (b.shape[0], a.shape[1])
-            if self.adapter.config.get("fan_in_fan_out"):
-                shape = shape[::-1]
             name = f"{module}.weight"
-            self._infos[name] = TensorInfo(name, shape, a.dtype)
+            dtype = self.adapter._file.info(keys["A"]).dtype
+            self._infos[name] = TensorInfo(name, self.adapter.delta_shape(module), dtype)
 
     def infos(self) -> dict[str, TensorInfo]:
         return self._infos
