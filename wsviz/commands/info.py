@@ -81,9 +81,7 @@ def run(args: argparse.Namespace) -> int:
     for src in sources:
         print(describe(src, tensors=args.tensors, fingerprint=args.fingerprint))
     if len(sources) > 1:
-        ms = ModelSet(sources[0], {f"{s.label}_{i}" if s.label in [x.label for x in sources[:i]]
-                                   else s.label: s for i, s in enumerate(sources[1:], 1)},
-                      strict=False)
+        ms = ModelSet.open(sources[0], sources[1:], strict=False)
         print(ms.report.format())
         print(f"  aligned tensors: {len(ms.names)} ({ms.num_params():,} parameters)")
         return 0 if ms.report.ok else 1

@@ -106,7 +106,7 @@ class ModelSet:
         PEFT adapter directories among ``finetuned`` become ``base + ΔW`` views.
         Labels default to each source's label, made unique.
         """
-        base_src = open_source(base, label="base" if not isinstance(base, (str,)) else None)
+        base_src = open_source(base)
         if labels is not None and len(labels) != len(finetuned):
             raise CheckpointError(
                 f"got {len(labels)} labels for {len(finetuned)} fine-tuned models"
