@@ -28,6 +28,17 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _toast(kind: str, msg: str, duration: int) -> None:
+    """Show ``msg`` as a Panel notification of ``kind`` ("error"/"success") when the page has
+    a notification area; failures are logged, never raised."""
+    notifications = getattr(pn.state, "notifications", None)
+    if notifications is not None:
+        try:
+            getattr(notifications, kind)(msg, duration=duration)
+        except Exception:
+            log.exception("could not show notification")
+
+
 class Session(param.Parameterized):
     """State of one page. ``background=True`` runs heavy work on threads (server mode)."""
 
@@ -57,20 +68,11 @@ class Session(param.Parameterized):
             log.error("unexpected UI error", exc_info=exc)
         self.errors.append(msg)
         self.last_error = msg
-        notifications = getattr(pn.state, "notifications", None)
-        if notifications is not None:
-            try:
-                notifications.error(msg, duration=8000)
-            except Exception:
-                log.exception("could not show notification")
+        _toast("error", msg, 8000)
 
     def notify_info(self, msg: str) -> None:
-        notifications = getattr(pn.state, "notifications", None)
-        if notifications is not None:
-            try:
-                notifications.success(msg, duration=4000)
-            except Exception:
-                log.exception("could not show notification")
+        """Show a success notification in the page (if any); never raises."""
+        _toast("success", msg, 4000)
 
     def _set_busy(self, n: int) -> None:
         self.busy = max(0, n)
