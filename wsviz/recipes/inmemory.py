@@ -66,7 +66,8 @@ class InMemoryMerger:
         if names is None:
             names = [n for n in all_names if modelset.info(n).dtype.is_floating_point]
         else:
-            missing = [n for n in names if n not in set(all_names)]
+            known = set(all_names)
+            missing = [n for n in names if n not in known]
             if missing:
                 raise RecipeError(f"tensors not in the model set: {missing[:5]}")
         self.names = list(names)
@@ -148,8 +149,9 @@ class InMemoryMerger:
         names = self.names if names is None else list(names)
         idx = self._index(recipe)
         full = idx == list(range(len(self.labels)))
-        has_base = -1 in idx
         idx_t = torch.tensor([max(i, 0) for i in idx], device=self.device)
+        base_rows = (torch.tensor([i < 0 for i in idx], device=self.device)
+                     if -1 in idx else None)
         gen = make_generator(recipe, self.device)
         out = {}
         order = sorted(names) if gen is not None else names
@@ -162,8 +164,8 @@ class InMemoryMerger:
                 cache = full_cache
             else:
                 d = full_cache["deltas"].index_select(0, idx_t)
-                if has_base:
-                    d[torch.tensor([i < 0 for i in idx], device=self.device)] = 0
+                if base_rows is not None:
+                    d[base_rows] = 0
                 cache = _SubsetCache(full_cache, idx_t, d)
             r = merge_one(recipe, n, self._t.get(n, 0.0), base, None, generator=gen,
                           cache=cache)
