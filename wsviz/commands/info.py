@@ -36,7 +36,7 @@ def describe(src, tensors: bool = False, fingerprint: bool = False) -> str:
     aliases = src.aliases()
     lines = [f"{src.where()}  [{type(src).__name__.replace('Source', '')}"
              + (f", {src.format}" if hasattr(src, "format") else "") + "]"]
-    total = sum(i.numel for n, i in infos.items() if n not in aliases)
+    total = src.num_params()
     dtypes = sorted({str(i.dtype).replace("torch.", "") for i in infos.values()})
     lines.append(f"  {len(infos)} tensors, {total:,} parameters ({_human(total)}), "
                  f"dtypes: {', '.join(dtypes)}")

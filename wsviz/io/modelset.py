@@ -59,10 +59,9 @@ class AlignmentReport:
             lines.append(f"  tied/aliased (analysed once): {names(self.tied)}")
         if self.excluded:
             lines.append(f"  excluded by pattern: {len(self.excluded)} tensors")
-        mixed = {lab: d for lab, d in self.dtypes.items() if len(set(d)) > 0}
-        if len({tuple(d) for d in mixed.values()}) > 1:
+        if len({tuple(d) for d in self.dtypes.values()}) > 1:
             lines.append("  storage dtypes differ: " + "; ".join(
-                f"{lab}={'/'.join(d)}" for lab, d in mixed.items()) + " (computed in fp32)")
+                f"{lab}={'/'.join(d)}" for lab, d in self.dtypes.items()) + " (computed in fp32)")
         return "\n".join(lines)
 
 

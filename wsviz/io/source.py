@@ -38,8 +38,6 @@ class TensorInfo:
 
 def dtype_size(dtype: torch.dtype) -> int:
     """Bytes per element of ``dtype``."""
-    if dtype == torch.bool:
-        return 1
     return torch.empty((), dtype=dtype).element_size()
 
 
@@ -80,8 +78,9 @@ class CheckpointSource(ABC):
         return len(self.infos())
 
     def num_params(self) -> int:
-        """Total number of elements over all tensors."""
-        return sum(i.numel for i in self.infos().values())
+        """Total number of elements over all tensors, tied aliases counted once."""
+        aliases = self.aliases()
+        return sum(i.numel for n, i in self.infos().items() if n not in aliases)
 
     def aliases(self) -> dict[str, str]:
         """``{alias: canonical}`` for tied / shared tensors (e.g. a tied ``lm_head.weight``)."""
