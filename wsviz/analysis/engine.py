@@ -285,10 +285,11 @@ def analyze(
     dev = resolve_device(device)
     all_names = list(modelset.names)
     if names is not None:
-        unknown = [x for x in names if x not in set(all_names)]
+        known, wanted = set(all_names), set(names)
+        unknown = [x for x in names if x not in known]
         if unknown:
             raise WsvizError(f"unknown tensor names {unknown[:5]}; see `wsviz info`")
-        todo = [x for x in all_names if x in set(names)]
+        todo = [x for x in all_names if x in wanted]
     else:
         todo = all_names
     labels = modelset.labels
