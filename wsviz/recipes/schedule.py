@@ -100,12 +100,18 @@ def resolve_params(spec, global_params: Mapping, model_params: Sequence[Mapping]
     """
     from wsviz.compute.merge.spec import REQUIRED
 
+    def lookup(name, typ, scopes):
+        for scope in scopes:
+            if name in scope:
+                v = evaluate_setting(scope[name], tensor_name, t, typ)
+                if v is not None:
+                    return v
+        return None
+
     out: dict[str, Any] = {}
     for p in spec.params:
         if p.scope == "global":
-            v = None
-            if p.name in global_params:
-                v = evaluate_setting(global_params[p.name], tensor_name, t, p.type)
+            v = lookup(p.name, p.type, (global_params,))
             if v is None:
                 if p.default is REQUIRED:
                     raise RecipeError(f"{spec.name}: parameter {p.name!r} has no value for "
@@ -115,11 +121,7 @@ def resolve_params(spec, global_params: Mapping, model_params: Sequence[Mapping]
         else:
             vals = []
             for i, mp in enumerate(model_params):
-                v = None
-                if p.name in mp:
-                    v = evaluate_setting(mp[p.name], tensor_name, t, p.type)
-                if v is None and p.name in global_params:
-                    v = evaluate_setting(global_params[p.name], tensor_name, t, p.type)
+                v = lookup(p.name, p.type, (mp, global_params))
                 if v is None:
                     if p.default is REQUIRED:
                         raise RecipeError(
