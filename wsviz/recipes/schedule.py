@@ -133,31 +133,28 @@ def resolve_params(spec, global_params: Mapping, model_params: Sequence[Mapping]
     return out
 
 
+def _entries(setting: Any) -> list:
+    """The scalars and filter entries (mappings) of a setting, lists flattened."""
+    if isinstance(setting, (list, tuple)):
+        return [x for e in setting for x in _entries(e)]
+    return [setting]
+
+
 def setting_scalars(setting: Any) -> list:
     """Every scalar appearing in a setting (gradient knots, filter values)."""
-    if _is_scalar(setting):
-        return [setting]
-    if isinstance(setting, Mapping):
-        return setting_scalars(setting.get("value"))
-    if isinstance(setting, (list, tuple)):
-        out = []
-        for e in setting:
-            out.extend(setting_scalars(e))
-        return out
-    return []
+    out = []
+    for e in _entries(setting):
+        if isinstance(e, Mapping):
+            out.extend(setting_scalars(e.get("value")))
+        elif _is_scalar(e):
+            out.append(e)
+    return out
 
 
 def setting_filters(setting: Any) -> list[str]:
     """Filter strings used in a setting."""
-    if isinstance(setting, Mapping):
-        f = setting.get("filter")
-        return [f] if isinstance(f, str) else []
-    if isinstance(setting, (list, tuple)):
-        out = []
-        for e in setting:
-            out.extend(setting_filters(e))
-        return out
-    return []
+    return [e["filter"] for e in _entries(setting)
+            if isinstance(e, Mapping) and isinstance(e.get("filter"), str)]
 
 
 def check_setting_shape(setting: Any, where: str) -> None:
