@@ -12,6 +12,7 @@ from holoviews.operation.datashader import rasterize
 from panel.viewable import Viewer
 
 from wsviz.ui.session import Session
+from wsviz.ui.widgets import submit_with_spinner
 from wsviz.ui.workspace import LayerDetailView
 
 # Matrices larger than this many cells are drawn through datashader's rasterize (its first
@@ -164,15 +165,12 @@ class LayerDetail(Viewer):
         layer = self.session.layer
         if not layer:
             return
-        self._spinner.value = True
         self._title.object = f"### Layer `{layer}` — loading…"
-        self.session.runner.submit(
-            "detail", lambda: self.session.workspace.detail(layer), self._show,
-            lambda exc: setattr(self._spinner, "value", False))
+        submit_with_spinner(self.session.runner, self._spinner, "detail",
+                            lambda: self.session.workspace.detail(layer), self._show)
 
     def _show(self, d: LayerDetailView):
         self.detail = d
-        self._spinner.value = False
         shape = "×".join(map(str, d.shape)) if d.shape else "?"
         self._title.object = f"### Layer `{d.layer}` — shape {shape}"
         self._spectra.object = spectra_plot(d)

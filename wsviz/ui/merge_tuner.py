@@ -20,6 +20,7 @@ from wsviz.ui.widgets import (
     LiveBars,
     make_widget,
     set_widget,
+    submit_with_spinner,
     summary_stats,
     watch_widget,
     widget_value,
@@ -267,11 +268,9 @@ class MergeTuner(Viewer):
             self._summary.object = (f"`{_short(state)}`  \n" + NO_EVALUATOR)
             return
         self._t_request = time.perf_counter()
-        self._busy.value = True
         ws = self.session.workspace
-        self.session.runner.submit(
-            "merge-eval", lambda: (state, recipe, ws.evaluate_recipe(recipe)), self._show,
-            lambda exc: setattr(self._busy, "value", False))
+        submit_with_spinner(self.session.runner, self._busy, "merge-eval",
+                            lambda: (state, recipe, ws.evaluate_recipe(recipe)), self._show)
 
     def _show(self, result) -> None:
         with pn.io.hold():  # one patch to the browser: summary, bars and history together
@@ -279,7 +278,6 @@ class MergeTuner(Viewer):
 
     def _show_now(self, result) -> None:
         state, recipe, metrics = result
-        self._busy.value = False
         self.last_latency_ms = 1000 * (time.perf_counter() - self._t_request)
         self.metrics = dict(metrics)
         self.n_evals += 1

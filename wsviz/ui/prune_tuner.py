@@ -4,7 +4,6 @@ keep-mask of the selected layer."""
 from __future__ import annotations
 
 import copy
-import time
 
 import holoviews as hv
 import panel as pn
@@ -18,6 +17,7 @@ from wsviz.ui.widgets import (
     LiveBars,
     make_widget,
     set_widget,
+    submit_with_spinner,
     summary_stats,
     watch_widget,
     widget_value,
@@ -113,16 +113,13 @@ class PruneTuner(Viewer):
         if not ws.can_evaluate:
             self._summary.object = NO_EVALUATOR
             return
-        self._busy.value = True
-        self._t0 = time.perf_counter()
-        self.session.runner.submit(
-            "prune-eval",
+        submit_with_spinner(
+            self.session.runner, self._busy, "prune-eval",
             lambda: (state, ws.evaluate_prune(state["target"], state["method"], params)),
-            self._show, lambda exc: setattr(self._busy, "value", False))
+            self._show)
 
     def _show(self, result):
         state, metrics = result
-        self._busy.value = False
         self.metrics = dict(metrics)
         self.n_evals += 1
         stats = summary_stats(metrics, self.refs.get("individual", {}))

@@ -65,6 +65,18 @@ def set_widget(w, value) -> None:
         w.value = value
 
 
+def submit_with_spinner(runner, spinner, key: str, work: Callable, done: Callable) -> None:
+    """Run ``work()`` as job ``key`` on ``runner`` with ``spinner`` spinning until it ends;
+    ``done(result)`` then runs on the event loop (errors are reported by the runner)."""
+    spinner.value = True
+
+    def finished(result):
+        spinner.value = False
+        done(result)
+
+    runner.submit(key, work, finished, lambda exc: setattr(spinner, "value", False))
+
+
 def summary_stats(metrics: dict[str, float], individual: dict[str, float]) -> dict[str, float]:
     """avg and worst task metric, and the normalised average (metric / individual, averaged)."""
     vals = [float(v) for v in metrics.values()]
