@@ -208,11 +208,16 @@ def global_magnitude_threshold(
         torch.tensor(hi, dtype=torch.float64)
     )
     width = (lhi - llo) / bins if hi > lo else torch.tensor(1.0, dtype=torch.float64)
-    counts = torch.zeros(bins, dtype=torch.float64)
-    for w in it():
+
+    def nonzero_binned(w: Tensor) -> tuple[Tensor, Tensor]:
+        """(non-zero |w| as float64 on CPU, their log-spaced bin indices)."""
         a = w.detach().abs().reshape(-1).double().cpu()
         a = a[a > 0]
-        b = ((torch.log(a) - llo) / width).floor().clamp_(0, bins - 1).long()
+        return a, ((torch.log(a) - llo) / width).floor().clamp_(0, bins - 1).long()
+
+    counts = torch.zeros(bins, dtype=torch.float64)
+    for w in it():
+        _, b = nonzero_binned(w)
         counts += torch.bincount(b, minlength=bins).double()
     cum = torch.cumsum(counts, 0) + zeros
     # the (n_prune)-th smallest value (1-based) is the largest pruned; the next one is t
@@ -222,9 +227,7 @@ def global_magnitude_threshold(
     before = int(cum[j - 1]) if j > 0 else zeros
     vals = []
     for w in it():
-        a = w.detach().abs().reshape(-1).double().cpu()
-        a = a[a > 0]
-        b = ((torch.log(a) - llo) / width).floor().clamp_(0, bins - 1).long()
+        a, b = nonzero_binned(w)
         vals.append(a[b == j])
     v = torch.sort(torch.cat(vals)).values
     r = target - before - 1
