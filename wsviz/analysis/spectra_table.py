@@ -71,8 +71,8 @@ def spectra_table(
     use_batch = batch and dev.type == "cuda"
     for group in groups.values():
         if use_batch:
-            mats = torch.stack([src.get(x, device=dev, dtype=torch.float32) for x in group])
-            flat = torch.cat([S.as_matrices(m) for m in mats])
+            flat = torch.cat([S.as_matrices(src.get(x, device=dev, dtype=torch.float32))
+                              for x in group])
             sv = S.batched_singular_values(flat, mode=svd_mode, gram_dtype=gram_dtype)
             sv = sv.cpu().reshape(len(group), -1)
             for x, v in zip(group, sv):
