@@ -62,6 +62,7 @@ class HFDirWriter:
         self._buf: dict[str, torch.Tensor] = {}
         self._buf_bytes = 0
         self._shards: list[tuple[str, list[str]]] = []
+        self._names: set[str] = set()
         self.total_size = 0
         self._done = False
 
@@ -77,13 +78,14 @@ class HFDirWriter:
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         """Queue ``tensor`` (moved to CPU, made contiguous) under ``name``."""
-        if name in self._buf or any(name in ns for _, ns in self._shards):
+        if name in self._names:
             raise CheckpointError(f"tensor {name!r} written twice")
         t = tensor.detach().to("cpu").contiguous()
         nb = t.numel() * t.element_size()
         if self._buf and self._buf_bytes + nb > self.max_shard:
             self._flush()
         self._buf[name] = t
+        self._names.add(name)
         self._buf_bytes += nb
         self.total_size += nb
 
