@@ -57,6 +57,16 @@ def parse_schedule(text: str) -> list | None:
             f"filters like 'attn: 0.5, mlp: 0.3' ({exc})") from None
 
 
+def scheduled(text: str, params: dict, name: str) -> list | None:
+    """The setting for parameter ``name`` given its schedule ``text`` (see
+    :func:`parse_schedule`): None when empty; a filter list gets the current
+    ``params[name]`` (when present) appended as the fallback for unmatched tensors."""
+    sched = parse_schedule(text)
+    if sched and isinstance(sched[0], dict) and name in params:
+        sched = sched + [{"value": params[name]}]
+    return sched
+
+
 def pareto_mask(avg: np.ndarray, worst: np.ndarray) -> np.ndarray:
     """True where no other point is at least as good on both avg and worst and better on one."""
     n = len(avg)
@@ -209,12 +219,9 @@ class MergeTuner(Viewer):
         state = state or self.state
         params = dict(state["params"])
         for name, text in state.get("schedules", {}).items():
-            sched = parse_schedule(text)
-            if sched is None:
-                continue
-            if sched and isinstance(sched[0], dict) and name in params:
-                sched = sched + [{"value": params[name]}]
-            params[name] = sched
+            sched = scheduled(text, params, name)
+            if sched is not None:
+                params[name] = sched
         model_params = {lab: {k: v for k, v in mp.items() if v is not None}
                         for lab, mp in state["model_params"].items()}
         return self.session.workspace.make_recipe(state["method"], params, model_params)

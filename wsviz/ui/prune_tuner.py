@@ -11,7 +11,7 @@ import param
 from panel.viewable import Viewer
 
 from wsviz.ui.layer_detail import matrix_plot
-from wsviz.ui.merge_tuner import NO_EVALUATOR, parse_schedule
+from wsviz.ui.merge_tuner import NO_EVALUATOR, scheduled
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import (
     LiveBars,
@@ -86,10 +86,8 @@ class PruneTuner(Viewer):
 
     def _params(self, state: dict) -> dict:
         params = dict(state["params"])
-        sched = parse_schedule(state.get("schedule", ""))
+        sched = scheduled(state.get("schedule", ""), params, "sparsity")
         if sched is not None and "sparsity" in params:
-            if sched and isinstance(sched[0], dict):
-                sched = sched + [{"value": params["sparsity"]}]
             params["sparsity"] = sched
         return params
 
