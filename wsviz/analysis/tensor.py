@@ -77,6 +77,14 @@ def _spectra(keys: list[str], get, shape, settings: AnalysisSettings, dev) -> di
     return out
 
 
+def _model_prefix(key: str) -> tuple[str, str]:
+    """Spectrum key -> (table ``model``, metric prefix): ``"delta:a"`` -> ``("a", "delta_")``,
+    ``"a"`` / ``"base"`` -> (itself, ``""``)."""
+    if key.startswith("delta:"):
+        return key[6:], "delta_"
+    return key, ""
+
+
 def load_deltas(modelset, name: str, device) -> tuple[Tensor, Tensor]:
     """``(base [*shape], deltas [n, *shape])`` of tensor ``name``, reading one model at a time
     into a preallocated buffer (peak: n + 2 copies of the tensor)."""
@@ -177,7 +185,7 @@ def analyze_tensor(
         if not is_matrix:
             reason = f"{base.dim()}-D tensor: no spectrum"
             for k in keys:
-                model, prefix = (k[6:], "delta_") if k.startswith("delta:") else (k, "")
+                model, prefix = _model_prefix(k)
                 for metric in S.SPECTRAL_METRICS:
                     add(model, prefix + metric, NAN, reason)
             if det is not None:
@@ -187,7 +195,7 @@ def analyze_tensor(
             svs = _spectra(keys, get, shape, settings, dev)
             for k in keys:
                 vals, notes, fit = S.spectral_metrics(svs[k])
-                model, prefix = (k[6:], "delta_") if k.startswith("delta:") else (k, "")
+                model, prefix = _model_prefix(k)
                 for metric in S.SPECTRAL_METRICS:
                     note = notes.get(metric, "")
                     if lr_note and metric not in ("spectral_norm",):
