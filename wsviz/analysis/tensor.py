@@ -47,14 +47,15 @@ def _svd_plan(shape: tuple[int, ...], settings: AnalysisSettings) -> tuple[str, 
     return mode, note
 
 
-def _spectra(keys: list[str], get, shape, settings: AnalysisSettings, dev) -> dict:
-    """Singular values of several same-shape weights (``get(key)`` builds one).
+def _spectra(keys: list[str], get, shape, mode: str, settings: AnalysisSettings,
+             dev) -> dict:
+    """Singular values of several same-shape weights (``get(key)`` builds one), by ``mode``
+    (from :func:`_svd_plan`).
 
     On CUDA, matrices are stacked into batched Gram/eigvalsh calls of at most
     ``settings.batch_bytes`` float64 bytes; on CPU they are done one at a time with a streamed
     float64 Gram (so host memory never holds more than one extra copy).
     """
-    mode, _ = _svd_plan(shape, settings)
     out: dict[str, Tensor] = {}
     probe = S.as_matrices(torch.empty(shape, device="meta"))
     b, r, c = probe.shape
@@ -191,8 +192,8 @@ def analyze_tensor(
             if det is not None:
                 det.notes.append(reason)
         elif keys:
-            _, lr_note = _svd_plan(shape, settings)
-            svs = _spectra(keys, get, shape, settings, dev)
+            mode, lr_note = _svd_plan(shape, settings)
+            svs = _spectra(keys, get, shape, mode, settings, dev)
             for k in keys:
                 vals, notes, fit = S.spectral_metrics(svs[k])
                 model, prefix = _model_prefix(k)

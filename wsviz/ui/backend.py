@@ -92,17 +92,22 @@ class ApiWorkspace(Workspace):
 
     ``modelset``: :class:`wsviz.io.ModelSet`; ``evaluator``: an object with ``evaluate
     (weights) -> {task: {metric: value}}`` (and optionally ``names``, ``tasks``,
-    ``references()``), or None (no live metrics); ``metric``: which metric the tuners plot.
+    ``references()``, ``metrics``), or None (no live metrics); ``metric``: which metric the
+    tuners plot (default: the evaluator's primary metric, see
+    :func:`wsviz.eval.metrics.primary_metric`).
     """
 
     def __init__(self, modelset, evaluator=None, title: str = "model set", device=None,
-                 metric: str = "accuracy", base_label: str = "base",
+                 metric: str | None = None, base_label: str = "base",
                  input_norms: InputNorms | None = None):
         self.ms = modelset
         self.evaluator = evaluator
         self.title = title
         self.device = device
-        self.metric = metric
+        from wsviz.eval.metrics import primary_metric
+
+        self.metric_spec = primary_metric(evaluator, name=metric)
+        self.metric = self.metric_spec.name
         self.base_label = base_label
         self.labels = list(modelset.labels)
         self.tasks = list(getattr(evaluator, "tasks", None) or [])
@@ -329,16 +334,6 @@ class ApiWorkspace(Workspace):
                 refs = {k: dict(v) for k, v in r.items()}
             self._refs = refs
         return self._refs
-
-    def sweep(self, make: Callable, values, progress: Progress | None = None) -> pd.DataFrame:
-        rows = []
-        values = list(values)
-        for i, v in enumerate(values):
-            metrics = self.evaluate_recipe(make(v))
-            rows += [{"value": float(v), "task": t, "metric": m} for t, m in metrics.items()]
-            if progress:
-                progress((i + 1) / len(values), f"{i + 1}/{len(values)}")
-        return pd.DataFrame(rows, columns=["value", "task", "metric"])
 
     # -- pruning ----------------------------------------------------------------------------
     def prune_methods(self) -> dict[str, MethodView]:

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from wsviz.eval.metrics import KNOWN, MetricSpec
+
 Progress = Callable[[float, str], None]
 """``progress(fraction_in_0_1, message)``."""
 
@@ -100,6 +102,10 @@ class Workspace:
     #: show no live metrics.
     can_evaluate: bool = True
 
+    #: The metric :meth:`evaluate_recipe` returns per task (name, direction, unit); views
+    #: label axes, pick "best"/"worst" and orient Pareto fronts by it.
+    metric_spec: MetricSpec = KNOWN["accuracy"]
+
     # -- analysis ----------------------------------------------------------------------------
     def layers(self) -> list[str]:
         """Aligned tensor names in model order."""
@@ -137,7 +143,7 @@ class Workspace:
         raise NotImplementedError
 
     def evaluate_recipe(self, recipe) -> dict[str, float]:
-        """Per-task metric (accuracy in [0, 1]) of the merged model."""
+        """Per-task value of :attr:`metric_spec` for the merged model."""
         raise NotImplementedError
 
     def evaluate_prune(self, target: str, method: str, params: dict) -> dict[str, float]:
@@ -158,7 +164,7 @@ class Workspace:
         values = list(values)
         for i, v in enumerate(values):
             metrics = self.evaluate_recipe(make(v))
-            rows += [{"value": v, "task": t, "metric": m} for t, m in metrics.items()]
+            rows += [{"value": float(v), "task": t, "metric": m} for t, m in metrics.items()]
             if progress:
                 progress((i + 1) / len(values), f"{i + 1}/{len(values)}")
         return pd.DataFrame(rows, columns=["value", "task", "metric"])

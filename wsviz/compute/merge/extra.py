@@ -193,12 +193,13 @@ register(MethodSpec(
 
 
 # --- ComPEFT ---------------------------------------------------------------------------------
-def compeft_compress(deltas: Tensor, density, alpha) -> Tensor:
+def compeft_compress(deltas: Tensor, density, alpha, cache: dict | None = None) -> Tensor:
     """ComPEFT (Yadav et al., 2023): keep the top-``density`` magnitudes of each task vector
-    ``[n, *shape]`` and replace them by ``alpha · std(δ_i) · sign(δ_i)`` (ternary values)."""
+    ``[n, *shape]`` and replace them by ``alpha · std(δ_i) · sign(δ_i)`` (ternary values).
+    ``cache["ranks"]`` (magnitude ranks) is reused/filled when given."""
     n = deltas.shape[0]
     dens = as_list(density, n)
-    kept = sp.magnitude(deltas, dens, False)
+    kept = sp.magnitude(deltas, dens, False, cache=cache)
     std = deltas.reshape(n, -1).std(dim=1, unbiased=False)
     scale = per_model(as_list(alpha, n), n, deltas) * std.view(n, *([1] * (deltas.dim() - 1)))
     return torch.sign(kept) * scale
@@ -207,7 +208,7 @@ def compeft_compress(deltas: Tensor, density, alpha) -> Tensor:
 def merge_compeft(base, models, params, *, generator=None, cache=None) -> Tensor:
     """base + lambda · Σ w_i · ComPEFT(δ_i)."""
     d = get_deltas(base, models, cache)
-    c = compeft_compress(d, params["density"], params["alpha"])
+    c = compeft_compress(d, params["density"], params["alpha"], cache=cache)
     w = per_model(params["weight"], d.shape[0], d)
     return base + float(params["lambda"]) * (w * c).sum(0)
 
