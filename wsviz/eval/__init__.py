@@ -13,9 +13,11 @@ Results are ``{task: {metric: float}}``; :func:`to_frame` gives the tidy table.
 from __future__ import annotations
 
 from wsviz.eval.base import Evaluator, Results, mean_metrics, normalize_results, to_frame
+from wsviz.eval.metrics import MetricSpec, metric_specs, primary_metric
 
 __all__ = [
-    "CallableEvaluator", "Evaluator", "PerplexityEvaluator", "Results", "ZooEvaluator",
+    "CallableEvaluator", "Evaluator", "MetricSpec", "PerplexityEvaluator", "Results",
+    "ZooEvaluator", "metric_specs", "primary_metric",
     "evaluate_recipe", "greedy_soup", "make_evaluator", "mean_metrics", "normalize_results",
     "scorer", "set_param", "sweep", "to_frame",
 ]

@@ -33,6 +33,11 @@ class Evaluator(Protocol):
     ``tasks``: the task names it reports (may be empty when only known after a call);
     ``names``: tensor names it needs (``None``: any subset, the rest from its own model);
     ``evaluate(weights)`` raises :class:`wsviz.errors.EvalError` when it cannot evaluate.
+
+    Optional: ``metrics`` — the metrics it reports as :class:`wsviz.eval.metrics.MetricSpec`
+    (name, higher-or-lower is better, unit), primary first; undeclared names are inferred by
+    :func:`wsviz.eval.metrics.metric_specs`. ``references()`` — ``{"pretrained": ..,
+    "individual": ..}`` results.
     """
 
     tasks: list[str]

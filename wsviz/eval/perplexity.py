@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from wsviz.errors import EvalError
 from wsviz.eval.base import Results
+from wsviz.eval.metrics import KNOWN, MetricSpec
 
 
 def read_text(path: str | Path) -> str:
@@ -103,6 +104,8 @@ class PerplexityEvaluator:
         self.n_tokens = sum(len(w) - 1 for w in self.windows)
         self.tasks = [task or Path(text_file).stem]
         self.names = None
+        self.metrics = [KNOWN["perplexity"], KNOWN["loss"],
+                        MetricSpec("tokens", True, "", "tokens scored")]
         self._shapes = {k: tuple(v.shape) for k, v in
                         {**dict(model.named_parameters()), **dict(model.named_buffers())}.items()}
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from wsviz.errors import EvalError, WsvizError
 from wsviz.eval.base import Results
+from wsviz.eval.metrics import KNOWN
 from wsviz.zoo.data import INPUT_TRANSFORMS, TASKS, load_digits_split
 from wsviz.zoo.model import encode
 
@@ -53,6 +54,7 @@ class ZooEvaluator:
         if unknown:
             raise WsvizError(f"unknown zoo task(s) {unknown}; the zoo has {zoo.tasks}")
         self.names = zoo.encoder_names()
+        self.metrics = [KNOWN["accuracy"], KNOWN["loss"], KNOWN["normalized_accuracy"]]
         cfg = json.loads((Path(zoo.base_dir) / "config.json").read_text())
         self.n_layers = int(cfg.get("num_hidden_layers", 2))
         self.input_mean = torch.tensor(cfg["input_mean"], dtype=torch.float32,

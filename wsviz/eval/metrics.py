@@ -1,0 +1,173 @@
+"""What an evaluator's metrics mean: name, direction (higher or lower is better) and unit.
+
+Every consumer of metrics (tuners, sweeps, history / Pareto plots, search objectives) asks
+:func:`metric_specs` instead of assuming "accuracy in [0, 1], higher is better"::
+
+    specs = metric_specs(evaluator)          # {name: MetricSpec}, primary metric first
+    spec = primary_metric(evaluator)         # the one the tuners plot by default
+    spec.better(a, b); spec.best(values); spec.format(0.873)  # "87.3 %"
+
+An evaluator declares its metrics with a ``metrics`` attribute: a sequence of
+:class:`MetricSpec` (or a ``{name: MetricSpec}`` mapping), primary first. Evaluators that do
+not declare them get specs inferred from the metric names they report (:func:`infer_spec`:
+``perplexity``, ``loss``, ``error``, ... are lower-is-better; anything unknown is
+higher-is-better, the convention of scores).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from wsviz.errors import EvalError
+
+#: Units :meth:`MetricSpec.format` knows: "fraction" (a value in [0, 1] shown as a percent),
+#: "%" (already a percent), anything else is printed after the number.
+FRACTION = "fraction"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: ``name``; ``higher_is_better``; ``unit`` (``"fraction"`` for values in
+    [0, 1] shown as percents, ``"%"``, ``"nats"``, ``""`` ...); ``doc`` one line;
+    ``lo``/``hi`` the natural range when there is one (accuracy: 0, 1; perplexity: 1, None).
+    """
+
+    name: str
+    higher_is_better: bool = True
+    unit: str = ""
+    doc: str = ""
+    lo: float | None = None
+    hi: float | None = None
+
+    @property
+    def direction(self) -> str:
+        """``"maximize"`` or ``"minimize"`` (optuna's words)."""
+        return "maximize" if self.higher_is_better else "minimize"
+
+    def better(self, a: float, b: float) -> bool:
+        """True when ``a`` is strictly better than ``b`` (NaN is never better)."""
+        if math.isnan(a):
+            return False
+        if math.isnan(b):
+            return True
+        return a > b if self.higher_is_better else a < b
+
+    def best(self, values: Iterable[float]) -> float:
+        """The best of ``values`` (NaNs ignored; NaN when none is left)."""
+        vals = [v for v in values if not math.isnan(v)]
+        if not vals:
+            return math.nan
+        return max(vals) if self.higher_is_better else min(vals)
+
+    def worst(self, values: Iterable[float]) -> float:
+        """The worst of ``values`` (NaNs ignored; NaN when none is left)."""
+        vals = [v for v in values if not math.isnan(v)]
+        if not vals:
+            return math.nan
+        return min(vals) if self.higher_is_better else max(vals)
+
+    def score(self, value: float) -> float:
+        """``value`` signed so that larger is always better (``-value`` when lower is)."""
+        return value if self.higher_is_better else -value
+
+    def format(self, value: float, digits: int = 3) -> str:
+        """``0.873`` -> ``"87.3 %"`` for a fraction; ``12.3456`` -> ``"12.3"`` otherwise."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "–"
+        if self.unit == FRACTION:
+            return f"{100 * value:.{max(0, digits - 2)}f} %"
+        text = f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+        return f"{text} {self.unit}".strip() if self.unit and self.unit != "%" else (
+            text + (" %" if self.unit == "%" else ""))
+
+    @property
+    def label(self) -> str:
+        """Axis label, e.g. ``"perplexity (lower is better)"``."""
+        arrow = "higher" if self.higher_is_better else "lower"
+        return f"{self.name} ({arrow} is better)"
+
+
+#: Metric names wsviz recognises without a declaration.
+KNOWN: dict[str, MetricSpec] = {s.name: s for s in (
+    MetricSpec("accuracy", True, FRACTION, "fraction of correct predictions", 0.0, 1.0),
+    MetricSpec("acc", True, FRACTION, "fraction of correct predictions", 0.0, 1.0),
+    MetricSpec("acc_norm", True, FRACTION, "length-normalised accuracy", 0.0, 1.0),
+    MetricSpec("normalized_accuracy", True, FRACTION,
+               "accuracy / the task's own fine-tune's accuracy", 0.0, None),
+    MetricSpec("f1", True, FRACTION, "F1 score", 0.0, 1.0),
+    MetricSpec("exact_match", True, FRACTION, "exact-match rate", 0.0, 1.0),
+    MetricSpec("perplexity", False, "", "exp(mean token NLL)", 1.0, None),
+    MetricSpec("ppl", False, "", "exp(mean token NLL)", 1.0, None),
+    MetricSpec("word_perplexity", False, "", "perplexity per word", 1.0, None),
+    MetricSpec("loss", False, "nats", "mean cross-entropy", 0.0, None),
+    MetricSpec("nll", False, "nats", "mean negative log-likelihood", 0.0, None),
+    MetricSpec("bits_per_byte", False, "bits", "bits per byte", 0.0, None),
+    MetricSpec("error", False, FRACTION, "error rate", 0.0, 1.0),
+    MetricSpec("wer", False, FRACTION, "word error rate", 0.0, None),
+    MetricSpec("mse", False, "", "mean squared error", 0.0, None),
+    MetricSpec("mae", False, "", "mean absolute error", 0.0, None),
+    MetricSpec("rmse", False, "", "root mean squared error", 0.0, None),
+)}
+
+_LOWER_HINTS = ("perplexity", "ppl", "loss", "nll", "error", "err", "wer", "cer", "mse",
+                "mae", "rmse", "bits_per", "bpb", "distance", "latency", "time")
+
+
+def infer_spec(name: str) -> MetricSpec:
+    """The spec for a metric ``name`` nobody declared: a :data:`KNOWN` one, else lower-is-
+    better when the name contains a hint such as ``loss`` / ``perplexity`` / ``error``
+    (``val_loss``, ``eval_perplexity``), else higher-is-better with no unit."""
+    if name in KNOWN:
+        return KNOWN[name]
+    low = name.lower()
+    base = low.split(",")[0].split("/")[-1]          # lm-eval "acc,none", "task/acc"
+    if base in KNOWN:
+        k = KNOWN[base]
+        return MetricSpec(name, k.higher_is_better, k.unit, k.doc, k.lo, k.hi)
+    lower = any(h in low for h in _LOWER_HINTS)
+    return MetricSpec(name, not lower)
+
+
+def as_specs(declared) -> dict[str, MetricSpec]:
+    """``declared`` (a sequence of :class:`MetricSpec` / names, or a ``{name: spec}`` mapping)
+    as an ordered ``{name: MetricSpec}``; :class:`EvalError` for anything else."""
+    if declared is None:
+        return {}
+    items = declared.values() if isinstance(declared, Mapping) else declared
+    out: dict[str, MetricSpec] = {}
+    for s in items:
+        if isinstance(s, str):
+            s = infer_spec(s)
+        if not isinstance(s, MetricSpec):
+            raise EvalError(f"evaluator metrics: {s!r} is not a MetricSpec or a metric name; "
+                            "declare metrics as MetricSpec(name, higher_is_better, unit)")
+        out[s.name] = s
+    return out
+
+
+def metric_specs(evaluator, results: Mapping | None = None) -> dict[str, MetricSpec]:
+    """Ordered ``{name: MetricSpec}`` for ``evaluator``: its declared ``metrics`` first, then
+    specs inferred for any other metric name appearing in ``results``
+    (``{task: {metric: value}}``)."""
+    specs = as_specs(getattr(evaluator, "metrics", None))
+    if results:
+        for ms in results.values():
+            if isinstance(ms, Mapping):
+                for m in ms:
+                    if m not in specs:
+                        specs[m] = infer_spec(str(m))
+    return specs
+
+
+def primary_metric(evaluator, results: Mapping | None = None,
+                   name: str | None = None) -> MetricSpec:
+    """The metric the tuners plot: ``name`` when given (declared or inferred), else the first
+    declared / reported one, else ``accuracy``."""
+    specs = metric_specs(evaluator, results)
+    if name:
+        return specs.get(name) or infer_spec(name)
+    if specs:
+        return next(iter(specs.values()))
+    return KNOWN["accuracy"]
