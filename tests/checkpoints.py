@@ -84,16 +84,23 @@ class LlamaSet:
     ft_models: list
 
 
-def build_llama_set(root: Path, n_ft: int = 3, **overrides) -> LlamaSet:
-    """Save a tiny Llama base + ``n_ft`` sparse fine-tunes with ``save_pretrained``."""
+def build_llama_set(root: Path, n_ft: int = 3, dtype: torch.dtype | None = None,
+                    **overrides) -> LlamaSet:
+    """Save a tiny Llama base + ``n_ft`` sparse fine-tunes with ``save_pretrained``;
+    ``dtype=torch.bfloat16`` stores every checkpoint in bf16 (fine-tunes made in fp32, then
+    rounded, as a bf16 release of a fine-tune is)."""
     base = make_llama(0, **overrides)
-    base.save_pretrained(root / "base")
     fts, models = [], []
     for i in range(n_ft):
         m = finetune_like(base, i)
+        if dtype is not None:
+            m = m.to(dtype)
         m.save_pretrained(root / f"ft{i}")
         fts.append(root / f"ft{i}")
         models.append(m)
+    if dtype is not None:
+        base = base.to(dtype)
+    base.save_pretrained(root / "base")
     return LlamaSet(root / "base", fts, base, models)
 
 

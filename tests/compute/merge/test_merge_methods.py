@@ -107,7 +107,7 @@ def test_ties_at_the_threshold_follow_mergekit():
     """Magnitudes tie at the cut (integers): which tied entries TIES and breadcrumbs keep
     is mergekit's sort order, on the O(n) selection path and on the cached-rank path."""
     g = torch.Generator().manual_seed(7)
-    for shape in ((50,), (300, 200), (1, 150_001)):
+    for shape in ((50,), (120, 100), (1, 30_001)):
         base = torch.zeros(shape)
         models = torch.randint(-6, 7, (3, *shape), generator=g).float() * 2**-8
         for method, params in (
@@ -192,15 +192,16 @@ def test_device_honoured():
 def test_topk_keep_equals_mergekit_argsort_even_with_ties():
     g = torch.Generator().manual_seed(3)
     for x in (torch.randint(0, 5, (400,), generator=g).float(),  # many ties
-              torch.randint(0, 50, (600_000,), generator=g).float(),  # ties, replayed sort
-              torch.randn(600_000, generator=g).abs()):  # unique, threshold path
+              torch.randint(0, 50, (300_000,), generator=g).float(),  # ties, replayed sort
+              torch.randn(300_000, generator=g).abs()):  # unique, sampled threshold
         r = sp.magnitude_ranks(x[None])[0]
         asc = sp.ascending_ranks(x[None])[0]
         n = x.numel()
         up = torch.sort(x).indices
+        down = torch.argsort(x, descending=True)
         for k in (0, 1, 7, n // 5, n // 2, n - 1, n):
             ref = torch.zeros(n, dtype=torch.bool)
-            ref[torch.argsort(x, descending=True)[:k]] = True  # mergekit's selection
+            ref[down[:k]] = True  # mergekit's selection
             assert torch.equal(sp.topk_keep(x, k), ref)
             assert torch.equal(r < k, ref)
             lo = k // 3  # breadcrumbs: a slice of the ascending sort

@@ -19,9 +19,13 @@ def get_deltas(base: Tensor | None, models: Tensor | None, cache: dict | None) -
 
 
 def get_models(base: Tensor | None, models: Tensor | None, cache: dict | None) -> Tensor:
-    """Model tensors ``[n, *shape]`` (rebuilt as ``base + deltas`` when only those are cached)."""
+    """Model tensors ``[n, *shape]``: ``models``, else ``cache["models"]`` (the in-memory
+    merger loads them on demand), else rebuilt as ``base + deltas`` (not bit-exact once
+    the deltas were rounded to the compute dtype)."""
     if models is not None:
         return models
+    if cache is not None and "models" in cache:
+        return cache["models"]
     if cache is not None and "deltas" in cache and base is not None:
         return base.unsqueeze(0) + cache["deltas"]
     raise ValueError("this merge method needs the model tensors")
