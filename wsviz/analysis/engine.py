@@ -17,7 +17,7 @@ from torch import Tensor
 
 from wsviz.analysis.detail import LayerDetail
 from wsviz.analysis.settings import AnalysisSettings
-from wsviz.analysis.tensor import analyze_tensor, load_deltas
+from wsviz.analysis.tensor import analyze_tensor, load_deltas, merge_dtype
 from wsviz.compute import deltas as D
 from wsviz.errors import WsvizError
 
@@ -174,7 +174,7 @@ class AnalysisResult:
         dev = resolve_device(device if device is not None else self.device)
         base, deltas = load_deltas(ms, layer, dev)
         det = analyze_tensor(layer, ms.layer(layer), base, deltas, ms.labels, self.settings,
-                             detail=True).detail
+                             detail=True, trim_dtype=merge_dtype(ms, layer)).detail
         self._details[layer] = det
         if path is not None:
             try:
@@ -320,7 +320,8 @@ def analyze(
             if cb is not None:
                 cb(i, len(todo), name)
             base, deltas = load_deltas(modelset, name, dev)
-            res = analyze_tensor(name, modelset.layer(name), base, deltas, labels, settings)
+            res = analyze_tensor(name, modelset.layer(name), base, deltas, labels, settings,
+                                 trim_dtype=merge_dtype(modelset, name))
             rows.extend(res.rows)
             if res.gram is not None:
                 g_total += res.gram

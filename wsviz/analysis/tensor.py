@@ -99,6 +99,21 @@ def load_deltas(modelset, name: str, device) -> tuple[Tensor, Tensor]:
     return base, deltas
 
 
+def merge_dtype(modelset, name: str) -> torch.dtype | None:
+    """The dtype a merge of tensor ``name`` computes in by default (mergekit without
+    ``dtype``): the stored dtypes of base and models, promoted; None if unknown."""
+    dt = None
+    for src in [modelset.base, *modelset.models.values()]:
+        try:
+            d = src.info(src.aliases().get(name, name)).dtype
+        except Exception:  # noqa: BLE001 - adapter views etc.: no stored dtype to follow
+            return None
+        if not d.is_floating_point:
+            return None
+        dt = d if dt is None else torch.promote_types(dt, d)
+    return dt
+
+
 def analyze_tensor(
     name: str,
     layer,
@@ -107,11 +122,14 @@ def analyze_tensor(
     labels: list[str],
     settings: AnalysisSettings,
     detail: bool = False,
+    trim_dtype: torch.dtype | None = None,
 ) -> TensorResult:
     """Compute every enabled metric family for one tensor.
 
     Shapes: ``base`` ``[*shape]``, ``deltas`` ``[n, *shape]`` task vectors (same device,
     compute dtype); fine-tuned weights are rebuilt one at a time as ``base + deltas[i]``.
+    ``trim_dtype``: the merge's compute dtype (:func:`merge_dtype`); the sign-conflict trim
+    rounds the deltas to it, so it keeps exactly the entries a TIES merge keeps.
     ``layer`` is the parsed :class:`~wsviz.io.LayerName`. Never raises on degenerate values
     (zero / constant / 1-D): such metrics are NaN with a ``note``.
     """
@@ -209,7 +227,8 @@ def analyze_tensor(
 
     # -- sign conflicts ---------------------------------------------------------------------
     if settings.has("conflicts"):
-        sc = C.sign_conflicts(deltas, density=settings.k, return_mask=det is not None)
+        sc = C.sign_conflicts(deltas, density=settings.k, return_mask=det is not None,
+                              dtype=trim_dtype)
         ov_note = "" if sc.overlap_frac > 0 else "no overlapping trimmed entries"
         add("all", "sign_conflict", sc.conflict_frac)
         add("all", "sign_conflict_overlap", sc.conflict_frac_overlap, ov_note)
@@ -290,12 +309,11 @@ def analyze_tensor(
     # -- masks ------------------------------------------------------------------------------
     if settings.has("masks"):
         s = settings.sparsity
-        keep = MK.n_keep(base.numel(), s)
         mb = MK.magnitude_mask(base, s)
         mm = []
-        for i in range(n):  # |base + Δ| built in place: one tensor-sized buffer at a time
-            a = torch.add(base, deltas[i]).abs_()
-            mm.append(MK.topk_mask(a, keep))
+        for i in range(n):  # base + Δ built one tensor-sized buffer at a time
+            a = torch.add(base, deltas[i])
+            mm.append(MK.magnitude_mask(a, s))
             del a
         for i, lab in enumerate(labels):
             add(lab, "mask_iou_base", MK.mask_iou(mm[i], mb))

@@ -1,8 +1,10 @@
 """Sign conflicts between task vectors, as TIES-merging sees them.
 
-Each task vector ``Δ_m`` (``[n, *shape]`` stacked) is first trimmed to its top-k fraction of
-entries by magnitude (``k`` = density, TIES default 0.2): ``τ_m = Δ_m ⊙ [|Δ_m| >= t_m]`` with
-``t_m`` the ``round(k·numel)``-th largest ``|Δ_m|``.
+Each task vector ``Δ_m`` (``[n, *shape]`` stacked) is first trimmed exactly as the TIES
+merge trims it (``k`` = density, TIES default 0.2): ``τ_m = Δ_m ⊙ keep_m`` where ``keep_m``
+holds the :func:`wsviz.compute.trim.keep_count` (``max(1, int(k·numel))``) largest ``|Δ_m|``,
+ties at the cut in mergekit's sort order (:func:`wsviz.compute.trim.keep_top`). So the count,
+the entries and hence the conflict mass are those of the merge beside them.
 Then per coordinate j:
 
 - *overlap*: two or more ``τ_m[j] != 0``;
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsviz.compute.masks import kth_largest
+from wsviz.compute import trim as T
 
 
 @dataclass
@@ -47,41 +49,38 @@ class SignConflicts:
     conflict_mask: Tensor | None = None
 
 
-def trim_thresholds(deltas: Tensor, density: float = 0.2) -> Tensor:
-    """Per-model magnitude threshold of TIES' trim: the ``round(density·numel)``-th largest
-    ``|Δ_m|`` (``[n, *shape] -> [n]``); entries with ``|Δ| >= t`` are kept (ties at ``t``
-    are all kept). ``inf`` when nothing is kept."""
+def trim_mask(deltas: Tensor, density: float = 0.2) -> Tensor:
+    """Bool ``[n, *shape]``: the entries TIES' trim keeps in each task vector of ``deltas``
+    ``[n, *shape]`` at ``density`` (the shared rule: :mod:`wsviz.compute.trim`)."""
     n = deltas.shape[0]
     numel = deltas[0].numel() if n else 0
-    keep = int(round(density * numel))
-    out = torch.full((n,), float("inf"), dtype=deltas.dtype, device=deltas.device)
-    if keep <= 0:
-        return out
-    for i in range(n):
-        a = deltas[i].reshape(-1).abs()
-        out[i] = kth_largest(a, keep)
-        del a
-    return out
+    k = T.keep_count(density, numel)
+    return T.keep_top(deltas, [k] * n).reshape(deltas.shape)
 
 
 def trim(deltas: Tensor, density: float = 0.2) -> Tensor:
     """Keep each model's top ``density`` fraction of entries by ``|Δ|`` (TIES' trim step);
-    ``[n, *shape] -> [n, *shape]`` with the rest set to 0 (see :func:`trim_thresholds`)."""
-    t = trim_thresholds(deltas, density).reshape(-1, *([1] * (deltas.dim() - 1)))
-    return torch.where(deltas.abs() >= t, deltas, torch.zeros_like(deltas))
+    ``[n, *shape] -> [n, *shape]`` with the rest set to 0 (see :func:`trim_mask`)."""
+    return torch.where(trim_mask(deltas, density), deltas, torch.zeros_like(deltas))
 
 
 def sign_conflicts(
-    deltas: Tensor, density: float = 0.2, return_mask: bool = False, chunk: int = 1 << 19
+    deltas: Tensor, density: float = 0.2, return_mask: bool = False, chunk: int = 1 << 19,
+    dtype: torch.dtype | None = None,
 ) -> SignConflicts:
     """Sign conflicts of task vectors ``deltas`` ``[n, *shape]`` after trimming to ``density``.
 
-    Streams over column chunks of ``chunk`` coordinates with float64 counters, so memory
-    stays O(n · chunk) besides the input (no trimmed copy). See :class:`SignConflicts`.
+    ``dtype``: the merge's compute dtype when it differs from ``deltas``' (e.g. bf16 for
+    bf16 checkpoints analysed in fp32): the deltas are rounded to it first, as the merge
+    rounds them, so the trim keeps the merge's entries. Streams over column chunks of
+    ``chunk`` coordinates with float64 counters (memory: the input, a bool keep mask and
+    O(n · chunk)). See :class:`SignConflicts`.
     """
+    if dtype is not None and dtype != deltas.dtype:
+        deltas = deltas.to(dtype)
     n = deltas.shape[0]
     shape = deltas.shape[1:]
-    thr = trim_thresholds(deltas, density).unsqueeze(1)
+    keep = trim_mask(deltas, density).reshape(n, -1)
     flat = deltas.reshape(n, -1)
     numel = flat.shape[1]
     dev = flat.device
@@ -95,7 +94,7 @@ def sign_conflicts(
     mask_parts = []
     for start in range(0, max(numel, 1), chunk):
         raw = flat[:, start:start + chunk]
-        x = torch.where(raw.abs() >= thr, raw, torch.zeros_like(raw)).to(f64)
+        x = torch.where(keep[:, start:start + chunk], raw, torch.zeros_like(raw)).to(f64)
         s = torch.sign(x)
         nz = (s != 0).to(f64)
         same += (s @ s.T + nz @ nz.T) / 2

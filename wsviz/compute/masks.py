@@ -2,10 +2,11 @@
 
 Every mask is a ``torch.bool`` tensor with the shape of the weight it masks; ``True`` means
 **keep**, ``False`` means prune. ``sparsity`` is the fraction of entries *pruned*
-(``0.0`` keeps everything, ``1.0`` prunes everything). Where a count has to be rounded, the
-number of kept entries is ``round((1 - sparsity) * n)`` and it is met exactly (ties are
-broken by position, never by keeping extra entries), so the achieved sparsity of a
-per-layer mask is ``1 - round((1 - s) n) / n``.
+(``0.0`` keeps everything, ``1.0`` prunes everything). The number of kept entries is the
+one trim rule of :func:`wsviz.compute.trim.keep_count` at density ``1 - sparsity``
+(mergekit's ``max(1, int(d·n))``, the count TIES keeps) and it is met exactly (never by
+keeping extra tied entries). A per-layer magnitude mask keeps the same entries as TIES'
+trim at that density (ties in mergekit's sort order); other scores break ties by position.
 
 Functions are pure torch, run on the device of their input and never modify it.
 """
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from wsviz.compute import trim
 from wsviz.errors import WsvizError
 
 __all__ = [
@@ -53,8 +55,11 @@ def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
 
 
 def n_keep(n: int, sparsity: float) -> int:
-    """Number of entries kept out of ``n`` at ``sparsity``: ``round((1 - sparsity) * n)``."""
-    return int(round((1.0 - check_sparsity(sparsity)) * n))
+    """Number of entries kept out of ``n`` at ``sparsity``: the shared trim rule
+    :func:`wsviz.compute.trim.keep_count` at density ``1 - sparsity`` (``max(1, int(d·n))``
+    for sparsity < 1, 0 at sparsity 1)."""
+    s = check_sparsity(sparsity)
+    return trim.keep_count(trim.density_of_sparsity(s), n)
 
 
 def kth_largest(x: Tensor, k: int, bins: int = 1 << 16, chunk: int = 1 << 20) -> Tensor:
@@ -131,8 +136,9 @@ def magnitude_mask(
 
     Shapes: ``w`` any shape -> mask of the same shape.
 
-    - ``scope="layer"``: keep the top ``round((1-s)·numel)`` entries of the whole tensor.
-    - ``scope="row"``: keep the top ``round((1-s)·cols)`` entries of every output row
+    - ``scope="layer"``: keep the top :func:`n_keep` entries of the whole tensor — the same
+      entries TIES' trim keeps at density ``1 - s`` (ties in mergekit's sort order).
+    - ``scope="row"``: keep the top :func:`n_keep` ``(cols)`` entries of every output row
       (``w`` viewed as ``[rows, -1]``; 1-D tensors are one row).
     - ``scope="global"``: keep ``|w| >= threshold`` where ``threshold`` comes from
       :func:`global_magnitude_threshold` over the whole model (required for this scope).
@@ -142,7 +148,7 @@ def magnitude_mask(
     s = check_sparsity(sparsity)
     a = w.detach().abs()
     if scope == "layer":
-        return topk_mask(a, n_keep(a.numel(), s))
+        return trim.keep_top(a.reshape(1, -1), [n_keep(a.numel(), s)])[0].reshape(w.shape)
     if scope == "row":
         a2 = a.reshape(1, -1) if a.dim() <= 1 else a.reshape(a.shape[0], -1)
         return topk_mask(a2, n_keep(a2.shape[1], s), dim=1).reshape(w.shape)
@@ -201,7 +207,7 @@ def global_magnitude_threshold(
             hi = max(hi, float(nz.max()))
     if total == 0:
         return 0.0
-    n_prune = total - int(round((1.0 - s) * total))  # entries below the threshold
+    n_prune = total - n_keep(total, s)  # entries below the threshold
     if n_prune <= zeros:
         return float(torch.finfo(torch.float64).tiny) if n_prune > 0 else 0.0
     llo, lhi = torch.log(torch.tensor(lo, dtype=torch.float64)), torch.log(
@@ -242,7 +248,7 @@ def global_magnitude_masks(weights: Mapping[str, Tensor], sparsity: float) -> di
 
 
 def random_mask(w: Tensor, sparsity: float, generator: torch.Generator | None = None) -> Tensor:
-    """Uniformly random mask keeping exactly ``round((1-s)·numel)`` entries of ``w``.
+    """Uniformly random mask keeping exactly :func:`n_keep` ``(numel)`` entries of ``w``.
 
     ``generator`` (a ``torch.Generator`` on ``w``'s device, or ``None`` for the global RNG)
     makes it reproducible. Shape: same as ``w``.
@@ -273,7 +279,7 @@ def nm_mask(w: Tensor, n: int = 2, m: int = 4) -> Tensor:
 
 def structured_mask(w: Tensor, sparsity: float, dim: int = 0) -> Tensor:
     """Structured mask: prune whole rows (``dim=0``, output channels) or columns (``dim=1``,
-    input channels) with the smallest L2 norm; keeps ``round((1-s)·w.shape[dim])`` of them.
+    input channels) with the smallest L2 norm; keeps :func:`n_keep` ``(w.shape[dim])`` of them.
 
     Shape: ``w`` ``[rows, cols, ...]`` (extra dims flattened into cols) -> same shape.
     Raises :class:`WsvizError` for 1-D/scalar tensors or ``dim`` not in {0, 1}.
@@ -307,7 +313,7 @@ def wanda_scores(w: Tensor, input_norm: Tensor) -> Tensor:
 
 def wanda_mask(w: Tensor, input_norm: Tensor, sparsity: float) -> Tensor:
     """Wanda mask (Sun et al. 2023): within every output row keep the
-    ``round((1-s)·in)`` entries with the largest ``|W_ij|·||X_j||_2`` (comparison group = row).
+    :func:`n_keep` ``(in)`` entries with the largest ``|W_ij|·||X_j||_2`` (comparison group = row).
 
     Shapes: ``w`` ``[out, in]``, ``input_norm`` ``[in]`` -> bool ``[out, in]``.
     """

@@ -94,6 +94,18 @@ class MethodSpec:
     models besides the base; ``in_mergekit``: exported YAML reproduces the result;
     ``random``: draws from ``generator`` (set the recipe's ``seed``);
     ``needs``: extra inputs the method needs (``"fisher"``, ``"evaluator"``).
+
+    dtype contract (mergekit's semantics, applied by :func:`wsviz.recipes.engine.merge_one`
+    for every method): ``base``, ``models`` and ``cache["deltas"]`` arrive already in the
+    compute dtype — the recipe's ``dtype``, else the inputs' stored dtypes promoted (bf16
+    checkpoints arrive as bf16). ``fn`` must do its arithmetic in that dtype exactly where
+    mergekit's method does (deltas, masks, rescale factors, random draws, sums, weights as
+    ``torch.tensor(w, dtype=...)``), upcasting only where mergekit upcasts (e.g. linear and
+    SLERP in float32), and return ``[*shape]`` in the dtype mergekit's method returns
+    (usually the compute dtype); the driver then casts to ``out_dtype``. Use
+    ``_util.get_models`` for model tensors (exact ones, not ``base + deltas``), and
+    :mod:`wsviz.compute.trim` for magnitude top-k / slices (mergekit's tie order).
+    Parity tests compare bit for bit (``torch.equal``) with mergekit in fp32 and bf16.
     """
 
     name: str
