@@ -1,12 +1,16 @@
 """Disk-to-disk merge: ``wsviz merge`` vs ``mergekit-yaml`` on the same TIES YAML.
 
-    python bench/bench_merge.py [--layers 12] [--threads N] [--keep DIR]
+    python bench/bench_merge.py [--layers 12] [--dtype bfloat16|float32] [--threads N]
+                                [--keep DIR]
 
 Builds a Llama-shaped checkpoint (hidden 768, intermediate 2048, vocab 16000, 12 layers:
-~110 M parameters, fp32 safetensors) and 3 perturbed fine-tunes in a temp dir, writes one
-TIES mergekit YAML (density 0.2, weight 1, normalize), then runs both command-line tools
-on it as subprocesses in the same environment (wall-clock, including interpreter start),
-checks the outputs are identical (max abs diff <= 1e-6) and prints the speed ratio.
+~110 M parameters, safetensors in ``--dtype``) and 3 perturbed fine-tunes in a temp dir,
+writes one TIES mergekit YAML (density 0.2, weight 1, normalize; no ``dtype`` key, so both
+tools compute in the checkpoints' dtype), then runs both command-line tools on it as
+subprocesses in the same environment (wall-clock, including interpreter start), checks the
+outputs are bit-identical (same dtype, ``torch.equal``) and prints the speed ratio.
+wsviz is run once untimed first on a 1-layer copy, so numba's on-disk compile cache is warm
+(a first run ever compiles for a few seconds more).
 ``--threads`` sets OMP_NUM_THREADS for both runs (use 1 on an oversubscribed machine).
 """
 
@@ -24,7 +28,7 @@ from pathlib import Path
 import torch
 
 
-def build(root: Path, layers: int, n_ft: int = 3):
+def build(root: Path, layers: int, n_ft: int = 3, dtype=torch.float32):
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
@@ -48,10 +52,12 @@ def build(root: Path, layers: int, n_ft: int = 3):
     for j in range(n_ft + 1):
         d = root / ("base" if j == 0 else f"ft{j}")
         d.mkdir()
-        cfg.save_pretrained(d)
         sd = base if j == 0 else {k: t + 0.002 * torch.randn(t.shape, generator=g)
                                   for k, t in base.items()}
-        save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+        cfg.torch_dtype = str(dtype).replace("torch.", "")
+        cfg.save_pretrained(d)
+        save_file({k: v.to(dtype) for k, v in sd.items()}, str(d / "model.safetensors"),
+                  metadata={"format": "pt"})
         paths.append(d)
     n = sum(t.numel() for t in base.values())
     return paths, n
@@ -70,6 +76,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--keep", default=None, help="build in this dir and keep it")
     a = ap.parse_args()
     root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="wsviz-bench-"))
@@ -89,7 +96,7 @@ def main():
             for d in ("out_mk", "out_ws"):
                 shutil.rmtree(root / d, ignore_errors=True)
         else:
-            (base, *fts), n = build(root, a.layers)
+            (base, *fts), n = build(root, a.layers, dtype=getattr(torch, a.dtype))
         print(f"base + {len(fts)} fine-tunes of {n / 1e6:.1f} M params ready in "
               f"{time.perf_counter() - t:.1f} s ({root})", flush=True)
         from wsviz.recipes import Recipe
@@ -99,6 +106,17 @@ def main():
         y = root / "ties.yml"
         y.write_text(r.to_mergekit_yaml())
         mk_bin = shutil.which("mergekit-yaml") or "mergekit-yaml"
+        warm = root / "warm"  # one tiny untimed wsviz run: numba's compile cache
+        if not (warm / "base").exists():
+            warm.mkdir(exist_ok=True)
+            build(warm, 1, dtype=getattr(torch, a.dtype))
+        rw = Recipe("ties", base=str(warm / "base"), models=[
+            {"model": str(warm / f"ft{j}"), "params": {"weight": 1.0, "density": 0.2}}
+            for j in (1, 2, 3)])
+        (warm / "ties.yml").write_text(rw.to_mergekit_yaml())
+        shutil.rmtree(warm / "out", ignore_errors=True)
+        run([sys.executable, "-m", "wsviz.cli", "merge", str(warm / "ties.yml"), "-o",
+             str(warm / "out"), "--no-progress"], env)
         t_mk = run([mk_bin, str(y), str(root / "out_mk"), "--no-copy-tokenizer",
                     "--no-write-model-card", "--random-seed", "0"], env)
         print(f"mergekit-yaml TIES : {t_mk:7.1f} s", flush=True)
@@ -107,6 +125,7 @@ def main():
         from safetensors import safe_open
 
         worst = 0.0
+        same = True
         mk_files = sorted((root / "out_mk").glob("*.safetensors"))
         ws = {}
         for f in sorted((root / "out_ws").glob("*.safetensors")):
@@ -117,13 +136,17 @@ def main():
             h = safe_open(str(f), "pt")
             for k in h.keys():
                 wh, wk = ws[k]
-                worst = max(worst, (h.get_tensor(k) - wh.get_tensor(wk)).abs().max().item())
+                x, y = h.get_tensor(k), wh.get_tensor(wk)
+                same = same and x.dtype == y.dtype and torch.equal(x, y)
+                worst = max(worst, (x.float() - y.float()).abs().max().item())
                 count += 1
-        print(f"threads: {env.get('OMP_NUM_THREADS', 'default')}")
+        print(f"threads: {env.get('OMP_NUM_THREADS', 'default')}, dtype {a.dtype}, "
+              f"load average {os.getloadavg()[0]:.1f}")
         print(f"wsviz merge TIES   : {t_ws:7.1f} s")
         print(f"speed-up           : {t_mk / t_ws:7.1f}x  (goal >= 10x)")
+        ok = same and count == len(ws)
         print(f"identical output   : {count} tensors, max abs diff {worst:.2e} "
-              f"({'OK' if worst <= 1e-6 and count == len(ws) else 'MISMATCH'})")
+              f"({'OK, bit-identical' if ok else 'MISMATCH'})")
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -22,8 +22,9 @@ import numba
 import numpy as np
 import torch
 
-_STATE: dict = {}
+from wsviz.compute._bits import as_f32 as _as_f32
 
+_STATE: dict = {}
 
 
 @numba.njit(inline="always")
@@ -33,7 +34,8 @@ def before(a, b, desc):
         return (a != a and b == b) or a > b
     return (a == a and b != b) or a < b
 
-@numba.njit(cache=True, nogil=True)
+
+@numba.njit(inline="always")
 def replay(vals, idx, b1, b2, desc):
     """Partition ``vals``/``idx`` in place exactly as introsort would, but only the
     ranges that straddle position ``b1`` or ``b2``; 0 on success, 1 if a range hit the
@@ -126,45 +128,82 @@ def replay(vals, idx, b1, b2, desc):
             last = lo
     return 0
 
-@numba.njit(cache=True, parallel=True)
-def select_rows(keys, idx, lo, hi, desc, out, status):
-    """For each row i of ``keys`` ``[n, N]`` (overwritten; ``idx`` ``[n, N]`` int
-    scratch): ``out[i, j] = 1`` for the elements at sorted positions ``[lo[i], hi[i])``."""
-    n, N = keys.shape
-    for r in numba.prange(n):
-        idx_r = idx[r]
-        for j in range(N):
-            idx_r[j] = j
-        st = replay(keys[r], idx_r, lo[r], hi[r], desc)
-        status[r] = st
-        if st == 0:
-            o = out[r]
-            for p in range(lo[r], hi[r]):
-                o[idx_r[p]] = 1
+
+@numba.njit(inline="always")
+def _key(src, r, j, mode):
+    """float32 sort key of ``src[r, j]``: as is (mode 0), ``|x|`` of float32 (1), ``|x|``
+    of bf16 bits (2) — mergekit sorts bf16 magnitudes converted to float32 on CPU."""
+    if mode == 2:
+        return _as_f32((np.uint32(src[r, j]) & np.uint32(0x7FFF)) << np.uint32(16))
+    if mode == 1:
+        return abs(src[r, j])
+    return src[r, j]
 
 
-def _kernel():
-    return select_rows
+@numba.njit(inline="always")
+def _row(src, r, lo, hi, out, status, mode, desc, idt):
+    N = src.shape[1]
+    vals = np.empty(N, np.float32)
+    idx = np.empty(N, idt)
+    for j in range(N):
+        vals[j] = _key(src, r, j, mode)
+        idx[j] = j
+    st = replay(vals, idx, lo[r], hi[r], desc)
+    status[r] = st
+    if st == 0:
+        o = out[r]
+        for p in range(lo[r], hi[r]):
+            o[idx[p]] = 1
 
 
-def select_range(keys: torch.Tensor, lo, hi, descending: bool) -> torch.Tensor | None:
-    """Bool mask ``[n, N]``: for each row of the CPU float32 ``keys`` ``[n, N]``, True at the
-    elements ``torch.sort(keys[i], descending=descending).indices[lo[i]:hi[i]]`` selects.
-    ``None`` when the replay cannot be used here (see the module docstring)."""
+def _make(mode: int, desc: bool, big: bool, parallel: bool):
+    """Row selection specialised for one key mode / direction, rows in parallel or not;
+    compiled on first use, cached on disk by numba."""
+    idt = np.int64 if big else np.int32
+    if parallel:
+        @numba.njit(cache=True, parallel=True, nogil=True)
+        def rows(src, lo, hi, out, status):
+            for r in numba.prange(src.shape[0]):
+                _row(src, r, lo, hi, out, status, mode, desc, idt)
+    else:
+        @numba.njit(cache=True, nogil=True)
+        def rows(src, lo, hi, out, status):
+            for r in range(src.shape[0]):
+                _row(src, r, lo, hi, out, status, mode, desc, idt)
+
+    return rows
+
+
+_ROWS: dict = {}
+
+
+def select_range(x: torch.Tensor, lo, hi, descending: bool,
+                 magnitude: bool = False) -> torch.Tensor | None:
+    """Bool mask ``[n, N]``: for each row of the CPU tensor ``x`` ``[n, N]``, True at the
+    elements ``torch.sort(key_i, descending=descending).indices[lo[i]:hi[i]]`` selects,
+    where ``key_i`` is ``x[i]`` (float32) or, with ``magnitude``, ``|x[i]|`` as float32
+    (``x`` float32 or bf16, converted inside the kernel). ``None`` when the replay cannot
+    be used here (see the module docstring)."""
     if not available():
         return None
-    return _select(keys, lo, hi, descending)
+    return _select(x, lo, hi, descending, magnitude)
 
 
-def _select(keys, lo, hi, descending):
-    k = _kernel()
-    vals = keys.detach().to("cpu", torch.float32).contiguous().clone().numpy()
-    n = vals.shape[0]
-    out = np.zeros(vals.shape, dtype=np.uint8)
+def _select(x, lo, hi, descending, magnitude=False):
+    x = x.detach()
+    if magnitude and x.dtype == torch.bfloat16:
+        mode, src = 2, x.contiguous().view(torch.int16).numpy().view(np.uint16)
+    elif magnitude:
+        mode, src = 1, x.to(torch.float32).contiguous().numpy()
+    else:
+        mode, src = 0, x.to(torch.float32).contiguous().numpy()
+    n, N = src.shape
+    key = (mode, bool(descending), N >= 2**31 - 1, n > 1 and N >= (1 << 16))
+    if key not in _ROWS:
+        _ROWS[key] = _make(*key)
+    out = np.zeros((n, N), dtype=np.uint8)
     status = np.zeros(n, dtype=np.int64)
-    idx = np.empty(vals.shape, dtype=np.int32 if vals.shape[1] < 2**31 else np.int64)
-    k(vals, idx, np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64), bool(descending),
-      out, status)
+    _ROWS[key](src, np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64), out, status)
     if status.any():
         return None
     return torch.from_numpy(out).view(torch.bool)
@@ -175,7 +214,7 @@ def available() -> bool:
     (checked once per process on tie-heavy arrays, both directions)."""
     if "ok" in _STATE:
         return _STATE["ok"]
-    ok = _kernel() is not None
+    ok = True
     if ok:
         g = torch.Generator().manual_seed(1234)
         for n in (40, 1000, 30011):

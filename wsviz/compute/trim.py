@@ -92,11 +92,13 @@ def _by_sort(keys: Tensor, lo: Sequence[int], hi: Sequence[int], descending: boo
     return out
 
 
-def _select(keys: Tensor, lo: Sequence[int], hi: Sequence[int], descending: bool,
-            exact_dtype: bool) -> Tensor:
-    """Bool ``[n, N]``: row i keeps sorted positions ``[lo[i], hi[i])`` of ``keys[i]``."""
-    n, N = keys.shape
-    out = torch.zeros((n, N), dtype=torch.bool, device=keys.device)
+def _select(x: Tensor, keys: Tensor | None, lo: Sequence[int], hi: Sequence[int],
+            descending: bool) -> Tensor:
+    """Bool ``[n, N]``: row i keeps sorted positions ``[lo[i], hi[i])`` of the magnitudes of
+    ``x[i]`` (``x`` ``[n, N]``; ``keys``: those magnitudes as :func:`sort_keys` gives them,
+    or None to have them computed only where needed)."""
+    n, N = x.shape
+    out = torch.zeros((n, N), dtype=torch.bool, device=x.device)
     todo = []
     for i in range(n):
         a, b = int(lo[i]), int(hi[i])
@@ -105,26 +107,28 @@ def _select(keys: Tensor, lo: Sequence[int], hi: Sequence[int], descending: bool
         if a == 0 and b >= N:
             out[i] = True
             continue
-        if keys.device.type != "cpu":
-            todo.append(i)
-            continue
-        if exact_dtype and a == 0 and descending:  # threshold when unambiguous
-            m = _threshold_keep(keys[i], b)
+        if x.device.type == "cpu" and x.dtype == torch.float32 and a == 0 and descending:
+            k = keys[i] if keys is not None else x[i].abs()
+            m = _threshold_keep(k, b)  # unambiguous cut: no sort order needed
             if m is not None:
                 out[i] = m
                 continue
         todo.append(i)
     if not todo:
         return out
-    sub = keys[todo]
     los = [int(lo[i]) for i in todo]
     his = [int(hi[i]) for i in todo]
     got = None
-    if keys.device.type == "cpu":
+    if x.device.type == "cpu":
         from wsviz.compute import _introsort
 
-        got = _introsort.select_range(sub, los, his, descending)
+        if x.dtype in (torch.float32, torch.bfloat16):  # |x| converted in the kernel
+            got = _introsort.select_range(x[todo], los, his, descending, magnitude=True)
+        else:
+            sub = (keys if keys is not None else sort_keys(x))[todo]
+            got = _introsort.select_range(sub, los, his, descending)
     if got is None:
+        sub = (keys if keys is not None else sort_keys(x))[todo]
         got = _by_sort(sub, los, his, descending)
     out[todo] = got.to(out.device)
     return out
@@ -134,16 +138,16 @@ def keep_top(x: Tensor, ks: Sequence[int], keys: Tensor | None = None) -> Tensor
     """Bool ``[n, numel]``: for each row ``x[i]`` of ``x`` ``[n, *shape]``, the ``ks[i]``
     entries mergekit's ``argsort(|x[i]|, descending=True)[:k]`` keeps (ties included).
     ``keys`` (from :func:`sort_keys`) may be passed when already computed."""
-    keys = sort_keys(x) if keys is None else keys
-    return _select(keys, [0] * len(ks), list(ks), True, x.dtype in (torch.float32,))
+    x2 = x.reshape(x.shape[0], -1)
+    return _select(x2, keys, [0] * len(ks), list(ks), True)
 
 
 def keep_slice(x: Tensor, lo: Sequence[int], hi: Sequence[int],
                keys: Tensor | None = None) -> Tensor:
     """Bool ``[n, numel]``: row i keeps the entries at ascending-magnitude positions
     ``[lo[i], hi[i])`` of ``torch.sort(|x[i]|)`` (breadcrumbs), ties in the sort's order."""
-    keys = sort_keys(x) if keys is None else keys
-    return _select(keys, list(lo), list(hi), False, False)
+    x2 = x.reshape(x.shape[0], -1)
+    return _select(x2, keys, list(lo), list(hi), False)
 
 
 def _ranks(keys: Tensor, descending: bool) -> Tensor:

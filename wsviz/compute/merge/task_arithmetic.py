@@ -63,8 +63,9 @@ def gta_fused(base: Tensor, deltas: Tensor, ranks: Tensor | None, weights, inter
     :func:`gta_merge` done over column chunks of the flattened ``[n, numel]`` task vectors
     with preallocated buffers, so each cached input is streamed from memory once.
 
-    ``ranks`` ``[n, numel]`` descending magnitude ranks (needed when an interval is not
-    the whole tensor); ``intervals`` per-model ``[lo, hi)`` kept rank intervals; or
+    ``ranks`` ``[n, numel]`` sorted-magnitude positions (descending for TIES, ascending
+    for breadcrumbs; needed when an interval is not the whole tensor); ``intervals``
+    per-model ``[lo, hi)`` kept position intervals; or
     ``keep`` ``[n, numel]`` bool, the kept entries directly (one-shot merges).
     """
     n = deltas.shape[0]
@@ -141,6 +142,20 @@ def gta_fused(base: Tensor, deltas: Tensor, ranks: Tensor | None, weights, inter
     return out.view(shape)
 
 
+#: use the one-pass numba kernel on CPU where it applies (tests switch it off to compare)
+USE_KERNEL = True
+
+
+def _kernel():
+    if not USE_KERNEL:
+        return None
+    try:
+        from wsviz.compute.merge import _gta_kernel
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+    return _gta_kernel
+
+
 def gta_merge(base: Tensor, deltas: Tensor, params: dict, *, sparsification: str | None,
               consensus: str | None, generator: torch.Generator | None = None,
               cache: dict | None = None) -> Tensor:
@@ -170,9 +185,12 @@ def gta_merge(base: Tensor, deltas: Tensor, params: dict, *, sparsification: str
                 ranks = sp._cached(cache, "ranks", lambda: sp.magnitude_ranks(deltas))
             else:
                 ranks = sp._cached(cache, "asc_ranks", lambda: sp.ascending_ranks(deltas))
-        return gta_fused(base, deltas, ranks, as_list(params["weight"], n), iv, consensus,
-                         bool(params.get("normalize", False)), float(params.get("lambda", 1.0)),
-                         keep=keep)
+        args = (as_list(params["weight"], n), iv, consensus,
+                bool(params.get("normalize", False)), float(params.get("lambda", 1.0)))
+        kern = _kernel()
+        if kern is not None and kern.usable(base, deltas, consensus):
+            return kern.run(base, deltas, *args, ranks=ranks, keep=keep)
+        return gta_fused(base, deltas, ranks, *args, keep=keep)
     if sparsification == "magnitude":
         d = sp.magnitude(deltas, density, rescale, cache=cache)
     elif sparsification == "magnitude_outliers":
