@@ -23,23 +23,91 @@ import numpy as np
 import torch
 
 from wsviz.compute._bits import as_f32 as _as_f32
+from wsviz.compute._bits import as_u32 as _as_u32
 
 _STATE: dict = {}
 
 
 @numba.njit(inline="always")
-def before(a, b, desc):
-    # torch's sort comparator (NaN sorts last ascending, first descending)
+def before(a, b, desc, packed):
+    """torch's sort comparator: NaN sorts last ascending, first descending. ``packed``
+    words hold a NaN-free non-negative float32 key in their high 32 bits (its bits order
+    like the values) and the element index in the low 32 bits, which never takes part."""
+    if packed:
+        if desc:
+            return (a >> np.uint64(32)) > (b >> np.uint64(32))
+        return (a >> np.uint64(32)) < (b >> np.uint64(32))
     if desc:
         return (a != a and b == b) or a > b
     return (a == a and b != b) or a < b
 
 
 @numba.njit(inline="always")
-def replay(vals, idx, b1, b2, desc):
-    """Partition ``vals``/``idx`` in place exactly as introsort would, but only the
-    ranges that straddle position ``b1`` or ``b2``; 0 on success, 1 if a range hit the
-    heapsort depth limit (the result is then unusable)."""
+def _swap(vals, idx, i, j, packed):
+    t = vals[i]
+    vals[i] = vals[j]
+    vals[j] = t
+    if not packed:
+        ti = idx[i]
+        idx[i] = idx[j]
+        idx[j] = ti
+
+
+_B = 256
+
+
+@numba.njit(inline="always")
+def _partition(vals, idx, f, last, desc, packed, lb, rb):
+    """libstdc++'s unguarded Hoare partition of ``[f + 1, last)`` around the pivot at
+    ``f``, returning the cut; the result of the scan-and-swap loop, computed without its
+    unpredictable branches. Hoare swaps the i-th left stopper (not before the pivot,
+    scanning up) with the i-th right stopper (pivot not before it, scanning down, the pivot
+    included) while the former lies left of the latter; at the first pair that does not,
+    the cut is that left stopper, or the last swapped right position if that is smaller.
+    Stoppers are gathered branch-free in blocks of :data:`_B`, reading only positions no
+    swap has touched yet."""
+    p = vals[f]
+    lpos = f + 1
+    rpos = last - 1
+    last_l = f - 1  # positions <= last_l / >= last_r were written by swaps
+    last_r = last
+    nl = 0
+    il = 0
+    nr = 0
+    ir = 0
+    while True:
+        while il == nl and lpos < last_r:
+            il = 0
+            nl = 0
+            end = min(lpos + _B, last_r)
+            while lpos < end:
+                lb[nl] = lpos
+                nl += 0 if before(vals[lpos], p, desc, packed) else 1
+                lpos += 1
+        li = lb[il] if il < nl else last
+        while ir == nr and rpos > last_l:
+            ir = 0
+            nr = 0
+            end = max(rpos - _B, last_l)
+            while rpos > end:
+                rb[nr] = rpos
+                nr += 0 if before(p, vals[rpos], desc, packed) else 1
+                rpos -= 1
+        ri = rb[ir] if ir < nr else f - 1
+        if li >= ri:
+            return li if li < last_r else last_r
+        _swap(vals, idx, li, ri, packed)
+        il += 1
+        ir += 1
+        last_l = li
+        last_r = ri
+
+
+@numba.njit(inline="always")
+def replay(vals, idx, b1, b2, desc, packed):
+    """Partition ``vals`` (and ``idx``, unless ``packed``) in place exactly as introsort
+    would, but only the ranges that straddle position ``b1`` or ``b2``; 0 on success, 1 if
+    a range hit the heapsort depth limit (the result is then unusable)."""
     n = vals.shape[0]
     if n <= 1:
         return 0
@@ -51,6 +119,8 @@ def replay(vals, idx, b1, b2, desc):
     sf = np.empty(128, np.int64)
     sl = np.empty(128, np.int64)
     sd = np.empty(128, np.int64)
+    lb = np.empty(_B, np.int64)
+    rb = np.empty(_B, np.int64)
     sf[0] = 0
     sl[0] = n
     sd[0] = 2 * lg
@@ -64,14 +134,16 @@ def replay(vals, idx, b1, b2, desc):
             if last - f <= 16:  # final insertion sort (stable for equal keys)
                 for i in range(f + 1, last):
                     v = vals[i]
-                    x = idx[i]
+                    x = idx[i] if not packed else 0
                     j = i
-                    while j > f and before(v, vals[j - 1], desc):
+                    while j > f and before(v, vals[j - 1], desc, packed):
                         vals[j] = vals[j - 1]
-                        idx[j] = idx[j - 1]
+                        if not packed:
+                            idx[j] = idx[j - 1]
                         j -= 1
                     vals[j] = v
-                    idx[j] = x
+                    if not packed:
+                        idx[j] = x
                 break
             if d == 0:
                 return 1
@@ -82,43 +154,21 @@ def replay(vals, idx, b1, b2, desc):
             va = vals[a]
             vb = vals[mid]
             vc = vals[c]
-            if before(va, vb, desc):
-                if before(vb, vc, desc):
+            if before(va, vb, desc, packed):
+                if before(vb, vc, desc, packed):
                     s = mid
-                elif before(va, vc, desc):
+                elif before(va, vc, desc, packed):
                     s = c
                 else:
                     s = a
-            elif before(va, vc, desc):
+            elif before(va, vc, desc, packed):
                 s = a
-            elif before(vb, vc, desc):
+            elif before(vb, vc, desc, packed):
                 s = c
             else:
                 s = mid
-            t = vals[f]
-            vals[f] = vals[s]
-            vals[s] = t
-            ti = idx[f]
-            idx[f] = idx[s]
-            idx[s] = ti
-            p = vals[f]
-            lo = f + 1
-            hi = last
-            while True:
-                while before(vals[lo], p, desc):
-                    lo += 1
-                hi -= 1
-                while before(p, vals[hi], desc):
-                    hi -= 1
-                if lo >= hi:
-                    break
-                t = vals[lo]
-                vals[lo] = vals[hi]
-                vals[hi] = t
-                ti = idx[lo]
-                idx[lo] = idx[hi]
-                idx[hi] = ti
-                lo += 1
+            _swap(vals, idx, f, s, packed)
+            lo = _partition(vals, idx, f, last, desc, packed, lb, rb)
             if sp >= 128:
                 return 1
             sf[sp] = lo
@@ -142,13 +192,35 @@ def _key(src, r, j, mode):
 
 @numba.njit(inline="always")
 def _row(src, r, lo, hi, out, status, mode, desc, idt):
+    """Select row ``r``: magnitudes (modes 1, 2) without NaN go through packed
+    key|index words, anything else through separate value and index arrays."""
     N = src.shape[1]
+    packed = mode != 0 and N < 4294967296
+    if packed:
+        for j in range(N):
+            k = _key(src, r, j, mode)
+            if k != k:
+                packed = False
+                break
+    if packed:
+        w = np.empty(N, np.uint64)
+        for j in range(N):
+            w[j] = (np.uint64(_as_u32(_key(src, r, j, mode))) << np.uint64(32)) | np.uint64(j)
+        dummy = np.empty(1, idt)
+        st = replay(w, dummy, lo[r], hi[r], desc, True)
+        status[r] = st
+        if st == 0:
+            o = out[r]
+            mask = np.uint64(0xFFFFFFFF)
+            for p in range(lo[r], hi[r]):
+                o[w[p] & mask] = 1
+        return
     vals = np.empty(N, np.float32)
     idx = np.empty(N, idt)
     for j in range(N):
         vals[j] = _key(src, r, j, mode)
         idx[j] = j
-    st = replay(vals, idx, lo[r], hi[r], desc)
+    st = replay(vals, idx, lo[r], hi[r], desc, False)
     status[r] = st
     if st == 0:
         o = out[r]
@@ -211,27 +283,30 @@ def _select(x, lo, hi, descending, magnitude=False):
 
 def available() -> bool:
     """True when numba is importable and the replay equals ``torch.sort`` on this machine
-    (checked once per process on tie-heavy arrays, both directions)."""
+    (checked once per process on tie-heavy arrays: both directions, float keys and
+    float32 / bf16 magnitudes)."""
     if "ok" in _STATE:
         return _STATE["ok"]
     ok = True
-    if ok:
-        g = torch.Generator().manual_seed(1234)
-        for n in (40, 1000, 30011):
-            x = torch.randint(0, max(3, n // 50), (3, n), generator=g).float()
-            x[1] = (torch.randn(n, generator=g) * 0.01).bfloat16().float().abs()
-            for desc in (True, False):
-                bounds = ([n // 5, 1, n // 2], [n // 2, n - 1, n // 2 + 7])
-                got = _select(x, *bounds, desc)
-                if got is None:
-                    ok = False
-                    break
-                for i in range(3):
-                    order = torch.sort(x[i], descending=desc).indices
-                    ref = torch.zeros(n, dtype=torch.bool)
-                    ref[order[bounds[0][i]:bounds[1][i]]] = True
-                    ok = ok and torch.equal(got[i], ref)
-            if not ok:
-                break
+    g = torch.Generator().manual_seed(1234)
+    for n in (40, 1000, 30011):
+        x = torch.randint(0, min(255, max(3, n // 50)), (3, n), generator=g).float()
+        x[1] = (torch.randn(n, generator=g) * 0.01).bfloat16().float().abs()
+        sign = torch.where(torch.rand((3, n), generator=g) < 0.5, -1.0, 1.0)
+        for desc in (True, False):
+            bounds = ([n // 5, 1, n // 2], [n // 2, n - 1, n // 2 + 7])
+            refs = []
+            for i in range(3):
+                order = torch.sort(x[i], descending=desc).indices
+                ref = torch.zeros(n, dtype=torch.bool)
+                ref[order[bounds[0][i]:bounds[1][i]]] = True
+                refs.append(ref)
+            for got in (_select(x, *bounds, desc),
+                        _select(x * sign, *bounds, desc, magnitude=True),
+                        _select((x * sign).bfloat16(), *bounds, desc, magnitude=True)):
+                ok = ok and got is not None and all(torch.equal(got[i], refs[i])
+                                                    for i in range(3))
+        if not ok:
+            break
     _STATE["ok"] = ok
     return ok

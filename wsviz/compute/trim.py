@@ -98,39 +98,53 @@ def _select(x: Tensor, keys: Tensor | None, lo: Sequence[int], hi: Sequence[int]
     ``x[i]`` (``x`` ``[n, N]``; ``keys``: those magnitudes as :func:`sort_keys` gives them,
     or None to have them computed only where needed)."""
     n, N = x.shape
-    out = torch.zeros((n, N), dtype=torch.bool, device=x.device)
+    done: dict[int, Tensor | bool] = {}
     todo = []
     for i in range(n):
         a, b = int(lo[i]), int(hi[i])
         if b <= a:
-            continue
-        if a == 0 and b >= N:
-            out[i] = True
-            continue
-        if x.device.type == "cpu" and x.dtype == torch.float32 and a == 0 and descending:
-            k = keys[i] if keys is not None else x[i].abs()
-            m = _threshold_keep(k, b)  # unambiguous cut: no sort order needed
-            if m is not None:
-                out[i] = m
-                continue
-        todo.append(i)
-    if not todo:
-        return out
-    los = [int(lo[i]) for i in todo]
-    his = [int(hi[i]) for i in todo]
-    got = None
-    if x.device.type == "cpu":
-        from wsviz.compute import _introsort
-
-        if x.dtype in (torch.float32, torch.bfloat16):  # |x| converted in the kernel
-            got = _introsort.select_range(x[todo], los, his, descending, magnitude=True)
+            done[i] = False
+        elif a == 0 and b >= N:
+            done[i] = True
+        elif x.device.type == "cpu" and x.dtype == torch.float32 and a == 0 and descending:
+            m = _threshold_keep(keys[i] if keys is not None else x[i].abs(), b)
+            if m is None:  # equal magnitudes straddle the cut: the sort order decides
+                todo.append(i)
+            else:
+                done[i] = m
         else:
-            sub = (keys if keys is not None else sort_keys(x))[todo]
-            got = _introsort.select_range(sub, los, his, descending)
-    if got is None:
-        sub = (keys if keys is not None else sort_keys(x))[todo]
-        got = _by_sort(sub, los, his, descending)
-    out[todo] = got.to(out.device)
+            todo.append(i)
+    got = None
+    if todo:
+        los = [int(lo[i]) for i in todo]
+        his = [int(hi[i]) for i in todo]
+        every = len(todo) == n
+
+        def rows(t):
+            return t if every else t[todo]
+
+        if x.device.type == "cpu":
+            from wsviz.compute import _introsort
+
+            if x.dtype in (torch.float32, torch.bfloat16):  # |x| converted in the kernel
+                got = _introsort.select_range(rows(x), los, his, descending, magnitude=True)
+            else:
+                got = _introsort.select_range(
+                    rows(keys if keys is not None else sort_keys(x)), los, his, descending)
+        if got is None:
+            got = _by_sort(rows(keys if keys is not None else sort_keys(x)), los, his,
+                           descending)
+        got = got.to(x.device)
+        if every:
+            return got
+    out = torch.zeros((n, N), dtype=torch.bool, device=x.device)
+    for i, m in done.items():
+        if m is True:
+            out[i] = True
+        elif m is not False:
+            out[i] = m
+    if todo:
+        out[todo] = got
     return out
 
 
