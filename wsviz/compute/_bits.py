@@ -27,3 +27,29 @@ def as_u32(typingctx, x):
         return builder.bitcast(args[0], ir.IntType(32))
 
     return sig, codegen
+
+
+_POOL: dict = {}
+
+
+def run_parallel(fn, jobs) -> None:
+    """Run ``fn(*job)`` for every job on a small thread pool (numba kernels compiled with
+    ``nogil=True`` run truly in parallel), at most ``torch.get_num_threads()`` at once;
+    a single job runs inline. Exceptions propagate."""
+    import torch
+
+    jobs = list(jobs)
+    if len(jobs) <= 1 or torch.get_num_threads() <= 1:
+        for j in jobs:
+            fn(*j)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = torch.get_num_threads()
+    if _POOL.get("n") != n:
+        if "pool" in _POOL:
+            _POOL["pool"].shutdown(wait=False)
+        _POOL["pool"] = ThreadPoolExecutor(n, thread_name_prefix="wsviz-kernel")
+        _POOL["n"] = n
+    for f in [_POOL["pool"].submit(fn, *j) for j in jobs]:
+        f.result()

@@ -24,6 +24,7 @@ import torch
 
 from wsviz.compute._bits import as_f32 as _as_f32
 from wsviz.compute._bits import as_u32 as _as_u32
+from wsviz.compute._bits import run_parallel
 
 _STATE: dict = {}
 
@@ -103,80 +104,93 @@ def _partition(vals, idx, f, last, desc, packed, lb, rb):
         last_r = ri
 
 
-@numba.njit(inline="always")
-def replay(vals, idx, b1, b2, desc, packed):
-    """Partition ``vals`` (and ``idx``, unless ``packed``) in place exactly as introsort
-    would, but only the ranges that straddle position ``b1`` or ``b2``; 0 on success, 1 if
-    a range hit the heapsort depth limit (the result is then unusable)."""
-    n = vals.shape[0]
-    if n <= 1:
-        return 0
-    lg = 0
-    m = n
-    while m > 1:
-        m >>= 1
-        lg += 1
-    sf = np.empty(128, np.int64)
-    sl = np.empty(128, np.int64)
-    sd = np.empty(128, np.int64)
-    lb = np.empty(_B, np.int64)
-    rb = np.empty(_B, np.int64)
-    sf[0] = 0
-    sl[0] = n
-    sd[0] = 2 * lg
-    sp = 1
-    while sp > 0:
-        sp -= 1
-        f = sf[sp]
-        last = sl[sp]
-        d = sd[sp]
-        while (f < b1 and b1 < last) or (f < b2 and b2 < last):
-            if last - f <= 16:  # final insertion sort (stable for equal keys)
-                for i in range(f + 1, last):
-                    v = vals[i]
-                    x = idx[i] if not packed else 0
-                    j = i
-                    while j > f and before(v, vals[j - 1], desc, packed):
-                        vals[j] = vals[j - 1]
+def _make_replay(packed: bool):
+    """:func:`replay` over packed key|index words or over separate value / index arrays
+    (compiled once each, cached on disk)."""
+
+    @numba.njit(cache=True, nogil=True)
+    def replay(vals, idx, b1, b2, desc):
+        """Partition ``vals`` (and ``idx``, unless ``packed``) in place exactly as introsort
+        would, but only the ranges that straddle position ``b1`` or ``b2``; 0 on success, 1 if
+        a range hit the heapsort depth limit (the result is then unusable)."""
+        n = vals.shape[0]
+        if n <= 1:
+            return 0
+        lg = 0
+        m = n
+        while m > 1:
+            m >>= 1
+            lg += 1
+        sf = np.empty(128, np.int64)
+        sl = np.empty(128, np.int64)
+        sd = np.empty(128, np.int64)
+        lb = np.empty(_B, np.int64)
+        rb = np.empty(_B, np.int64)
+        sf[0] = 0
+        sl[0] = n
+        sd[0] = 2 * lg
+        sp = 1
+        while sp > 0:
+            sp -= 1
+            f = sf[sp]
+            last = sl[sp]
+            d = sd[sp]
+            while (f < b1 and b1 < last) or (f < b2 and b2 < last):
+                if last - f <= 16:  # final insertion sort (stable for equal keys)
+                    for i in range(f + 1, last):
+                        v = vals[i]
+                        x = idx[i] if not packed else 0
+                        j = i
+                        while j > f and before(v, vals[j - 1], desc, packed):
+                            vals[j] = vals[j - 1]
+                            if not packed:
+                                idx[j] = idx[j - 1]
+                            j -= 1
+                        vals[j] = v
                         if not packed:
-                            idx[j] = idx[j - 1]
-                        j -= 1
-                    vals[j] = v
-                    if not packed:
-                        idx[j] = x
-                break
-            if d == 0:
-                return 1
-            d -= 1
-            a = f + 1
-            mid = f + (last - f) // 2
-            c = last - 1
-            va = vals[a]
-            vb = vals[mid]
-            vc = vals[c]
-            if before(va, vb, desc, packed):
-                if before(vb, vc, desc, packed):
-                    s = mid
+                            idx[j] = x
+                    break
+                if d == 0:
+                    return 1
+                d -= 1
+                a = f + 1
+                mid = f + (last - f) // 2
+                c = last - 1
+                va = vals[a]
+                vb = vals[mid]
+                vc = vals[c]
+                if before(va, vb, desc, packed):
+                    if before(vb, vc, desc, packed):
+                        s = mid
+                    elif before(va, vc, desc, packed):
+                        s = c
+                    else:
+                        s = a
                 elif before(va, vc, desc, packed):
+                    s = a
+                elif before(vb, vc, desc, packed):
                     s = c
                 else:
-                    s = a
-            elif before(va, vc, desc, packed):
-                s = a
-            elif before(vb, vc, desc, packed):
-                s = c
-            else:
-                s = mid
-            _swap(vals, idx, f, s, packed)
-            lo = _partition(vals, idx, f, last, desc, packed, lb, rb)
-            if sp >= 128:
-                return 1
-            sf[sp] = lo
-            sl[sp] = last
-            sd[sp] = d
-            sp += 1
-            last = lo
-    return 0
+                    s = mid
+                _swap(vals, idx, f, s, packed)
+                lo = _partition(vals, idx, f, last, desc, packed, lb, rb)
+                if sp >= 128:
+                    return 1
+                sf[sp] = lo
+                sl[sp] = last
+                sd[sp] = d
+                sp += 1
+                last = lo
+        return 0
+
+    return replay
+
+
+#: ``replay(vals, idx, b1, b2, desc)``: partition ``vals`` (and ``idx``, unless packed) in
+#: place exactly as introsort would, but only the ranges that straddle position ``b1`` or
+#: ``b2``; 0 on success, 1 if a range hit the heapsort depth limit (result unusable)
+replay_packed = _make_replay(True)
+replay_arrays = _make_replay(False)
 
 
 @numba.njit(inline="always")
@@ -195,32 +209,29 @@ def _row(src, r, lo, hi, out, status, mode, desc, idt):
     """Select row ``r``: magnitudes (modes 1, 2) without NaN go through packed
     key|index words, anything else through separate value and index arrays."""
     N = src.shape[1]
-    packed = mode != 0 and N < 4294967296
-    if packed:
-        for j in range(N):
-            k = _key(src, r, j, mode)
-            if k != k:
-                packed = False
-                break
-    if packed:
+    if mode != 0 and N < 4294967296:
         w = np.empty(N, np.uint64)
+        top = np.uint32(0)
         for j in range(N):
-            w[j] = (np.uint64(_as_u32(_key(src, r, j, mode))) << np.uint64(32)) | np.uint64(j)
-        dummy = np.empty(1, idt)
-        st = replay(w, dummy, lo[r], hi[r], desc, True)
-        status[r] = st
-        if st == 0:
-            o = out[r]
-            mask = np.uint64(0xFFFFFFFF)
-            for p in range(lo[r], hi[r]):
-                o[w[p] & mask] = 1
-        return
+            kb = _as_u32(_key(src, r, j, mode))
+            top = max(top, kb)
+            w[j] = (np.uint64(kb) << np.uint64(32)) | np.uint64(j)
+        if top <= np.uint32(0x7F800000):  # no NaN magnitude (those take the slow path)
+            dummy = np.empty(1, idt)
+            st = replay_packed(w, dummy, lo[r], hi[r], desc)
+            status[r] = st
+            if st == 0:
+                o = out[r]
+                mask = np.uint64(0xFFFFFFFF)
+                for p in range(lo[r], hi[r]):
+                    o[w[p] & mask] = 1
+            return
     vals = np.empty(N, np.float32)
     idx = np.empty(N, idt)
     for j in range(N):
         vals[j] = _key(src, r, j, mode)
         idx[j] = j
-    st = replay(vals, idx, lo[r], hi[r], desc, False)
+    st = replay_arrays(vals, idx, lo[r], hi[r], desc)
     status[r] = st
     if st == 0:
         o = out[r]
@@ -228,20 +239,15 @@ def _row(src, r, lo, hi, out, status, mode, desc, idt):
             o[idx[p]] = 1
 
 
-def _make(mode: int, desc: bool, big: bool, parallel: bool):
-    """Row selection specialised for one key mode / direction, rows in parallel or not;
-    compiled on first use, cached on disk by numba."""
+def _make(mode: int, desc: bool, big: bool):
+    """Row selection specialised for one key mode / direction (rows ``[r0, r1)``); compiled
+    on first use, cached on disk by numba; releases the GIL so rows run in threads."""
     idt = np.int64 if big else np.int32
-    if parallel:
-        @numba.njit(cache=True, parallel=True, nogil=True)
-        def rows(src, lo, hi, out, status):
-            for r in numba.prange(src.shape[0]):
-                _row(src, r, lo, hi, out, status, mode, desc, idt)
-    else:
-        @numba.njit(cache=True, nogil=True)
-        def rows(src, lo, hi, out, status):
-            for r in range(src.shape[0]):
-                _row(src, r, lo, hi, out, status, mode, desc, idt)
+
+    @numba.njit(cache=True, nogil=True)
+    def rows(src, lo, hi, out, status, r0, r1):
+        for r in range(r0, r1):
+            _row(src, r, lo, hi, out, status, mode, desc, idt)
 
     return rows
 
@@ -270,12 +276,16 @@ def _select(x, lo, hi, descending, magnitude=False):
     else:
         mode, src = 0, x.to(torch.float32).contiguous().numpy()
     n, N = src.shape
-    key = (mode, bool(descending), N >= 2**31 - 1, n > 1 and N >= (1 << 16))
+    key = (mode, bool(descending), N >= 2**31 - 1)
     if key not in _ROWS:
         _ROWS[key] = _make(*key)
     out = np.zeros((n, N), dtype=np.uint8)
     status = np.zeros(n, dtype=np.int64)
-    _ROWS[key](src, np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64), out, status)
+    args = (src, np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64), out, status)
+    if N >= (1 << 16):  # one row per thread
+        run_parallel(_ROWS[key], [(*args, r, r + 1) for r in range(n)])
+    else:
+        _ROWS[key](*args, 0, n)
     if status.any():
         return None
     return torch.from_numpy(out).view(torch.bool)
@@ -289,7 +299,7 @@ def available() -> bool:
         return _STATE["ok"]
     ok = True
     g = torch.Generator().manual_seed(1234)
-    for n in (40, 1000, 30011):
+    for n in (40, 1000, 6007):
         x = torch.randint(0, min(255, max(3, n // 50)), (3, n), generator=g).float()
         x[1] = (torch.randn(n, generator=g) * 0.01).bfloat16().float().abs()
         sign = torch.where(torch.rand((3, n), generator=g) < 0.5, -1.0, 1.0)

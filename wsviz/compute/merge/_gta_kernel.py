@@ -26,22 +26,21 @@ import torch
 
 from wsviz.compute._bits import as_f32 as _as_f32
 from wsviz.compute._bits import as_u32 as _as_u32
+from wsviz.compute._bits import run_parallel
 
 MAX_MODELS = 4
-BLOCK = 1 << 14
+BLOCK = 1 << 11
 
 
 @numba.njit(inline="always")
 def _rnd(x, bf16):
-    """float32 → the float32 value of its bf16 rounding (RNE; NaN stays NaN)."""
+    """float32 → the float32 value of its bf16 rounding (RNE; NaN stays NaN), branch-free."""
     if not bf16:
         return x
     b = _as_u32(x)
-    if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
-        return x
-    b = (b + (np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))) \
+    r = (b + (np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))) \
         & np.uint32(0xFFFF0000)
-    return _as_f32(b)
+    return _as_f32(b if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else r)
 
 
 @numba.njit(inline="always")
@@ -83,6 +82,9 @@ def _block(blk, base, deltas, keep, ranks, lo, hi, w, wsum, normalize, lam, out,
             xi[j] = x
             acc[j] = acc[j] + x
     if consensus:
+        sg = np.empty(BLOCK, np.float32)  # elected sign: +1 where round(Σx) >= 0, else -1
+        for j in range(c):
+            sg[j] = one if _rnd(acc[j], bf16) >= zero else -one
         m = np.zeros(BLOCK, np.float32)
         dv = np.zeros(BLOCK, np.float32)
         for i in range(n):
@@ -90,8 +92,7 @@ def _block(blk, base, deltas, keep, ranks, lo, hi, w, wsum, normalize, lam, out,
             xi = xs[i]
             for j in range(c):
                 x = xi[j]
-                pos = _rnd(acc[j], bf16) >= zero
-                a = one if ((x > zero) & pos) | ((x < zero) & (not pos)) else zero
+                a = one if x * sg[j] > zero else zero  # sign(x) equals the elected sign
                 m[j] = m[j] + x * a
                 dv[j] = dv[j] + wi * a
         for j in range(c):
@@ -112,28 +113,21 @@ def _block(blk, base, deltas, keep, ranks, lo, hi, w, wsum, normalize, lam, out,
             out[0, j0 + j] = _st(_rnd(_ld(base, 0, j0 + j, bf16) + v, bf16), bf16)
 
 
-def _make(mask_mode: int, consensus: bool, bf16: bool, parallel: bool):
+def _make(mask_mode: int, consensus: bool, bf16: bool):
     """The kernel specialised (compile-time constants) for one mask mode / consensus /
-    dtype, threaded over column blocks or not; compiled on first use, cached on disk."""
-    if parallel:
-        @numba.njit(cache=True, parallel=True, nogil=True)
-        def kernel(base, deltas, keep, ranks, lo, hi, w, wsum, normalize, lam, out):
-            nblocks = (deltas.shape[1] + BLOCK - 1) // BLOCK
-            for blk in numba.prange(nblocks):
-                _block(blk, base, deltas, keep, ranks, lo, hi, w, wsum, normalize, lam,
-                       out, mask_mode, consensus, bf16)
-    else:
-        @numba.njit(cache=True, nogil=True)
-        def kernel(base, deltas, keep, ranks, lo, hi, w, wsum, normalize, lam, out):
-            nblocks = (deltas.shape[1] + BLOCK - 1) // BLOCK
-            for blk in range(nblocks):
-                _block(blk, base, deltas, keep, ranks, lo, hi, w, wsum, normalize, lam,
-                       out, mask_mode, consensus, bf16)
+    dtype, over column blocks ``[b0, b1)``; compiled on first use, cached on disk; it
+    releases the GIL so column ranges run in threads."""
+
+    @numba.njit(cache=True, nogil=True)
+    def kernel(base, deltas, keep, ranks, lo, hi, w, wsum, normalize, lam, out, b0, b1):
+        for blk in range(b0, b1):
+            _block(blk, base, deltas, keep, ranks, lo, hi, w, wsum, normalize, lam, out,
+                   mask_mode, consensus, bf16)
 
     return kernel
 
 
-#: below this many columns the kernel runs on one thread (waking threads costs more)
+#: below this many columns the kernel runs on one thread
 PARALLEL_MIN = 1 << 18
 _KERNELS: dict = {}
 
@@ -144,10 +138,17 @@ def gta_kernel(base, deltas, keep, ranks, lo, hi, w, wsum, mask_mode, consensus,
     ``bf16``), ``keep`` ``[n, N]`` bool (``mask_mode`` 1) or ``ranks`` ``[n, N]`` int with
     per-model ``[lo, hi)`` (``mask_mode`` 2; 0: no trim), ``w`` ``[n]`` float32 weights
     (already bf16-rounded for bf16), ``wsum`` the rounded Σw, ``out`` ``[1, N]``."""
-    key = (int(mask_mode), bool(consensus), bool(bf16), deltas.shape[1] >= PARALLEL_MIN)
+    key = (int(mask_mode), bool(consensus), bool(bf16))
     if key not in _KERNELS:
         _KERNELS[key] = _make(*key)
-    _KERNELS[key](base, deltas, keep, ranks, lo, hi, w, wsum, bool(normalize), lam, out)
+    args = (base, deltas, keep, ranks, lo, hi, w, wsum, bool(normalize), lam, out)
+    nb = (deltas.shape[1] + BLOCK - 1) // BLOCK
+    if deltas.shape[1] < PARALLEL_MIN:
+        _KERNELS[key](*args, 0, nb)
+        return
+    t = max(1, torch.get_num_threads())
+    cuts = [nb * i // t for i in range(t + 1)]
+    run_parallel(_KERNELS[key], [(*args, cuts[i], cuts[i + 1]) for i in range(t)])
 
 
 def usable(base: torch.Tensor, deltas: torch.Tensor, consensus) -> bool:
