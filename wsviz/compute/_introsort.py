@@ -18,6 +18,8 @@ also make :func:`select_range` return ``None``.
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 import torch
@@ -292,11 +294,50 @@ def _select(x, lo, hi, descending, magnitude=False):
 
 
 def available() -> bool:
-    """True when numba is importable and the replay equals ``torch.sort`` on this machine
-    (checked once per process on tie-heavy arrays: both directions, float keys and
-    float32 / bf16 magnitudes)."""
+    """True when the replay equals ``torch.sort`` on this machine: checked on tie-heavy
+    arrays (both directions, float keys and float32 / bf16 magnitudes) once per torch
+    build, CPU capability and version of this code, the verdict kept in a small file."""
     if "ok" in _STATE:
         return _STATE["ok"]
+    stamp = _stamp_file()
+    try:
+        _STATE["ok"] = stamp.read_text().strip() == "ok"
+        return _STATE["ok"]
+    except OSError:
+        pass
+    ok = _self_check()
+    try:  # remember the verdict for this torch build / CPU / numba / this code
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text("ok" if ok else "fail")
+        os.replace(tmp, stamp)
+    except OSError:
+        pass
+    _STATE["ok"] = ok
+    return ok
+
+
+def _stamp_file():
+    """Where the self-check verdict is kept: ``$WSVIZ_CACHE_DIR`` (else ``~/.cache/wsviz``)
+    / ``introsort-<hash of torch version and build, CPU capability, numba version, this
+    module's source>.txt``."""
+    import hashlib
+    import platform
+    from pathlib import Path
+
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 - older torch
+        cap = "?"
+    h = hashlib.sha256()
+    for part in (torch.__version__, str(torch.__config__.show()), cap, numba.__version__,
+                 platform.machine(), Path(__file__).read_bytes().decode("utf-8", "replace")):
+        h.update(part.encode())
+    root = os.environ.get("WSVIZ_CACHE_DIR") or str(Path.home() / ".cache" / "wsviz")
+    return Path(root) / f"introsort-{h.hexdigest()[:16]}.txt"
+
+
+def _self_check() -> bool:
     ok = True
     g = torch.Generator().manual_seed(1234)
     for n in (40, 1000, 6007):
@@ -318,5 +359,4 @@ def available() -> bool:
                                                     for i in range(3))
         if not ok:
             break
-    _STATE["ok"] = ok
     return ok
