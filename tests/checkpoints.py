@@ -98,20 +98,25 @@ def build_llama_set(root: Path, n_ft: int = 3, **overrides) -> LlamaSet:
 
 
 def build_lora_adapter(base_model, out: Path, seed: int = 7, r: int = 4, alpha: int = 8,
-                       targets=("q_proj", "v_proj")) -> Path:
-    """Save a real PEFT LoRA adapter on ``base_model`` (lora_B made non-zero)."""
+                       targets=("q_proj", "v_proj"), **lora_kw) -> Path:
+    """Save a real PEFT LoRA adapter on ``base_model`` (lora_B made non-zero; with
+    ``use_dora=True`` the DoRA magnitudes are perturbed too, so they differ from ``‖W + ΔW‖``;
+    LoRA biases, when asked for, are made non-zero). ``lora_kw`` go to ``LoraConfig``."""
     import copy
 
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(
         copy.deepcopy(base_model),
-        LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0),
+        LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
+                   **lora_kw),
     )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name or "lora_embedding_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            elif "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.1 * torch.randn(p.shape, generator=g))
     model.save_pretrained(out)
     return out
