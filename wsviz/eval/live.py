@@ -146,17 +146,26 @@ def scorer(evaluator, metric: str = "accuracy", tasks: Sequence[str] | None = No
 
 
 def greedy_soup(
-    evaluator, merger, labels: Sequence[str] | None = None, metric: str = "accuracy",
+    evaluator, merger, labels: Sequence[str] | None = None, metric: str | None = None,
+    tasks: Sequence[str] | None = None,
 ) -> tuple[object, pd.DataFrame]:
     """Greedy soup (Wortsman et al. 2022) scored by ``evaluator``: the mean of ``metric``
-    (higher is better) over its tasks. Delegates to :func:`wsviz.recipes.greedy_soup` (the
-    merge side) with :func:`scorer` (the evaluation side).
+    (default: the evaluator's primary metric, :func:`wsviz.eval.metrics.primary_metric`) over
+    ``tasks`` (default all), in the metric's direction — a lower-is-better metric such as
+    perplexity or loss is minimised. Delegates to :func:`wsviz.recipes.greedy_soup` (the merge
+    side) with :func:`scorer` (the evaluation side).
 
     Returns ``(recipe, history)``: the ``linear`` recipe of the kept models and a table
-    ``model, score, accepted, individual``. Use a validation split in ``evaluator`` (e.g.
-    ``ZooEvaluator(split="train")``) so the soup is not tuned on the test set.
+    ``model, individual, score, accepted, metric``. Use held-out data in ``evaluator`` (e.g.
+    ``ZooEvaluator(split="train")``, a validation text) so the soup is not tuned on the test
+    set. Raises :class:`EvalError` when the evaluator fails or lacks ``metric``.
     """
+    from wsviz.eval.metrics import primary_metric
     from wsviz.recipes import greedy_soup as _greedy_soup
 
-    recipe, history = _greedy_soup(merger, scorer(evaluator, metric), labels)
-    return recipe, pd.DataFrame(history)
+    spec = primary_metric(evaluator, name=metric)
+    recipe, history = _greedy_soup(merger, scorer(evaluator, spec.name, tasks), labels,
+                                   better=spec.better)
+    df = pd.DataFrame(history, columns=["model", "individual", "score", "accepted"])
+    df["metric"] = spec.name
+    return recipe, df

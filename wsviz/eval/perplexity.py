@@ -142,5 +142,33 @@ class PerplexityEvaluator:
         return {self.tasks[0]: {"perplexity": math.exp(loss), "loss": loss,
                                 "tokens": float(self.n_tokens)}}
 
+    def fisher(self, weights: Mapping[str, torch.Tensor], label: str | None = None, *,
+               labels: str = "sample", max_examples: int | None = None, seed: int = 0
+               ) -> dict[str, torch.Tensor]:
+        """Diagonal Fisher (:func:`wsviz.compute.fisher.diagonal_fisher`) of the tensors
+        ``weights`` (swapped into this evaluator's model) on its text, one example per
+        window of ``context`` tokens: ``{name: Tensor}`` float32. ``labels``: ``"sample"``
+        (next tokens drawn from the model) or ``"empirical"`` (the text's next tokens).
+        ``label`` (the model's name) is not needed: every model reads the same text.
+        Raises :class:`EvalError` for unknown tensor names or shapes."""
+        from torch.func import functional_call
+
+        from wsviz.compute.fisher import diagonal_fisher
+
+        params = {}
+        for name, t in weights.items():
+            if tuple(t.shape) != self._shapes.get(name):
+                raise EvalError(f"tensor {name!r} is not a parameter of the model in "
+                                f"{self.model_dir} with shape {tuple(t.shape)}")
+            params[name] = t.to(device=self.device, dtype=torch.float32)
+
+        def logits(p, x):
+            return functional_call(self.model, p, (x,), strict=False).logits
+
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        batches = (b.to(self.device) for b in self._batches())
+        return diagonal_fisher(logits, params, batches, labels=labels, generator=gen,
+                               max_examples=max_examples, chunk=4)
+
     def __repr__(self) -> str:
         return f"PerplexityEvaluator({self.model_dir}, tasks={self.tasks})"

@@ -5,7 +5,9 @@
 
 Every call is a vectorised pass over the cached ``[n_models, *shape]`` task vectors (no
 disk I/O, no Python loop over elements); magnitude ranks for TIES/breadcrumbs trimming
-and DELLA row ranks are computed on first use and reused by every later call.
+and DELLA row ranks are computed on first use and reused by every later call. Methods with
+whole-model statistics (PCB / ComPEFT ``scope: model``) compute them over every cached
+tensor once per setting (memoised).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from torch import Tensor
 from wsviz.compute.merge import sparsify as sp
 from wsviz.errors import RecipeError
 from wsviz.recipes.engine import make_generator, merge_one, torch_dtype
+from wsviz.recipes.needs import check_needs
+from wsviz.recipes.prepass import stats_for, whole_model_stats
 from wsviz.recipes.schedule import layer_positions
 
 _LAZY = {"ranks": sp.magnitude_ranks, "row_ranks": sp.row_ranks}
@@ -49,6 +53,40 @@ class _SubsetCache(dict):
         return dict.__getitem__(self, key)
 
 
+class _SourceView:
+    """``source[name]`` for a CheckpointSource (a Fisher file) — read on demand."""
+
+    def __init__(self, src):
+        self.src = src
+
+    def __contains__(self, name):
+        return name in self.src
+
+    def __getitem__(self, name):
+        return self.src.get(name)
+
+
+class _WithStats(dict):
+    """A tensor's full cache with one call's whole-model statistics on top: reads fall
+    through to the cache, writes (rank caches) go to it; ``"model_stats"`` stays local."""
+
+    def __init__(self, parent: dict, stats: dict):
+        super().__init__()
+        self.parent, self.stats = parent, stats
+
+    def __contains__(self, key):
+        return key == "model_stats" or key in self.parent
+
+    def __getitem__(self, key):
+        return self.stats if key == "model_stats" else self.parent[key]
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def __setitem__(self, key, value):
+        self.parent[key] = value
+
+
 class InMemoryMerger:
     """Base + stacked task vectors of ``modelset`` cached on ``device`` (fp32).
 
@@ -75,6 +113,8 @@ class InMemoryMerger:
         self._t = layer_positions(all_names)
         self._base: dict[str, Tensor] = {}
         self._cache: dict[str, dict] = {}
+        self._stats: dict[tuple, dict] = {}  # whole-model statistics of recent recipes
+        self._fisher_labels: set[str] = set()
         for n in self.names:
             b = modelset.get_base(n, device=self.device).to(torch.float32)
             self._base[n] = b
@@ -112,17 +152,57 @@ class InMemoryMerger:
 
     def set_fisher(self, fishers) -> None:
         """Diagonal Fishers for the ``fisher`` method: ``{label: {name: Tensor[*shape]}}``
-        (e.g. from :func:`wsviz.compute.merge.extra.diagonal_fisher`), cached on the device."""
-        missing = [lab for lab in self.labels if lab not in fishers]
-        if missing:
-            raise RecipeError(f"no Fisher given for model(s) {missing}")
+        (e.g. from :func:`wsviz.compute.fisher.diagonal_fisher`, or a Fisher checkpoint read
+        with :func:`wsviz.io.open_source`), cached on the device. Models without one may be
+        left out; a recipe that merges them is then refused. RecipeError for an unknown
+        label or a Fisher lacking a cached tensor."""
+        unknown = [lab for lab in fishers if lab not in self.labels]
+        if unknown:
+            raise RecipeError(f"Fishers given for {unknown}, which are not models of this "
+                              f"merger ({self.labels})")
+        have = [lab for lab in self.labels if lab in fishers]
         for n in self.names:
-            try:
-                f = torch.stack([fishers[lab][n].to(self.device, torch.float32)
-                                 for lab in self.labels])
-            except KeyError:
-                raise RecipeError(f"the Fishers lack tensor {n!r}") from None
-            self._cache[n]["fisher"] = f
+            rows = []
+            for lab in self.labels:
+                if lab not in fishers:
+                    rows.append(torch.full_like(self._base[n], float("nan")))
+                    continue
+                if n not in fishers[lab]:
+                    raise RecipeError(f"the Fisher of {lab!r} lacks tensor {n!r}")
+                t = fishers[lab][n]
+                rows.append(t.to(self.device, torch.float32).reshape(self._base[n].shape))
+            self._cache[n]["fisher"] = torch.stack(rows)
+        self._fisher_labels = set(have)
+        self._stats.clear()
+
+    @property
+    def fisher_labels(self) -> set[str]:
+        """Labels of the models whose Fisher is cached (see :meth:`set_fisher`)."""
+        return set(self._fisher_labels)
+
+    def fisher(self, label: str) -> dict[str, Tensor]:
+        """The cached Fisher of model ``label``: ``{name: Tensor}`` (RecipeError if none)."""
+        if label not in self._fisher_labels:
+            raise RecipeError(f"no Fisher cached for model {label!r}")
+        i = self.labels.index(label)
+        return {n: self._cache[n]["fisher"][i] for n in self.names}
+
+    def _fishers_for(self, recipe) -> set[str]:
+        """Load Fishers named by ``recipe.extra["fisher"]`` (``{model: file}``) when the
+        merger has none for the recipe's models; returns the labels that have one."""
+        want = [m for m in recipe.labels if m in self.labels]
+        have = self._fisher_labels
+        spec = recipe.extra.get("fisher") if isinstance(recipe.extra, dict) else None
+        if isinstance(spec, dict) and any(m not in have for m in want):
+            from wsviz.io import open_source
+
+            srcs = {m: open_source(spec[m]) for m in want if m in spec}
+            given = {m: _SourceView(src) for m, src in srcs.items()}
+            for lab in have:  # keep the Fishers already set
+                given.setdefault(lab, self.fisher(lab))
+            self.set_fisher(given)
+            have = self._fisher_labels
+        return have
 
     def _index(self, recipe) -> list[int]:
         base_labels = {"base", getattr(self.modelset.base, "label", "base")}
@@ -143,15 +223,19 @@ class InMemoryMerger:
         device, in float32 (or ``out_dtype``). Random methods with ``recipe.seed`` walk
         the tensors in sorted-name order from one seeded generator (as mergekit does)."""
         recipe.validate()
-        if "fisher" in recipe.spec.needs and "fisher" not in self._cache[self.names[0]]:
-            raise RecipeError("the fisher method needs Fishers: call merger.set_fisher(...) "
-                              "first (wsviz.compute.merge.extra.diagonal_fisher computes them)")
+        have = self._fishers_for(recipe) if "fisher" in recipe.spec.needs else set()
+        check_needs(recipe, {"fisher"} if have else (), "this InMemoryMerger")
+        lacking = [m for m in recipe.labels if have and m in self.labels and m not in have]
+        if lacking:
+            raise RecipeError(f"no Fisher for model(s) {lacking}: give one per merged model "
+                              "(merger.set_fisher or the recipe's extra.fisher)")
         names = self.names if names is None else list(names)
         idx = self._index(recipe)
         full = idx == list(range(len(self.labels)))
         idx_t = torch.tensor([max(i, 0) for i in idx], device=self.device)
         base_rows = (torch.tensor([i < 0 for i in idx], device=self.device)
                      if -1 in idx else None)
+        stats = self._model_stats(recipe, idx, idx_t, full, base_rows)
         gen = make_generator(recipe, self.device)
         out = {}
         order = sorted(names) if gen is not None else names
@@ -161,12 +245,14 @@ class InMemoryMerger:
             full_cache = self._cache[n]
             base = self._base[n]
             if full:
-                cache = full_cache
+                cache = full_cache if stats is None else _WithStats(full_cache, stats)
             else:
                 d = full_cache["deltas"].index_select(0, idx_t)
                 if base_rows is not None:
                     d[base_rows] = 0
                 cache = _SubsetCache(full_cache, idx_t, d)
+                if stats is not None:
+                    cache["model_stats"] = stats
             r = merge_one(recipe, n, self._t.get(n, 0.0), base, None, generator=gen,
                           cache=cache)
             if out_dtype is not None:
@@ -175,6 +261,36 @@ class InMemoryMerger:
         if order is not names:
             out = {n: out[n] for n in names}
         return out
+
+    def _model_stats(self, recipe, idx, idx_t, full, base_rows) -> dict | None:
+        """Whole-model statistics of ``recipe`` over every cached tensor (memoised per method,
+        model selection and the parameters they depend on); None when it needs none."""
+        st = stats_for(recipe, self.names, self._t, len(idx))
+        if st is None:
+            return None
+        first = recipe.resolve(self.names[0], self._t.get(self.names[0], 0.0))
+        key = (recipe.method, tuple(idx), type(st).__name__,
+               tuple(repr(first[k]) for k in st.uses))
+        if key in self._stats:
+            return self._stats[key]
+
+        def load(name, inputs):
+            c = self._cache[name]
+            out = {}
+            if "deltas" in inputs:
+                d = c["deltas"] if full else c["deltas"].index_select(0, idx_t)
+                if base_rows is not None:
+                    d[base_rows] = 0
+                out["deltas"] = d
+            if "fisher" in inputs:
+                out["fisher"] = c["fisher"] if full else c["fisher"].index_select(0, idx_t)
+            return out
+
+        result = whole_model_stats(recipe, self.names, self._t, len(idx), load)
+        if len(self._stats) >= 16:
+            self._stats.pop(next(iter(self._stats)))
+        self._stats[key] = result
+        return result
 
     def merge_state_dict(self, recipe) -> dict[str, Tensor]:
         """:meth:`merge` in the recipe's ``out_dtype`` / ``dtype``."""

@@ -114,6 +114,9 @@ class Recipe:
         d["base"] = ref(self.base)
         for m in d["models"]:
             m["model"] = ref(m["model"])
+        fisher = d.get("extra", {}).get("fisher")
+        if isinstance(fisher, dict):  # {model: Fisher file} follows its model
+            d["extra"]["fisher"] = {ref(k): v for k, v in fisher.items()}
         return Recipe.from_dict(d)
 
     # ------------------------------------------------------------------------------------

@@ -249,8 +249,8 @@ class ApiWorkspace(Workspace):
 
         out = {}
         for name, spec in METHODS.items():
-            if "evaluator" in spec.needs or "fisher" in spec.needs:
-                continue  # need inputs the tuner cannot give (greedy soup, Fisher)
+            if not self._can_give(spec.needs):
+                continue  # needs an input this workspace cannot give
             n = len(self.labels)
             if n < spec.min_models:
                 continue
@@ -260,6 +260,29 @@ class ApiWorkspace(Workspace):
                 mergekit=spec.in_mergekit, needs_base=spec.needs_base,
                 n_models=spec.max_models)
         return out
+
+    def _can_give(self, needs) -> bool:
+        """Fishers come from an evaluator that can compute them on its own data
+        (``evaluator.fisher(weights, label)``: the zoo, a perplexity text)."""
+        return all(n == "fisher" and callable(getattr(self.evaluator, "fisher", None))
+                   for n in needs)
+
+    def _ensure_fishers(self, recipe) -> None:
+        """Compute (once) the diagonal Fisher of every model the recipe merges with the
+        evaluator's data and cache it in the merger."""
+        if "fisher" not in recipe.spec.needs:
+            return
+        mg = self.merger()
+        todo = [lab for lab in recipe.labels if lab in mg.labels
+                and lab not in mg.fisher_labels]
+        if not todo:
+            return
+        fishers = {lab: mg.fisher(lab) for lab in mg.fisher_labels}
+        for lab in todo:
+            i = mg.labels.index(lab)
+            weights = {n: mg.base(n) + mg.deltas(n)[i] for n in mg.names}
+            fishers[lab] = self.evaluator.fisher(weights, lab)
+        mg.set_fisher(fishers)
 
     def make_recipe(self, method: str, params: dict, model_params: dict[str, dict]):
         from wsviz.compute.merge import get_method
@@ -321,6 +344,7 @@ class ApiWorkspace(Workspace):
 
     def evaluate_recipe(self, recipe) -> dict[str, float]:
         with self._eval_lock:
+            self._ensure_fishers(recipe)
             names = getattr(self.evaluator, "names", None)
             weights = self.merger().merge(recipe, names=list(names) if names else None)
             return self._evaluate_weights(weights)
@@ -480,14 +504,36 @@ class ApiWorkspace(Workspace):
                              "directory")
         if progress:
             progress(0.05, "merging")
+        disk_recipe = self._path_recipe(recipe)
+        if "fisher" in recipe.spec.needs:  # the Fishers go beside the output, named by it
+            disk_recipe.extra["fisher"] = self._save_fishers(recipe, out.with_name(
+                out.name + "-fisher"))
         try:
-            path = merge_to_dir(self._path_recipe(recipe), out, force=force,
+            path = merge_to_dir(disk_recipe, out, force=force,
                                 device=self.device, progress=False)
         except OSError as exc:
             raise WsvizError(f"cannot write {out}: {exc.strerror or exc}") from None
         if progress:
             progress(1.0, "done")
         return str(path)
+
+
+    def _save_fishers(self, recipe, fdir: Path) -> dict[str, str]:
+        """Write the Fishers of ``recipe``'s models to ``fdir`` (one safetensors each) and
+        return ``{checkpoint path: Fisher file}`` for the disk recipe."""
+        from safetensors.torch import save_file
+
+        with self._eval_lock:
+            self._ensure_fishers(recipe)
+        fdir.mkdir(parents=True, exist_ok=True)
+        paths = self._paths()
+        out = {}
+        for lab in recipe.labels:
+            f = fdir / f"{lab}.safetensors"
+            save_file({k: v.detach().cpu().contiguous()
+                       for k, v in self.merger().fisher(lab).items()}, str(f))
+            out[paths[lab]] = str(f)
+        return out
 
 
 # -- constructors -------------------------------------------------------------------------------

@@ -20,13 +20,22 @@ try:  # methods mergekit lacks
 except ImportError:  # pragma: no cover
     pass
 
-__all__ = ["METHODS", "REQUIRED", "MethodSpec", "ParamSpec", "get_method", "register"]
+#: names users reach for that are searches over an evaluator, not per-tensor merge methods
+SEARCHES = {
+    "greedy_soup": "it tries models best-first and keeps one only when the evaluator's held-out "
+                   "metric improves; run wsviz.eval.greedy_soup(evaluator, merger) or "
+                   "`wsviz soup`, which return the soup as a linear recipe",
+}
+
+__all__ = ["METHODS", "SEARCHES", "REQUIRED", "MethodSpec", "ParamSpec", "get_method", "register"]
 
 
 def get_method(name: str) -> MethodSpec:
     """The :class:`MethodSpec` called ``name``; RecipeError listing the valid names if none."""
     from wsviz.errors import RecipeError
 
+    if name in SEARCHES:
+        raise RecipeError(f"{name!r} is not a merge method but a search: {SEARCHES[name]}")
     try:
         return METHODS[name]
     except KeyError:
