@@ -63,7 +63,7 @@ def run(args) -> int:
     names = getattr(evaluator, "names", None)
     merger = InMemoryMerger(ms, device=args.device, names=names)
     recipe, hist = greedy_soup(evaluator, merger, metric=args.metric)
-    spec = primary_metric(evaluator, name=args.metric)
+    spec = primary_metric(evaluator, name=str(hist.metric.iloc[0]))
     print(f"greedy soup on {spec.label}:")
     for _, r in hist.iterrows():
         mark = "kept" if r.accepted else "dropped"

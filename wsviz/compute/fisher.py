@@ -26,6 +26,7 @@ back to one backward pass per example (same numbers, slower).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -40,8 +41,8 @@ LABELS = ("sample", "expected", "empirical")
 def _log_lik(logits: Tensor, y: Tensor) -> Tensor:
     """``log p(y | x)`` of one example: logits ``[C]`` with ``y`` ``[]``, or ``[T, V]`` with
     ``y`` ``[T-1]`` (the tokens predicted at positions 0..T-2)."""
-    if logits.dim() == 1:
-        return F.log_softmax(logits.float(), -1)[y]
+    if logits.dim() == 1:  # gather, not [y]: indexing by a tensor breaks vmap
+        return F.log_softmax(logits.float(), -1).gather(0, y.reshape(1)).sum()
     lp = F.log_softmax(logits[:-1].float(), -1)
     return lp.gather(-1, y.unsqueeze(-1)).sum()
 
@@ -68,7 +69,9 @@ class _PerExample:
             from torch.func import grad, vmap
 
             try:
-                return vmap(grad(self._one), in_dims=(None, 0, 0))(self.params, x, y)
+                with warnings.catch_warnings():  # ops without a batching rule still work
+                    warnings.simplefilter("ignore", UserWarning)
+                    return vmap(grad(self._one), in_dims=(None, 0, 0))(self.params, x, y)
             except Exception:  # noqa: BLE001 - not vmappable: fall back to a loop
                 if self.method == "vmap":
                     raise
@@ -95,7 +98,7 @@ def diagonal_fisher(
     labels: str = "sample",
     generator: torch.Generator | None = None,
     max_examples: int | None = None,
-    chunk: int = 16,
+    chunk: int = 64,
     method: str = "auto",
 ) -> dict[str, Tensor]:
     """Diagonal Fisher ``{name: Tensor[*shape]}`` (float32) of ``params`` under the model

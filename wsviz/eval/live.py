@@ -163,7 +163,13 @@ def greedy_soup(
     from wsviz.eval.metrics import primary_metric
     from wsviz.recipes import greedy_soup as _greedy_soup
 
-    spec = primary_metric(evaluator, name=metric)
+    results = None
+    if metric is None and not getattr(evaluator, "metrics", None):
+        from wsviz.recipes.soup import soup_recipe  # undeclared metrics: look at one result
+
+        labs = list(labels or merger.labels)
+        results = evaluate_recipe(soup_recipe(labs[:1]), evaluator, merger)
+    spec = primary_metric(evaluator, results, name=metric)
     recipe, history = _greedy_soup(merger, scorer(evaluator, spec.name, tasks), labels,
                                    better=spec.better)
     df = pd.DataFrame(history, columns=["model", "individual", "score", "accepted"])

@@ -141,12 +141,13 @@ class ZooEvaluator:
         }
 
     def fisher(self, weights: Mapping[str, torch.Tensor], label: str, *,
-               labels: str = "sample", max_examples: int | None = None, seed: int = 0
+               labels: str = "sample", max_examples: int | None = 400, seed: int = 0
                ) -> dict[str, torch.Tensor]:
         """Diagonal Fisher (:func:`wsviz.compute.fisher.diagonal_fisher`) of the encoder
         tensors ``weights`` of the model fine-tuned for task ``label``, through that task's
         frozen head on its *training* images (the data it was fine-tuned on, never this
-        evaluator's test split): ``{name: Tensor}`` float32. ``labels``: ``"sample"`` (y drawn
+        evaluator's test split; the first ``max_examples``, None for all 1200):
+        ``{name: Tensor}`` float32. ``labels``: ``"sample"`` (y drawn
         from the model, the paper's estimator), ``"expected"`` or ``"empirical"``. Raises
         :class:`EvalError` for an unknown task or missing tensor."""
         from safetensors.torch import load_file
