@@ -95,3 +95,31 @@ def test_language_model_vmap_equals_loop_and_errors():
         diagonal_fisher(lin, {"W": torch.zeros(2, 3)}, [torch.zeros(4, 3)], labels="empirical")
     with pytest.raises(WsvizError, match="no examples"):
         diagonal_fisher(lin, {"W": torch.zeros(2, 3)}, [])
+
+
+@pytest.mark.parametrize("labels", ["expected", "sample", "empirical"])
+def test_relu_mlp_closed_form_equals_per_example_gradients(labels):
+    from wsviz.compute.fisher import relu_mlp_fisher
+
+    g = torch.Generator().manual_seed(5)
+    layers = [(torch.randn(16, 8, generator=g) / 3, torch.randn(16, generator=g) / 3),
+              (torch.randn(12, 16, generator=g) / 4, torch.randn(12, generator=g) / 4)]
+    head = (torch.randn(3, 12, generator=g), torch.randn(3, generator=g))
+    shift = torch.rand(8, generator=g)
+    x = torch.rand(40, 8, generator=g)
+    y = torch.randint(0, 3, (40,), generator=g)
+
+    def mlp(p, xb):
+        h = xb - shift
+        for i in range(2):
+            h = torch.relu(torch.addmm(p[f"b{i}"], h, p[f"w{i}"].t()))
+        return torch.addmm(head[1], h, head[0].t())
+
+    params = {f"{k}{i}": t for i, (w, b) in enumerate(layers) for k, t in (("w", w), ("b", b))}
+    ref = diagonal_fisher(mlp, params, [(x, y)], labels=labels, chunk=64,
+                          generator=torch.Generator().manual_seed(9))
+    got = relu_mlp_fisher(layers, head, x, y, shift=shift, labels=labels,
+                          generator=torch.Generator().manual_seed(9))
+    for i, (fw, fb) in enumerate(got):
+        torch.testing.assert_close(fw, ref[f"w{i}"], rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(fb, ref[f"b{i}"], rtol=1e-5, atol=1e-9)

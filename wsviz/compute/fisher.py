@@ -21,7 +21,10 @@ A model is a function ``fn(params, x) -> logits`` of a parameter dict and a batc
 ``"empirical"`` or drawn from the model for ``"sample"``). :func:`module_fisher` wraps an
 ``nn.Module`` (Hugging Face outputs with ``.logits`` included). Per-example gradients come from
 ``torch.func.vmap(grad(...))`` over the batch, in chunks; a model that cannot be vmapped falls
-back to one backward pass per example (same numbers, slower).
+back to one backward pass per example (same numbers, slower). :func:`relu_mlp_fisher` is the
+closed form for a ReLU MLP under a frozen linear head (the demo zoo's models), where the
+per-example squared gradients sum without being materialised:
+``Σ_b (g_b a_bᵀ)² = (g²)ᵀ (a²)``.
 """
 
 from __future__ import annotations
@@ -163,6 +166,55 @@ def diagonal_fisher(
     if n == 0:
         raise WsvizError("no examples to compute the Fisher on")
     return {k: v / n for k, v in acc.items()}
+
+
+def _targets(logits: Tensor, labels: str, y: Tensor | None, generator):
+    """``[(one-hot-minus-p gradient of log p(y|x) w.r.t. the logits [B, C], weight [B] or
+    None)]`` for ``labels`` (classification logits ``[B, C]``)."""
+    p = F.softmax(logits.float(), -1)
+    if labels == "expected":
+        eye = torch.eye(p.shape[1], device=p.device)
+        return [(eye[c] - p, p[:, c]) for c in range(p.shape[1])]
+    if labels == "empirical":
+        if y is None:
+            raise WsvizError("labels='empirical' needs (x, y) batches with labels")
+    else:
+        y = torch.multinomial(p, 1, generator=generator).view(-1)
+    return [(F.one_hot(y.long(), p.shape[1]).to(p.dtype) - p, None)]
+
+
+def relu_mlp_fisher(
+    layers: list[tuple[Tensor, Tensor]], head: tuple[Tensor, Tensor], x: Tensor,
+    y: Tensor | None = None, *, shift: Tensor | None = None, labels: str = "sample",
+    generator: torch.Generator | None = None,
+) -> list[tuple[Tensor, Tensor]]:
+    """Exact diagonal Fisher of the ``(W, b)`` of every layer of the ReLU MLP
+    ``a_l = relu(a_{l-1} W_lᵀ + b_l)`` (``a_0 = x - shift``) under a frozen linear ``head``
+    ``(W, b)``, over the examples ``x`` ``[N, in]`` (labels ``y`` ``[N]`` for
+    ``"empirical"``): ``[(F_W [out, in], F_b [out]) per layer]``, the same numbers as
+    :func:`diagonal_fisher` on that network, in a few matrix products. With ``"sample"`` the
+    draw equals :func:`diagonal_fisher`'s for the same ``generator`` state."""
+    if labels not in LABELS:
+        raise WsvizError(f"labels={labels!r}; use one of {', '.join(LABELS)}")
+    if x.shape[0] == 0:
+        raise WsvizError("no examples to compute the Fisher on")
+    acts, pre = [x - shift if shift is not None else x], []
+    for w, b in layers:
+        pre.append(torch.addmm(b, acts[-1], w.t()))
+        acts.append(torch.relu(pre[-1]))
+    logits = torch.addmm(head[1], acts[-1], head[0].t())
+    out = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in layers]
+    for g_out, weight in _targets(logits, labels, y, generator):
+        g = (g_out @ head[0]) * (pre[-1] > 0)
+        for li in range(len(layers) - 1, -1, -1):
+            g2 = g.square() if weight is None else g.square() * weight.unsqueeze(1)
+            fw, fb = out[li]
+            fw += g2.t() @ acts[li].square()
+            fb += g2.sum(0)
+            if li:
+                g = (g @ layers[li][0]) * (pre[li - 1] > 0)
+    n = x.shape[0]
+    return [(fw / n, fb / n) for fw, fb in out]
 
 
 def module_fisher(model: torch.nn.Module, batches: Iterable, *, names=None, **kwargs

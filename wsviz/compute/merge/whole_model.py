@@ -23,20 +23,25 @@ import torch
 from torch import Tensor
 
 _BINS = 1 << 16
-_SIGN = 1 << 31
 
 
 def sortable_keys(x: Tensor) -> Tensor:
-    """float32 values → int64 keys in ``[0, 2^32)`` ordered like the values (``-0.0`` just
-    below ``+0.0``; NaNs must be removed by the caller)."""
-    i = x.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
-    return torch.where(i >= 0, i + _SIGN, -i - 1)
+    """float32 values → int32 keys ordered like the values (signed comparison; ``-0.0`` just
+    below ``+0.0``; NaNs must be removed by the caller): negative floats get their 31 value
+    bits flipped, an involution (:func:`keys_to_values` is the same map)."""
+    i = x.to(torch.float32).contiguous().view(torch.int32)
+    return i ^ ((i >> 31) & 0x7FFFFFFF)
 
 
 def keys_to_values(k: Tensor) -> Tensor:
-    """Inverse of :func:`sortable_keys`: int64 keys → float32 values."""
-    i = torch.where(k >= _SIGN, k - _SIGN, -k - 1)
-    return i.to(torch.int32).view(torch.float32)
+    """Inverse of :func:`sortable_keys`: int32 keys → float32 values."""
+    k = k.to(torch.int32)
+    return (k ^ ((k >> 31) & 0x7FFFFFFF)).view(torch.float32)
+
+
+def _high(keys: Tensor) -> Tensor:
+    """High 16 key bits as a bin index in ``[0, 65536)`` (int32)."""
+    return (keys >> 16) + (_BINS // 2)
 
 
 class RadixSelect:
@@ -76,14 +81,14 @@ class RadixSelect:
         """Pass 1: histogram of the high 16 key bits of ``x`` ``[n, m]``."""
         x = x.reshape(self.n, -1)
         self.count += x.shape[1]
-        self._push((sortable_keys(x) >> 16).to(torch.int32), self._flush_high)
+        self._push(_high(sortable_keys(x)), self._flush_high)
 
     def _flush_high(self) -> None:
         hi = self._take()
         if hi is None:
             return
-        off = torch.arange(self.n, device=hi.device, dtype=torch.int64).unsqueeze(1) * _BINS
-        h = torch.bincount((hi.to(torch.int64) + off).reshape(-1),
+        off = torch.arange(self.n, device=hi.device, dtype=torch.int32).unsqueeze(1) * _BINS
+        h = torch.bincount((hi + off).reshape(-1),
                            minlength=self.n * _BINS).view(self.n, _BINS).cpu()
         self._hist = h if self._hist is None else self._hist + h
 
@@ -115,9 +120,9 @@ class RadixSelect:
         keys = self._take()
         if keys is None:
             return
+        high = _high(keys)
         for (i, b), h in self._low.items():
-            k = keys[i]
-            sel = k[(k >> 16) == b] & (_BINS - 1)
+            sel = keys[i][high[i] == b] & (_BINS - 1)
             if sel.numel():
                 h += torch.bincount(sel, minlength=_BINS).cpu()
 
@@ -132,7 +137,8 @@ class RadixSelect:
             for b, left in row:
                 cum = self._low[(i, b)].cumsum(0)
                 lo = int(torch.searchsorted(cum, torch.tensor(left), right=True))
-                vals.append((b << 16) | lo)
+                key = ((b - _BINS // 2) << 16) | lo  # back to a signed 32-bit key
+                vals.append(key)
             out.append(keys_to_values(torch.tensor(vals, dtype=torch.int64)))
         return out
 
@@ -146,13 +152,14 @@ class Moments:
         self.m2 = torch.zeros(n, dtype=torch.float64)
 
     def add(self, x: Tensor) -> None:
-        """Fold in a chunk ``x`` ``[n, m]`` (Chan et al.'s pairwise update)."""
-        x = x.reshape(self.mean.shape[0], -1).to(torch.float64)
+        """Fold in a chunk ``x`` ``[n, m]`` (Chan et al.'s pairwise update; the chunk's sums
+        are accumulated in float64 without a float64 copy of the chunk)."""
+        x = x.reshape(self.mean.shape[0], -1)
         m = x.shape[1]
         if m == 0:
             return
-        mb = x.mean(1)
-        m2b = (x - mb.unsqueeze(1)).square().sum(1)
+        mb = x.sum(1, dtype=torch.float64) / m
+        m2b = (x - mb.to(x.dtype).unsqueeze(1)).square().sum(1, dtype=torch.float64)
         mb, m2b = mb.cpu(), m2b.cpu()
         n0 = self.count
         tot = n0 + m
