@@ -156,7 +156,7 @@ def diagonal_fisher(
             for s in range(0, x.shape[0], chunk):
                 g = per_example(x[s:s + chunk], yt[s:s + chunk])
                 for k, gk in g.items():
-                    sq = gk.float().square()
+                    sq = gk.detach().float().square()
                     if w is not None:
                         sq = sq * w[s:s + chunk].view(-1, *([1] * (sq.dim() - 1)))
                     acc[k] += sq.sum(0)

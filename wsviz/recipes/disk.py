@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from wsviz.errors import RecipeError
-from wsviz.recipes.engine import make_generator, merge_one, torch_dtype
+from wsviz.recipes.engine import compute_dtype, make_generator, merge_one
 from wsviz.recipes.needs import check_needs
 from wsviz.recipes.schedule import layer_positions
 
@@ -20,7 +20,7 @@ def _open_set(recipe):
     paths = recipe.labels
     ref = recipe.base if recipe.base else paths[0]
     labels = [f"m{i}" for i in range(len(paths))]
-    return ModelSet.open(ref, paths, labels=labels), labels
+    return ModelSet.open(ref, paths, labels=labels, dtype=None), labels
 
 
 def _fishers(recipe):
@@ -43,10 +43,12 @@ def _prepass(recipe, ms, labels, names, tpos, dev, fisher):
 
     def load(name, inputs):
         out = {}
-        if "deltas" in inputs:
+        if "deltas" in inputs:  # as the merge below reads them: stored, then compute dtype
             base = ms.get_base(name, device=dev)
-            models = torch.stack([ms.get(lab, name, device=dev) for lab in labels])
-            out["deltas"] = get_deltas(base, models, None)
+            raw = [ms.get(lab, name, device=dev) for lab in labels]
+            dt = compute_dtype(recipe, [base.dtype] + [x.dtype for x in raw])
+            models = torch.stack([x.to(dt) for x in raw])
+            out["deltas"] = get_deltas(base.to(dt), models, None)
         if "fisher" in inputs:
             out["fisher"] = torch.stack([f.get(name, device=dev) for f in fisher])
         return out
@@ -60,7 +62,10 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
     """Merge the checkpoints named by ``recipe`` (paths) into the HF directory ``outdir``.
 
     Streams per tensor (sorted by name, as mergekit walks them): reads that tensor from
-    each input, merges on ``device``, queues it for the current output shard. Peak memory
+    each input in its stored dtype, casts to the compute dtype (``recipe.dtype``, else the
+    inputs' dtypes promoted, as mergekit does), merges on ``device``, casts to
+    ``recipe.out_dtype`` if set and queues it for the current output shard; ``config.json``
+    (copied from the base) states the dtype written. Peak memory
     ≈ one shard + (n + 2) copies of the largest tensor. Non-floating tensors are copied
     from the base. Writes ``wsviz_recipe.json`` (and ``mergekit_config.yml`` when the
     method exists in mergekit) beside the weights, copies config/tokenizer files from the
@@ -81,7 +86,6 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
         raise CheckpointError(f"{out} exists; pass --force to replace it")
     ms, labels = _open_set(recipe)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    out_dt = torch_dtype(recipe.out_dtype or recipe.dtype)
     names = sorted(ms.names)
     tpos = layer_positions(ms.names)
     gen = make_generator(recipe, dev)
@@ -100,7 +104,12 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
         if not ms.info(name).dtype.is_floating_point:
             return ms.base.get(name), None, None, None
         base = ms.get_base(name, device=dev) if recipe.base else None
-        models = torch.stack([ms.get(lab, name, device=dev) for lab in labels])
+        raw = [ms.get(lab, name, device=dev) for lab in labels]  # stored dtypes
+        dt = compute_dtype(recipe, [x.dtype for x in ([base] if base is not None else []) + raw])
+        models = torch.stack([x.to(dt) for x in raw])
+        del raw
+        if base is not None:
+            base = base.to(dt)
         cache = None
         if fisher is not None:
             cache = {"fisher": torch.stack([f.get(name, device=dev) for f in fisher])}
@@ -121,7 +130,7 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
             else:
                 r = merge_one(recipe, name, tpos.get(name, 0.0), base, models, generator=gen,
                               cache=cache)
-                w.add(name, r.to(out_dt))
+                w.add(name, r)
                 del base, models, r, cache
             if bar is not None:
                 bar.update(1)
