@@ -106,3 +106,25 @@ def test_demo_zoo_fisher_path(zoo, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--demo", str(out / "fisher_recipe.json")]) == 0
     assert "mean" in capsys.readouterr().out
+
+
+def test_perplexity_evaluator_fisher_is_the_text_fisher(lm_pair):
+    """The dashboard's Fisher path for a text evaluator: the Fisher of the given weights on
+    the evaluator's own windows (here the empirical Fisher, the text's next tokens)."""
+    from transformers import AutoModelForCausalLM
+
+    from wsviz.compute.fisher import module_fisher
+    from wsviz.eval import PerplexityEvaluator
+    from wsviz.io import open_source
+
+    (base, ft0, _), text = lm_pair
+    ev = PerplexityEvaluator(base, text, context=32, batch_size=4)
+    names = ["model.layers.3.mlp.down_proj.weight", "model.norm.weight"]
+    src = open_source(ft0)
+    w = {n: src.get(n) for n in src.names()}  # the fine-tune's weights in the base's model
+    got = ev.fisher(w, "ft0", labels="empirical")
+    assert set(got) == set(w)
+    model = AutoModelForCausalLM.from_pretrained(str(ft0))
+    want = module_fisher(model, list(ev._batches()), names=names, labels="empirical")
+    for n in names:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-12)

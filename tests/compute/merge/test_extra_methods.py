@@ -274,3 +274,38 @@ def test_extra_methods_inmemory_and_disk_agree(llama_set, tmp_path, name):
     ms = ModelSet.open(str(llama_set.base), fts, labels=fts)
     got = InMemoryMerger(ms).merge(Recipe.from_dict({**r.to_dict(), "base": "base"}))
     assert max((got[k] - out[k]).abs().max().item() for k in got) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["pcb", "compeft"])
+def test_whole_model_scope_on_bf16_checkpoints(llama_set, tmp_path, name):
+    """bf16 inputs are merged in bf16 (mergekit's rule); the whole-model statistics see the
+    same bf16 deltas in both engines, and equal the reference on the flattened bf16 deltas."""
+    import copy
+
+    from safetensors.torch import load_file
+
+    from wsviz.io import ModelSet
+    from wsviz.recipes import InMemoryMerger, Recipe, merge_to_dir
+
+    dirs = []
+    for i, m in enumerate([llama_set.base_model, *llama_set.ft_models[:2]]):
+        copy.deepcopy(m).to(torch.bfloat16).save_pretrained(tmp_path / f"m{i}")
+        dirs.append(str(tmp_path / f"m{i}"))
+    r = Recipe(name, base=dirs[0], models=dirs[1:], params={"lambda": 1.0})
+    out = load_file(str(merge_to_dir(r, tmp_path / "o", progress=False) / "model.safetensors"))
+    ms = ModelSet.open(dirs[0], dirs[1:], labels=["a", "b"], dtype=None)
+    mg = InMemoryMerger(ms)
+    got = mg.merge(Recipe(name, base="base", models=["a", "b"], params={"lambda": 1.0}))
+    n = "model.layers.1.mlp.down_proj.weight"
+    assert got[n].dtype == out[n].dtype == torch.bfloat16
+    assert max((got[k].float() - out[k].float()).abs().max().item() for k in got) == 0
+    flat = torch.cat([mg.deltas(k).reshape(2, -1).float() for k in mg.names], 1)
+    if name == "pcb":
+        ref = ref_pcb(flat, 0.2, 1e-4)
+    else:
+        ref = ref_compeft(flat[0], 0.1, 1.0) + ref_compeft(flat[1], 0.1, 1.0)
+    start = sum(mg.base(k).numel() for k in mg.names[:mg.names.index(n)])
+    delta = ref[start:start + mg.base(n).numel()].view(mg.base(n).shape)
+    want = mg.base(n).float() + delta.to(torch.bfloat16).float()  # reference, bf16 rounding
+    tol = 2 ** -7 * float(want.abs().max())  # one bf16 ulp at the largest value
+    assert (got[n].float() - want).abs().max().item() <= tol
