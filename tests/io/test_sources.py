@@ -164,3 +164,19 @@ def test_real_finetune_aligns_without_its_position_ids_buffer(minilm_pair):
     sd.pop("encoder.layer.0.output.dense.bias")
     with pytest.raises(AlignmentError, match="encoder.layer.0.output.dense.bias"):
         ModelSet.open(base, [sd])
+
+
+def test_float_buffer_missing_from_a_finetune_reads_the_base(llama_set):
+    """A float buffer (``inv_freq``-style) a fine-tune does not save is the base's, in the
+    model set and in the in-memory merger alike."""
+    from wsviz.recipes import InMemoryMerger, Recipe
+
+    base = {k: v.clone() for k, v in llama_set.base_model.state_dict().items()}
+    base["model.rotary_emb.inv_freq"] = torch.rand(8)
+    ft = llama_set.ft_models[0].state_dict()
+    ms = ModelSet.open(base, [ft], labels=["ft"])
+    assert ms.report.buffers == {"ft": ["model.rotary_emb.inv_freq"]}
+    assert ms.source("ft", "model.rotary_emb.inv_freq") is ms.base
+    merged = InMemoryMerger(ms).merge(Recipe("task_arithmetic", base="base", models=["ft"],
+                                             params={"weight": 1.0}))
+    assert torch.equal(merged["model.rotary_emb.inv_freq"], base["model.rotary_emb.inv_freq"])

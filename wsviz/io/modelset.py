@@ -208,6 +208,15 @@ class ModelSet:
         """Base tensor ``name`` in the compute dtype on ``device``."""
         return self.base.get(name, device=device, dtype=self.dtype)
 
+    def source(self, label: str | None, name: str) -> CheckpointSource:
+        """The source tensor ``name`` of model ``label`` (None / ``"base"``: the base) is read
+        from: the base for a buffer that model does not save."""
+        if label is None or label == "base" or name in self._from_base.get(label, ()):
+            return self.base
+        if label not in self.models:
+            raise CheckpointError(f"no model labelled {label!r}; labels are {self.labels}")
+        return self.models[label]
+
     def get(self, label: str, name: str, device=None) -> torch.Tensor:
         """Tensor ``name`` of model ``label`` in the compute dtype on ``device``."""
         if label == "base":

@@ -125,8 +125,7 @@ class InMemoryMerger:
 
     def _read(self, label: str | None, name: str) -> Tensor:
         """Tensor ``name`` of the base (``label=None``) or a model, as stored."""
-        src = self.modelset.base if label is None else self.modelset.models[label]
-        return src.get(name, device=self.device)
+        return self.modelset.source(label, name).get(name, device=self.device)
 
     def _store(self, dtype: str | None):
         """``(base, caches)`` for recipes computing in ``dtype`` (None: the inputs')."""
