@@ -12,7 +12,13 @@ function ``fn``). Methods mergekit has use mergekit 0.1.5's semantics exactly.
 
 from __future__ import annotations
 
-from wsviz.compute.merge import basic, task_arithmetic  # noqa: F401  (registers methods)
+from wsviz.compute.merge import (  # noqa: F401  (importing registers the methods)
+    basic,
+    passthrough,
+    selective,
+    spherical,
+    task_arithmetic,
+)
 from wsviz.compute.merge.spec import METHODS, REQUIRED, MethodSpec, ParamSpec, register
 
 try:  # methods mergekit lacks
