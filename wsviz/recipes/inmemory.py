@@ -167,8 +167,13 @@ class InMemoryMerger:
                 if base_rows is not None:
                     d[base_rows] = 0
                 cache = _SubsetCache(full_cache, idx_t, d)
-            r = merge_one(recipe, n, self._t.get(n, 0.0), base, None, generator=gen,
-                          cache=cache)
+            if recipe.base is None and recipe.spec.optional_base:
+                # the base is no input of this merge: hand over the models themselves
+                r = merge_one(recipe, n, self._t.get(n, 0.0), None,
+                              base.unsqueeze(0) + cache["deltas"], generator=gen)
+            else:
+                r = merge_one(recipe, n, self._t.get(n, 0.0), base, None, generator=gen,
+                              cache=cache)
             if out_dtype is not None:
                 r = r.to(out_dtype)
             out[n] = r

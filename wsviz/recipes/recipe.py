@@ -138,7 +138,7 @@ class Recipe:
         n = len(self.models)
         if spec.needs_base and not self.base:
             raise RecipeError(f"method {spec.name!r} needs a base model (base / base_model)")
-        if spec.needs_base and self.base in self.labels:
+        if (spec.needs_base or spec.optional_base) and self.base in self.labels:
             raise RecipeError(f"the base {self.base!r} is also listed among the models of "
                               f"{spec.name!r}; list only the other models")
         if spec.name == "slerp" and n != 1:
@@ -222,7 +222,13 @@ class Recipe:
                             f"{spec.name}: the weights sum to zero with normalize=true"
                             + (f" (tensor {name!r}, layer position {t:g})" if name else "")
                             + "; set normalize: false or change the weights")
-                if "epsilon" in vals:
+                if spec.check is not None:
+                    try:
+                        spec.check(vals)
+                    except ValueError as e:
+                        where = f" (tensor {name!r}, layer position {t:g})" if name else ""
+                        raise RecipeError(f"{spec.name}: {e}{where}") from None
+                if "epsilon" in vals and "density" in vals:
                     for d, e in zip(vals["density"], vals["epsilon"]):
                         if d < 1 and (d - e <= 0 or d + e >= 1):
                             raise RecipeError(
@@ -299,7 +305,7 @@ class Recipe:
             return str(p.get(x, x))
 
         doc: dict[str, Any] = {"merge_method": self.method}
-        if self.base and (spec.needs_base or self.base in self.labels):
+        if self.base and (spec.needs_base or spec.optional_base or self.base in self.labels):
             doc["base_model"] = ref(self.base)
         models = []
         for m in self.models:
@@ -368,7 +374,7 @@ class Recipe:
             if not isinstance(e["model"], str):
                 raise RecipeError(f"model must be a path string, got {e['model']!r}")
             models.append(ModelEntry(e["model"], dict(e.get("parameters") or {})))
-        if spec.needs_base:
+        if spec.needs_base or spec.optional_base:
             models = [m for m in models if m.model != base]
         elif base is not None and base not in [m.model for m in models]:
             models.append(ModelEntry(base, {}))
