@@ -36,13 +36,15 @@ def make_generator(recipe, device) -> torch.Generator | None:
 
 
 def merge_one(recipe, name: str, t: float, base: Tensor | None, models: Tensor | None, *,
-              generator=None, cache: dict | None = None) -> Tensor:
-    """Merge tensor ``name`` at layer position ``t``: resolves the recipe's parameters and
-    calls the method's ``fn``; ``models`` ``[n, *shape]`` (or ``cache["deltas"]``).
+              generator=None, cache: dict | None = None, params: dict | None = None) -> Tensor:
+    """Merge tensor ``name`` at layer position ``t``: resolves the recipe's parameters
+    (or takes ``params`` resolved by the caller, as the slices planner does) and calls the
+    method's ``fn``; ``models`` ``[n, *shape]`` (or ``cache["deltas"]``).
     Errors from the method (e.g. DELLA's epsilon rule) become RecipeError naming the tensor.
     """
     spec = recipe.spec
-    params = recipe.resolve(name, t)
+    if params is None:
+        params = recipe.resolve(name, t)
     try:
         return spec.fn(base, models, params, generator=generator, cache=cache)
     except ValueError as e:

@@ -143,6 +143,9 @@ class InMemoryMerger:
         device, in float32 (or ``out_dtype``). Random methods with ``recipe.seed`` walk
         the tensors in sorted-name order from one seeded generator (as mergekit does)."""
         recipe.validate()
+        if recipe.slices is not None:
+            raise RecipeError("a slices recipe changes the layer structure; merge it to disk "
+                              "(wsviz merge RECIPE -o OUT, or merge_to_dir) instead of in memory")
         if "fisher" in recipe.spec.needs and "fisher" not in self._cache[self.names[0]]:
             raise RecipeError("the fisher method needs Fishers: call merger.set_fisher(...) "
                               "first (wsviz.compute.merge.extra.diagonal_fisher computes them)")
