@@ -87,6 +87,14 @@ def test_with_paths_maps_slice_models():
      "at most 1 source"),
     (lambda d: d["slices"][0]["sources"][1].update(model="/m/a"), "listed twice"),
     (lambda d: d["slices"][0]["sources"][1].update(lr=[0, 3]), "unknown key"),
+    (lambda d: d["slices"][0]["sources"][0].update(parameters={"weight": 1.0}),
+     "unknown parameter 'weight'"),
+    (lambda d: (d.update(merge_method="nuslerp", parameters={}), d["slices"][0]["sources"].append(
+        {"model": "/m/c", "layer_range": [0, 32], "parameters": {"weight": 1}}),
+        d["slices"][0]["sources"][0].update(parameters={"weight": 1.0}),
+        d["slices"][0]["sources"][1].update(parameters={"weight": 1.0})), "is the base"),
+    (lambda d: (d.update(merge_method="linear", parameters={"weight": 1.0}),
+                d["slices"][0].update(base_model="/m/b")), "has no effect for 'linear'"),
 ])
 def test_bad_slices_are_refused_with_the_reason(edit, match):
     d = yaml.safe_load(SLERP)

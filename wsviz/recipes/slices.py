@@ -232,6 +232,9 @@ def validate_slices(recipe) -> None:
         if len(set(models)) != len(models):
             raise RecipeError(f"{where}: a model is listed twice among the sources: {models}")
         base, inputs = slice_roles(spec, sl, recipe.base)
+        if sl.base is not None and not (spec.needs_base or spec.optional_base):
+            raise RecipeError(f"{where}: base_model has no effect for {spec.name!r} (it takes "
+                              f"no base); remove it or list that model as a source")
         if spec.needs_base and not base:
             raise RecipeError(f"method {spec.name!r} needs a base model: set base_model (for "
                               f"the recipe or the slice) to one of the sources of {where}")
@@ -260,6 +263,10 @@ def validate_slices(recipe) -> None:
                 if spec.param(k).scope != "model":
                     raise RecipeError(f"{k!r} is a global parameter of {spec.name!r}; set it "
                                       f"for {where} or the recipe, not for source {s.model!r}")
+                if s.model == base:
+                    raise RecipeError(f"source {s.model!r} is the base of {where}: per-model "
+                                      f"parameters apply to the other sources (mergekit "
+                                      f"ignores {k!r} here)")
                 recipe._check_values(spec.param(k), v, f"{where} source {s.model!r}")
         for p in spec.params:
             if not p.required:
