@@ -151,3 +151,17 @@ def test_slices_recipe_api(llama_set, tmp_path):
     want = (sa[k.format(1)] + 3 * sb[k.format(3)]) / 4
     assert torch.allclose(got[k.format(1)], want, atol=1e-6)
     assert set(got) == {n for n in sa if ".layers.2." not in n and ".layers.3." not in n}
+
+
+def test_models_with_two_layer_stacks_are_refused(tmp_path):
+    """An encoder-decoder has two block stacks: slicing "layer j" would mix them."""
+    from safetensors.torch import save_file
+
+    sd = {f"{s}.layers.{i}.fc.weight": torch.ones(2, 2) for s in ("encoder", "decoder")
+          for i in range(2)}
+    save_file(sd, str(tmp_path / "ed.safetensors"))
+    r = Recipe("passthrough", slices=[{"sources": [
+        {"model": str(tmp_path / "ed.safetensors"), "layer_range": [0, 1]}]}])
+    with pytest.raises(RecipeError, match="one stack of layers"):
+        merge_to_dir(r, tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()

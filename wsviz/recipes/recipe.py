@@ -137,7 +137,9 @@ class Recipe:
         out of range (``density`` in (0, 1]); missing required ``weight``/``t``; missing base
         for methods that need one; wrong model counts (slerp: base + exactly one);
         weights summing to zero with ``normalize`` (non-consensus methods);
-        DELLA ``density ± epsilon`` outside (0, 1); unknown dtype; bad seed.
+        DELLA ``density ± epsilon`` outside (0, 1); unknown dtype; bad seed; a method's own
+        ``check`` rule. Recipes with ``slices`` get the per-slice checks of
+        :func:`wsviz.recipes.slices.validate_slices`.
         """
         spec = self.spec
         if self.dtype not in DTYPES:

@@ -336,6 +336,11 @@ def plan_slices(recipe, sources: Mapping[str, Any]) -> tuple[list[TensorPlan], i
     """
     slices = recipe.slices
     layout = {m: _layers(src) for m, src in sources.items()}
+    for m, (blocks, _) in layout.items():
+        stacks = sorted({p for keys in blocks.values() for p, _ in keys})
+        if len(stacks) > 1:
+            raise RecipeError(f"{m}: slices need one stack of layers, this model has "
+                              f"{len(stacks)} ({', '.join(stacks)}); merge it with 'models:'")
     for i, sl in enumerate(slices):
         for s in sl.sources:
             blocks = layout[s.model][0]
