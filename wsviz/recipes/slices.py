@@ -441,12 +441,13 @@ def merge_slices_to_dir(recipe, outdir, force: bool = False, device=None,
                         progress: bool = True, max_shard_bytes: int | str = "2GB") -> Path:
     """Merge a slices recipe (paths) into the HF directory ``outdir``, tensor by tensor
     (see the module docstring; same output files, atomicity and errors as
-    :func:`wsviz.recipes.merge_to_dir`). Tensors are read and merged in the recipe's
-    ``dtype`` and written in ``out_dtype``, else in the method's result dtype (as mergekit
-    writes them); non-floating tensors are copied from the first source."""
+    :func:`wsviz.recipes.merge_to_dir`). Each tensor's inputs are cast to the compute dtype
+    (the recipe's ``dtype``, else theirs promoted) and the result written as
+    :func:`~wsviz.recipes.engine.merge_one` returns it; non-floating tensors are copied from
+    the first source."""
     from wsviz.io import open_source
     from wsviz.io.writer import HFDirWriter
-    from wsviz.recipes.engine import make_generator, merge_one, torch_dtype
+    from wsviz.recipes.engine import compute_dtype, make_generator, merge_one
 
     recipe.validate()
     out = Path(outdir)
@@ -461,8 +462,6 @@ def merge_slices_to_dir(recipe, outdir, force: bool = False, device=None,
     plans, n_layers = plan_slices(recipe, sources)
     plans.sort(key=lambda p: p.order_key)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    dt = torch_dtype(recipe.dtype)
-    out_dt = torch_dtype(recipe.out_dtype) if recipe.out_dtype else None
     spec = recipe.spec
     gen = make_generator(recipe, dev)
     cfg = _out_config(recipe, sources, n_layers)
@@ -486,13 +485,14 @@ def merge_slices_to_dir(recipe, outdir, force: bool = False, device=None,
                 if len(set(shapes.values())) > 1:
                     raise RecipeError(f"slices[{plan.slice}]: the sources of {plan.name!r} "
                                       f"differ in shape: {shapes}")
-                got = {m: sources[m].get(nm, device=dev, dtype=dt)
-                       for m, nm in plan.inputs.items()}
+                got = {m: sources[m].get(nm, device=dev) for m, nm in plan.inputs.items()}
+                dt = compute_dtype(recipe, [x.dtype for x in got.values()])
+                got = {m: x.to(dt) for m, x in got.items()}
                 base = got[base_m] if base_m is not None else None
                 x = torch.stack([got[m] for m in inputs])
                 params = resolve_slice_params(recipe, plan, inputs)
                 r = merge_one(recipe, plan.name, plan.t, base, x, generator=gen, params=params)
-                w.add(plan.name, r if out_dt is None else r.to(out_dt))
+                w.add(plan.name, r)
             if bar is not None:
                 bar.update(1)
         if cfg is not None:
