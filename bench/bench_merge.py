@@ -80,8 +80,9 @@ def recipe_for(method: str, base, fts, layers: int):
         return Recipe(method, base=base, models=[
             {"model": f, "params": {"weight": 1.0}} for f in fts[:n]])
     if method in ("nearswap", "arcee_fusion"):
-        return Recipe(method, base=base, models=fts[:1],
-                      params={"t": 0.001} if method == "nearswap" else {})
+        return Recipe(method, base=base, models=fts[:1],  # seed: mergekit runs --random-seed 0
+                      params={"t": 0.001} if method == "nearswap" else {},
+                      seed=0 if method == "arcee_fusion" else None)
     if method == "karcher":
         return Recipe("karcher", models=fts)
     return Recipe(method, base=base, models=fts)
