@@ -22,7 +22,9 @@ from wsviz.recipes import InMemoryMerger, Recipe, merge_to_dir
 pytestmark = pytest.mark.slow
 
 RUNNER = Path(__file__).with_name("mergekit_runner.py")
-DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+#: recipe dtypes: fp32 explicit; bf16 without ``dtype`` (inputs' dtype) for ``models:``
+#: recipes and explicit ``bfloat16`` for the slices
+DTYPES = {"fp32": ("float32", "float32"), "bf16": (None, "bfloat16")}
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +39,13 @@ def sets(llama_set, tmp_path_factory):
             "bf16": (str(paths[0]), [str(p) for p in paths[1:]])}
 
 
-def _recipes(base: str, fts: list[str], dtype: str) -> dict[str, Recipe]:
+def _recipes(base: str, fts: list[str], dtype: str | None, slices_dtype: str
+             ) -> dict[str, Recipe]:
     def w(*ws, **extra):
         return [{"model": f, "params": {"weight": x, **extra}} for f, x in zip(fts, ws)]
 
     kw = {"dtype": dtype}
+    kws = {"dtype": slices_dtype}
     src = [{"model": f, "layer_range": [0, 4]} for f in fts]
     return {
         "nuslerp": Recipe("nuslerp", models=w([0.2, 0.8], 0.6), **kw),
@@ -68,12 +72,12 @@ def _recipes(base: str, fts: list[str], dtype: str) -> dict[str, Recipe]:
             {"sources": [{"model": fts[1], "layer_range": [1, 4], "params": {"scale": [
                 {"filter": "layers.1.", "value": 0.25}, {"filter": "down_proj", "value": 0.5}]}}],
              "params": {"scale": 0.9}},
-        ], **kw),
+        ], **kws),
         # mergekit's classic SLERP config: slices with the base among the sources
         "slices_slerp": Recipe("slerp", base=base, slices=[{"sources": [
             {"model": fts[0], "layer_range": [0, 4]}, {"model": base, "layer_range": [0, 4]}]}],
             params={"t": [{"filter": "self_attn", "value": [0.0, 0.5, 0.3, 0.7, 1.0]},
-                          {"value": 0.4}]}, **kw),
+                          {"value": 0.4}]}, **kws),
         # per-slice bases and parameters, a gradient within each 2-layer slice
         "slices_ties": Recipe("ties", base=base, params={"density": 0.5}, slices=[
             {"sources": [{"model": base, "layer_range": [0, 2]},
@@ -84,12 +88,12 @@ def _recipes(base: str, fts: list[str], dtype: str) -> dict[str, Recipe]:
                          {"model": fts[1], "layer_range": [1, 3], "params": {"weight": 0.7}},
                          {"model": base, "layer_range": [2, 4], "params": {"weight": 0.5}}],
              "base": fts[2], "params": {"density": [0.3, 0.9]}},
-        ], **kw),
+        ], **kws),
         "slices_karcher": Recipe("karcher", slices=[{"sources": src}], **kw),
     }
 
 
-NAMES = list(_recipes("b", ["a", "c", "d"], "float32"))
+NAMES = list(_recipes("b", ["a", "c", "d"], "float32", "float32"))
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +101,7 @@ def mergekit_outputs(sets, tmp_path_factory):
     root = tmp_path_factory.mktemp("mk_more")
     recipes, jobs = {}, []
     for dt, (base, fts) in sets.items():
-        for name, r in _recipes(base, fts, DTYPES[dt]).items():
+        for name, r in _recipes(base, fts, *DTYPES[dt]).items():
             key = f"{name}-{dt}"
             recipes[key] = r
             y = root / f"{key}.yml"
