@@ -264,6 +264,9 @@ class InMemoryMerger:
         cast to ``out_dtype`` when given. Random methods with ``recipe.seed`` walk the
         tensors in sorted-name order from one seeded generator (as mergekit does)."""
         recipe.validate()
+        if recipe.slices is not None:
+            raise RecipeError("a slices recipe changes the layer structure; merge it to disk "
+                              "(wsviz merge RECIPE -o OUT, or merge_to_dir) instead of in memory")
         have = self._fishers_for(recipe) if "fisher" in recipe.spec.needs else set()
         check_needs(recipe, {"fisher"} if have else (), "this InMemoryMerger")
         lacking = [m for m in recipe.labels if have and m in self.labels and m not in have]
@@ -295,8 +298,13 @@ class InMemoryMerger:
                 cache = _SubsetCache(full_cache, idx_t, d)
                 if stats is not None:
                     cache["model_stats"] = stats
-            r = merge_one(recipe, n, self._t.get(n, 0.0), base, None, generator=gen,
-                          cache=cache)
+            if recipe.base is None and recipe.spec.optional_base:
+                # the base is no input of this merge: hand over the models themselves
+                r = merge_one(recipe, n, self._t.get(n, 0.0), None,
+                              base.unsqueeze(0) + cache["deltas"], generator=gen)
+            else:
+                r = merge_one(recipe, n, self._t.get(n, 0.0), base, None, generator=gen,
+                              cache=cache)
             if out_dtype is not None:
                 r = r.to(out_dtype)
             out[n] = r
