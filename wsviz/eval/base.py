@@ -37,7 +37,9 @@ class Evaluator(Protocol):
     Optional: ``metrics`` — the metrics it reports as :class:`wsviz.eval.metrics.MetricSpec`
     (name, higher-or-lower is better, unit), primary first; undeclared names are inferred by
     :func:`wsviz.eval.metrics.metric_specs`. ``references()`` — ``{"pretrained": ..,
-    "individual": ..}`` results.
+    "individual": ..}`` results. ``fisher(weights, label)`` — the diagonal Fisher of model
+    ``label`` with ``weights`` on the evaluator's own data (``{name: Tensor}``); with it the
+    dashboard offers the ``fisher`` merge method (the zoo and perplexity evaluators have one).
     """
 
     tasks: list[str]
