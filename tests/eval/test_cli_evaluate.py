@@ -23,9 +23,17 @@ def test_evaluate_demo(zoo, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "rot90" in out and "normalized_accuracy" in out and out.splitlines()[-1].startswith(
         "mean")
+    assert out.startswith("# accuracy: higher is better (fraction) · loss: lower is better")
+    assert "accuracy ↑" in out and "loss ↓" in out
     assert main(["evaluate", "--demo", "--sweep", "lambda=0,1", "--metric", "loss"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("loss:") and "digit" in out
+    assert out.startswith("loss (lower is better):") and "digit" in out
+    # the best grid point follows the direction: the lowest mean loss, not the highest
+    rows = {ln.split()[0]: float(ln.split()[-1]) for ln in out.splitlines()
+            if ln[:1] in "01" and len(ln.split()) > 2}
+    lowest = min(rows, key=rows.get)
+    assert out.splitlines()[-1].startswith("best mean loss:")
+    assert out.splitlines()[-1].endswith(f"at lambda={lowest}") and rows["0"] != rows["1"]
     assert main(["evaluate", "--demo", "--sweep", "lambda=0,1", "--metric", "nope"]) == 2
     assert main(["evaluate"]) == 2
     assert "RECIPE" in capsys.readouterr().err
