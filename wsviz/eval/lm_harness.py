@@ -25,6 +25,7 @@ Needs the ``lm-eval`` extra: ``pip install 'wsviz[lm-eval]'``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -132,15 +133,12 @@ class LMEvalEvaluator:
         self.metrics = list(specs.values())
 
     def _task_manager(self):
-        from lm_eval.tasks import TaskManager
-
-        paths = [str(p) for p in self.include] or None
-        with _quiet():
-            if paths:  # local tasks only: fast to index and offline
-                tm = TaskManager(include_path=paths, include_defaults=False)
-                if all(_known(tm, t) for t in self.task_names):
-                    return tm
-            tm = TaskManager(include_path=paths)
+        paths = tuple(str(p) for p in self.include)
+        if paths:  # local tasks only: fast to index and offline
+            tm = _task_manager(paths, False)
+            if all(_known(tm, t) for t in self.task_names):
+                return tm
+        tm = _task_manager(paths, True)  # lm-eval's registry (indexing takes seconds)
         unknown = [t for t in self.task_names if not _known(tm, t)]
         if unknown:
             where = (f" in {', '.join(map(str, self.include))} or" if self.include else "")
@@ -197,6 +195,16 @@ class LMEvalEvaluator:
 
     def __repr__(self) -> str:
         return f"LMEvalEvaluator({self.model_dir}, tasks={self.tasks})"
+
+
+@functools.lru_cache(maxsize=8)
+def _task_manager(paths: tuple[str, ...], defaults: bool):
+    """lm-eval's TaskManager over ``paths`` (+ its registry with ``defaults``), built once
+    per process: indexing the registry's ~15 000 YAML files takes seconds."""
+    from lm_eval.tasks import TaskManager
+
+    with _quiet():
+        return TaskManager(include_path=list(paths) or None, include_defaults=defaults)
 
 
 def _known(tm, name: str) -> bool:
