@@ -29,7 +29,8 @@ def test_infer_from_names():
 def test_format():
     assert KNOWN["accuracy"].format(0.873) == "87.3 %"
     assert KNOWN["perplexity"].format(203201.0) == "203201"
-    assert KNOWN["loss"].format(1.23456) == "1.23 nats"
+    assert KNOWN["loss"].format(1.23456) == "1.235 nats"
+    assert KNOWN["perplexity"].format(127.345) == "127.3"
     assert KNOWN["accuracy"].format(math.nan) == "–"
 
 

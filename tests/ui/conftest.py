@@ -131,3 +131,13 @@ def fake_app(artifacts_dir):
     app = ServedApp(["--workspace", FAKE], artifacts_dir / "server_fake.log")
     yield app
     app.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_ppl_app(artifacts_dir, llama_set, char_tokenizer, ppl_text):
+    """The real app on the tiny multi-block Llama family (base + 3 fine-tunes, no tokenizer
+    in their directories) with a perplexity evaluator and ``--tokenizer`` pointing elsewhere."""
+    app = ServedApp([str(llama_set.base), *map(str, llama_set.fts), "--eval", f"ppl:{ppl_text}",
+                     "--tokenizer", str(char_tokenizer)], artifacts_dir / "server_llama.log")
+    yield app
+    app.stop()

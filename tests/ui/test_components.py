@@ -233,10 +233,15 @@ def test_lower_is_better_metric_drives_summary_history_and_sweep():
     opts = _plot_opts(el)
     assert opts["xlabel"] == "mean perplexity (lower is better)"
     assert opts["ylabel"] == "worst-task perplexity (lower is better)"
-    assert "bottom left" in opts["title"] and opts["xlim"] == (None, None)
+    assert "bottom left" in opts["title"]
+    # unbounded metric: the axes span the values (11 .. 14.5), padded, not [0, 1]
+    assert 10 < opts["xlim"][0] < 11 and 14.5 < opts["xlim"][1] < 15
+    assert opts["ylim"] == opts["xlim"]
     # the live bars: y axis named with its direction, one reference dot per fine-tune
     overlay = c.merge._live.pane.object[()]
     assert _plot_opts(overlay)["ylabel"] == "perplexity (lower is better)"
+    lo, hi = _plot_opts(overlay)["ylim"]  # zoomed on merged (10..12) and references (..30)
+    assert 5 < lo < 10 and 30 < hi < 36
     ft_layer = overlay.values()[-1]
     assert sorted(set(ft_layer.data["reference"])) == ["ft:a", "ft:b", "ft:c"]
     assert len(ft_layer.data) == 9

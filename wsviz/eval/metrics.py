@@ -73,12 +73,14 @@ class MetricSpec:
         """``value`` signed so that larger is always better (``-value`` when lower is)."""
         return value if self.higher_is_better else -value
 
-    def format(self, value: float, digits: int = 3) -> str:
-        """``0.873`` -> ``"87.3 %"`` for a fraction; ``12.3456`` -> ``"12.3"`` otherwise."""
+    def format(self, value: float, digits: int = 4) -> str:
+        """``0.873`` -> ``"87.3 %"`` for a fraction (``digits - 1`` significant digits);
+        ``127.345`` -> ``"127.3"``, ``1.23456`` -> ``"1.235"`` otherwise (``digits``
+        significant: perplexities of close merges differ in the first decimals)."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "–"
         if self.unit == FRACTION:
-            return f"{100 * value:.{max(0, digits - 2)}f} %"
+            return f"{100 * value:.{max(0, digits - 3)}f} %"
         text = f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
         return f"{text} {self.unit}".strip() if self.unit and self.unit != "%" else (
             text + (" %" if self.unit == "%" else ""))

@@ -334,7 +334,7 @@ class MergeTuner(Viewer):
             xlabel=spec.labelled(f"mean {spec.name}"),
             ylabel=spec.labelled(f"worst-task {spec.name}"),
             xlim=rng or (None, None), ylim=rng or (None, None), framewise=True)
-        return pts if rng else pts.opts(padding=0.1)
+        return pts
 
     def _front_el(self, data: pd.DataFrame):
         front = data[data["pareto"]].sort_values("avg")

@@ -115,13 +115,24 @@ def summary_text(stats: dict[str, float], spec: MetricSpec, normalized: bool = T
 def axis_range(spec: MetricSpec, values, pad: float = 0.05) -> tuple | None:
     """Axis range for ``values`` of ``spec``: for fractions in [0, 1] the range reaches the
     ideal end (1 when higher is better, 0 when lower is) so good results sit at the edge;
-    None (auto-range) for unbounded metrics such as perplexity."""
+    for unbounded metrics such as perplexity the values' own span, padded
+    (:func:`padded_range`); None when there are no values."""
     vals = [float(v) for v in values if not math.isnan(float(v))]
-    if spec.unit != FRACTION or spec.hi is None or not vals:
+    if not vals:
         return None
+    if spec.unit != FRACTION or spec.hi is None:
+        return padded_range(vals)
     if spec.higher_is_better:
         return (max(spec.lo or 0.0, min(vals) - pad), spec.hi)
     return (spec.lo or 0.0, min(spec.hi, max(vals) + pad))
+
+
+def padded_range(values, pad: float = 0.12) -> tuple[float, float]:
+    """``(min - pad·span, max + pad·span)`` of ``values`` (a span of 5 % of the value, or 1,
+    when they are all equal): close results stay apart on screen."""
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or (0.05 * abs(hi)) or 1.0
+    return (lo - pad * span, hi + pad * span)
 
 
 #: Colours of the reference rows ("pretrained", "individual", then "ft:<label>" rows).
@@ -160,6 +171,8 @@ def metrics_plot(metrics: dict[str, float], refs: dict[str, dict[str, float]], t
     if spec.unit == FRACTION and spec.hi is not None and values:  # bars start at 0
         top = spec.hi if spec.higher_is_better else min(spec.hi, max(values) + 0.05)
         ylim = (0.0, 1.05 * top)
+    elif values:  # unbounded (perplexity ~ 130 for every merge): zoom on the values
+        ylim = padded_range(values, 0.25)
     return hv.Overlay(layers).opts(responsive=True, height=320, title=title, ylim=ylim,
                                    legend_position="right", ylabel=spec.label)
 
