@@ -141,14 +141,18 @@ def _print_references(res, evaluator, ms, names, device) -> None:
     """The primary metric of the merge beside the pre-trained base, the individual fine-tunes
     (matched to tasks by name) and, when tasks have no own fine-tune, every fine-tune."""
     import math
+    from pathlib import Path
 
     from wsviz.eval.metrics import primary_metric
     from wsviz.eval.references import metric_of, reference_results, reference_rows
 
     spec = primary_metric(evaluator, res)
     per_model = reference_results(evaluator, ms, names=names, device=device)
-    rows = {"merged": metric_of(res, spec.name),
-            **{k: v for k, v in reference_rows(per_model, spec.name, list(res)).items() if v}}
+    refs = {k: v for k, v in reference_rows(per_model, spec.name, list(res)).items() if v}
+    short = {k: "ft:" + Path(k[3:]).name for k in refs if k.startswith("ft:")}
+    if len(set(short.values())) == len(short):  # recipe labels are paths: show their names
+        refs = {short.get(k, k): v for k, v in refs.items()}
+    rows = {"merged": metric_of(res, spec.name), **refs}
     print(f"\n{spec.label}: merge vs references")
     w = _width(res)
     cw = max([14, *(len(k) + 2 for k in rows)])
