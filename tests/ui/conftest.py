@@ -89,7 +89,7 @@ class ServedApp:
                 self.stop()
                 raise RuntimeError(f"panel serve exited: {self.log()}")
             try:
-                with urllib.request.urlopen(self.url, timeout=5) as r:  # noqa: S310 - localhost
+                with urllib.request.urlopen(self.url, timeout=60) as r:  # noqa: S310 - localhost
                     if r.status == 200:
                         return
             except OSError:

@@ -323,9 +323,7 @@ class MergeTuner(Viewer):
         spec = self.spec
         df = data
         vals = [*df["avg"], *df["worst"]]
-        rng = axis_range(spec, vals) if len(df) else None
-        if rng is None and not len(df) and spec.unit == "fraction" and spec.hi is not None:
-            rng = (spec.lo or 0.0, spec.hi)
+        rng = axis_range(spec, vals)
         good = "top right" if spec.higher_is_better else "bottom left"
         pts = hv.Points(df, ["avg", "worst"], ["i", "recipe", "kind"]).opts(
             color="kind", cmap={"Pareto": "#d62728", "dominated": "#9ecae1"}, size=11,

@@ -116,11 +116,12 @@ def axis_range(spec: MetricSpec, values, pad: float = 0.05) -> tuple | None:
     """Axis range for ``values`` of ``spec``: for fractions in [0, 1] the range reaches the
     ideal end (1 when higher is better, 0 when lower is) so good results sit at the edge;
     for unbounded metrics such as perplexity the values' own span, padded
-    (:func:`padded_range`); None when there are no values."""
+    (:func:`padded_range`); with no values the natural range, or None (auto)."""
     vals = [float(v) for v in values if not math.isnan(float(v))]
+    bounded = spec.unit == FRACTION and spec.hi is not None
     if not vals:
-        return None
-    if spec.unit != FRACTION or spec.hi is None:
+        return (spec.lo or 0.0, spec.hi) if bounded else None
+    if not bounded:
         return padded_range(vals)
     if spec.higher_is_better:
         return (max(spec.lo or 0.0, min(vals) - pad), spec.hi)
