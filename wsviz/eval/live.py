@@ -129,18 +129,23 @@ def sweep(
     return pd.concat(frames, ignore_index=True)
 
 
-def scorer(evaluator, metric: str = "accuracy", tasks: Sequence[str] | None = None
-           ) -> Callable[[Mapping], float]:
+def scorer(evaluator, metric: str | None = None, tasks: Sequence[str] | None = None,
+           signed: bool = False) -> Callable[[Mapping], float]:
     """Adapter from an :class:`Evaluator` to a scalar score ``weights -> float``: the mean of
-    ``metric`` over ``tasks`` (default all). :class:`EvalError` if ``metric`` is not reported."""
+    ``metric`` (default: the evaluator's primary metric) over ``tasks`` (default all). With
+    ``signed`` the score is negated for lower-is-better metrics, so larger is always better
+    (:meth:`MetricSpec.score`). :class:`EvalError` if ``metric`` is not reported."""
     from wsviz.errors import EvalError
+    from wsviz.eval.metrics import metric_specs, primary_metric
 
     def score(weights) -> float:
         res = evaluator.evaluate(weights)
+        name = metric or primary_metric(evaluator, res).name
         mm = mean_metrics(res, list(tasks) if tasks is not None else None)
-        if metric not in mm:
-            raise EvalError(f"the evaluator reports {sorted(mm)}, not {metric!r}")
-        return mm[metric]
+        if name not in mm:
+            raise EvalError(f"the evaluator reports {sorted(mm)}, not {name!r}")
+        spec = metric_specs(evaluator, res)[name]
+        return spec.score(mm[name]) if signed else mm[name]
 
     return score
 

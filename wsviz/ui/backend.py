@@ -95,29 +95,34 @@ class ApiWorkspace(Workspace):
     ``modelset``: :class:`wsviz.io.ModelSet`; ``evaluator``: an object with ``evaluate
     (weights) -> {task: {metric: value}}`` (and optionally ``names``, ``tasks``,
     ``references()``, ``metrics``), or None (no live metrics); ``metric``: which metric the
-    tuners plot (default: the evaluator's primary metric, see
-    :func:`wsviz.eval.metrics.primary_metric`).
+    tuners plot, ``"NAME"`` or ``"NAME:min|max"`` or a :class:`~wsviz.eval.MetricSpec`
+    (default: the evaluator's primary metric, see :func:`wsviz.eval.metrics.primary_metric`;
+    for an evaluator that declares none, the first metric it reports).
     """
 
     def __init__(self, modelset, evaluator=None, title: str = "model set", device=None,
-                 metric: str | None = None, base_label: str = "base",
+                 metric=None, base_label: str = "base",
                  input_norms: InputNorms | None = None):
+        from wsviz.eval.metrics import metric_specs
+
         self.ms = modelset
         self.evaluator = evaluator
         self.title = title
         self.device = device
-        from wsviz.eval.metrics import primary_metric
-
-        self.metric_spec = primary_metric(evaluator, name=metric)
+        self.metric_spec = _choose_metric(evaluator, metric)
         self.metric = self.metric_spec.name
+        # nothing declared, nothing chosen: follow the first metric the evaluator reports
+        self._metric_auto = metric is None and not metric_specs(evaluator)
         self.base_label = base_label
         self.labels = list(modelset.labels)
         self.tasks = list(getattr(evaluator, "tasks", None) or [])
         self._lock = threading.RLock()
         self._eval_lock = threading.Lock()
+        self._refs_lock = threading.Lock()
         self._analysis = None
         self._merger = None
         self._refs = None
+        self.reference_results: dict[str, dict] | None = None
         self._taskmaps: dict = {}
         self._groups = None
         self._input_norms = input_norms
@@ -321,21 +326,18 @@ class ApiWorkspace(Workspace):
             return self._merger
 
     def _metric_of(self, results: dict) -> dict[str, float]:
-        out = {}
-        for task, ms in results.items():
-            if isinstance(ms, dict):
-                if self.metric in ms:
-                    out[task] = float(ms[self.metric])
-                elif ms:
-                    out[task] = float(next(iter(ms.values())))
-            else:
-                out[task] = float(ms)
-        return out
+        from wsviz.eval.references import metric_of
 
-    def _evaluate_weights(self, weights) -> dict[str, float]:
+        return metric_of(results, self.metric)
+
+    def _results(self, weights) -> dict:
+        """The evaluator's full ``{task: {metric: v}}`` for ``weights`` (EvalError on
+        failure); the first results fix :attr:`tasks` and, for an evaluator that declares
+        no metrics, :attr:`metric_spec`."""
         if self.evaluator is None:
-            raise EvalError("no evaluator: start with --eval module:function (or --demo) to "
-                            "see live metrics")
+            raise EvalError("no evaluator: start with --eval SPEC (zoo, ppl:text.txt, "
+                            "mc:questions.jsonl, lm-eval:TASK, module:function) or --demo "
+                            "to see live metrics")
         try:
             res = self.evaluator.evaluate(weights)
         except WsvizError:
@@ -344,7 +346,16 @@ class ApiWorkspace(Workspace):
             raise EvalError(f"the evaluator raised {type(exc).__name__}: {exc}") from None
         if not self.tasks:
             self.tasks = list(res)
-        return self._metric_of(res)
+        if self._metric_auto:
+            from wsviz.eval.metrics import primary_metric
+
+            self.metric_spec = primary_metric(self.evaluator, res)
+            self.metric = self.metric_spec.name
+            self._metric_auto = False
+        return res
+
+    def _evaluate_weights(self, weights) -> dict[str, float]:
+        return self._metric_of(self._results(weights))
 
     def evaluate_recipe(self, recipe) -> dict[str, float]:
         with self._eval_lock:
@@ -354,14 +365,39 @@ class ApiWorkspace(Workspace):
             return self._evaluate_weights(weights)
 
     def references(self) -> dict[str, dict[str, float]]:
-        if self._refs is None:
-            refs = {"pretrained": {}, "individual": {}}
-            if self.evaluator is not None and hasattr(self.evaluator, "references"):
-                with self._eval_lock:
-                    r = self.evaluator.references()
-                refs = {k: dict(v) for k, v in r.items()}
-            self._refs = refs
-        return self._refs
+        """Reference rows of :attr:`metric` (computed once, see
+        :mod:`wsviz.eval.references`): ``pretrained`` (the base's weights), ``individual``
+        (each task's own fine-tune, matched by name) and, when some task has no fine-tune of
+        its own, one ``ft:<label>`` row per fine-tune. The evaluator's own ``references()``
+        is used when it has one and :attr:`metric` is its primary metric; otherwise the base
+        and every fine-tune are evaluated through the evaluator (one evaluation each)."""
+        with self._refs_lock:
+            if self._refs is None:
+                self._refs = self._compute_references()
+            return self._refs
+
+    def _compute_references(self) -> dict[str, dict[str, float]]:
+        from wsviz.eval.metrics import primary_metric
+        from wsviz.eval.references import metric_of, reference_results, reference_rows
+
+        if self.evaluator is None:
+            return {"pretrained": {}, "individual": {}}
+        own = getattr(self.evaluator, "references", None)
+        if callable(own) and self.metric == primary_metric(self.evaluator).name:
+            with self._eval_lock:
+                r = own()
+            return {k: metric_of(rows, self.metric) for k, rows in r.items()}
+
+        def evaluate(weights):
+            with self._eval_lock:
+                return self._results(weights)
+
+        names = getattr(self.evaluator, "names", None)
+        per_model = reference_results(self.evaluator, self.ms, names=names, device=self.device,
+                                      evaluate=evaluate)
+        self.reference_results = {("pretrained" if k == "base" else k): v
+                                  for k, v in per_model.items()}
+        return reference_rows(per_model, self.metric, self.tasks or None)
 
     # -- pruning ----------------------------------------------------------------------------
     def prune_methods(self) -> dict[str, MethodView]:
@@ -540,16 +576,34 @@ class ApiWorkspace(Workspace):
         return out
 
 
+def _choose_metric(evaluator, metric):
+    """The :class:`MetricSpec` for ``metric`` (None / name / "name:min|max" / spec)."""
+    from dataclasses import replace
+
+    from wsviz.eval.metrics import MetricSpec, parse_metric, primary_metric
+
+    if isinstance(metric, MetricSpec):
+        return metric
+    if not metric:
+        return primary_metric(evaluator)
+    name, higher = parse_metric(metric)
+    spec = primary_metric(evaluator, name=name)
+    if higher is not None and higher != spec.higher_is_better:
+        spec = replace(spec, higher_is_better=higher)
+    return spec
+
+
 # -- constructors -------------------------------------------------------------------------------
-def demo_workspace(device=None) -> ApiWorkspace:
-    """The demo zoo (base + task fine-tunes) with its per-task accuracy evaluator."""
+def demo_workspace(device=None, metric=None) -> ApiWorkspace:
+    """The demo zoo (base + task fine-tunes) with its per-task evaluator (``metric``:
+    ``accuracy`` by default; ``loss`` / ``normalized_accuracy`` also reported)."""
     from wsviz.zoo import ensure_zoo
 
     zoo = ensure_zoo()
     ms = zoo.modelset()
     ev = zoo.evaluator()
     return ApiWorkspace(ms, ev, title="demo zoo (digits encoders)", device=device,
-                        input_norms=partial(_zoo_input_norms, zoo))
+                        metric=metric, input_norms=partial(_zoo_input_norms, zoo))
 
 
 def _zoo_input_norms(zoo, target: str) -> dict:
@@ -578,23 +632,25 @@ def _zoo_input_norms(zoo, target: str) -> dict:
     return {f"{k.removeprefix('m.')}.weight": v for k, v in norms.items()}
 
 
-def load_evaluator(spec: str | None, modelset=None, device=None):
-    """An evaluator from ``--eval`` (see :func:`wsviz.eval.factory.make_evaluator`):
-    ``zoo``, ``module:function`` (a user callable) or a text file (causal-LM perplexity of
-    the merged model). None -> None."""
+def load_evaluator(spec: str | None, modelset=None, device=None, **options):
+    """An evaluator from ``--eval`` (see :func:`wsviz.eval.factory.make_evaluator`, which
+    takes ``options``: tokenizer, lm_eval_include, lm_eval_limit, metric): ``zoo``,
+    ``ppl:TEXT``, ``mc:FILE.jsonl``, ``lm-eval:TASKS`` or ``module:function``. None -> None."""
     if not spec:
         return None
     from wsviz.eval.factory import make_evaluator
 
-    return make_evaluator(spec, modelset=modelset, device=device)
+    return make_evaluator(spec, modelset=modelset, device=device, **options)
 
 
 def open_workspace(base, models, eval_spec: str | None = None, device=None,
-                   labels=None) -> ApiWorkspace:
-    """A workspace over checkpoint paths ``base`` and ``models``."""
+                   labels=None, metric=None, **eval_options) -> ApiWorkspace:
+    """A workspace over checkpoint paths ``base`` and ``models``; ``eval_spec`` and
+    ``eval_options`` (tokenizer, lm_eval_include, lm_eval_limit) as for
+    :func:`load_evaluator`; ``metric``: ``"NAME"`` or ``"NAME:min|max"`` to plot."""
     from wsviz.io import ModelSet
 
     ms = ModelSet.open(str(base), [str(m) for m in models], labels=labels)
-    evaluator = load_evaluator(eval_spec, ms, device=device)
+    evaluator = load_evaluator(eval_spec, ms, device=device, metric=metric, **eval_options)
     return ApiWorkspace(ms, evaluator, title=f"{Path(str(base)).name} + {len(ms.labels)}",
-                        device=device)
+                        device=device, metric=metric)

@@ -154,7 +154,11 @@ class Workspace:
         raise NotImplementedError
 
     def references(self) -> dict[str, dict[str, float]]:
-        """``{"pretrained": {task: v}, "individual": {task: v}}``."""
+        """Reference rows of :attr:`metric_spec`, ``{row: {task: v}}``: ``"pretrained"`` (the
+        base), ``"individual"`` (each task's own fine-tune; may be empty) and, when some task
+        has no fine-tune of its own, one ``"ft:<label>"`` row per fine-tune (see
+        :mod:`wsviz.eval.references`). May be slow the first time (views fetch it off the
+        event loop)."""
         raise NotImplementedError
 
     def sweep(self, make: Callable[[float], Any], values, progress: Progress | None = None
