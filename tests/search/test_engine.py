@@ -68,7 +68,10 @@ def test_perplexity_is_minimised_and_study_resumes(lm_set, lm_open, tmp_path):
     finally:
         search2.close()
     assert search2.evaluated == 3
-    assert len(res2.frame()) == 9
+    df2 = res2.frame()
+    assert len(df2) == 9
+    params = df2.filter(like="param:").round(12).astype(str).agg("|".join, axis=1)
+    assert params.is_unique  # the resumed seeded sampler does not replay its first draws
     # a different space on the same study is refused
     other = _space(s, oc, {"params": {"lambda": {"low": 0.0, "high": 2.0}}})
     with pytest.raises(WsvizError, match="different dims"):

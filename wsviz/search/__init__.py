@@ -17,7 +17,7 @@
   context workers open once;
 - :mod:`~wsviz.search.storage` — SQLite / journal studies, locking, crash recovery.
 
-Needs ``optuna`` (and ``distributed`` for Dask): ``pip install 'wsviz[search]'``.
+Uses ``optuna`` (samplers, studies) and ``distributed`` (Dask), both wsviz dependencies.
 """
 
 from __future__ import annotations

@@ -275,7 +275,7 @@ class DaskBackend:
         try:
             import distributed
         except ImportError:
-            raise WsvizError("scale-out needs Dask distributed: pip install 'wsviz[search]' "
+            raise WsvizError("scale-out needs Dask distributed: pip install optuna cmaes distributed "
                              "(or run in-process with --local)") from None
         self.ctx = ctx
         self._cluster = None
@@ -314,10 +314,16 @@ class DaskBackend:
         return max(1, sum(self.client.nthreads().values()))
 
     def probe(self) -> dict:
-        out = self._exec.submit(worker_probe, self.ctx, self.torch_threads).result()
-        if "error" in out:
-            raise WsvizError(out["error"])
-        return out
+        """Open the context on every worker at once (each reads the checkpoints in
+        parallel) and return the first worker's :func:`probe_context` answer."""
+        addrs = list(self.client.nthreads())
+        futs = [self.client.submit(worker_probe, self.ctx, self.torch_threads, workers=[a],
+                                   allow_other_workers=False, pure=False) for a in addrs]
+        outs = self.client.gather(futs)
+        for out in outs:
+            if "error" in out:
+                raise WsvizError(out["error"])
+        return outs[0]
 
     def submit(self, recipe_dict: Mapping, want_size: bool = False) -> cf.Future:
         return self._exec.submit(worker_evaluate, self.ctx, dict(recipe_dict), want_size,

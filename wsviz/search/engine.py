@@ -137,6 +137,12 @@ class Search:
             study = optuna.create_study(storage=storage, study_name=self.study_name,
                                         directions=ro.directions, sampler=sampler,
                                         load_if_exists=True)
+            n_old = len(study.get_trials(deepcopy=False))
+            if n_old and self.seed is not None:
+                # a resumed seeded sampler would replay the first run's random draws:
+                # continue its stream from where the study is instead
+                study.sampler = make_sampler(self.sampler_name, len(ro.names),
+                                             self.seed + n_old, constraints)
             old = study.user_attrs.get("wsviz")
             if old is None:
                 study.set_user_attr("wsviz", meta)

@@ -355,7 +355,7 @@ class ApiWorkspace(Workspace):
         try:
             from wsviz.search import InlineBackend, Search, SearchSpace
         except ImportError:
-            raise WsvizError("recipe search needs optuna: pip install 'wsviz[search]'") \
+            raise WsvizError("recipe search needs optuna: pip install optuna cmaes distributed") \
                 from None
         from wsviz.recipes import Recipe
 

@@ -103,8 +103,8 @@ class SearchPanel(Viewer):
                                            sizing_mode="stretch_width", show_index=False)
         if not ws.can_search:
             self._run.disabled = True
-            self._status.object = ("*Search needs an evaluator and optuna (`pip install "
-                                   "'wsviz[search]'`).*")
+            self._status.object = ("*Search needs an evaluator (`--eval` or `--demo`) and "
+                                   "optuna (a wsviz dependency).*")
         self.reset_space()
 
     # -- space -------------------------------------------------------------------------------
