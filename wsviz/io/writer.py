@@ -8,7 +8,8 @@
 
 Tensors go to a temporary sibling directory (``.OUT.wsviz-tmp-XXXX``) in shards of at most
 ``max_shard_bytes``; ``config.json``, ``generation_config.json`` and tokenizer files are
-copied from ``copy_from``. Only at the end is the temporary directory renamed to ``OUT``
+copied from ``copy_from``; the copied ``config.json``'s ``torch_dtype`` / ``dtype`` is set to the
+dtype of the floating tensors written (when they share one). Only at the end is the temporary directory renamed to ``OUT``
 (an existing ``OUT`` is refused unless ``force``; with ``force`` it is replaced only after
 the new one is complete). A write error (disk full) removes the temporary directory and
 raises :class:`~wsviz.errors.CheckpointError`; ``OUT`` is untouched.
@@ -63,6 +64,7 @@ class HFDirWriter:
         self._buf_bytes = 0
         self._shards: list[tuple[str, list[str]]] = []
         self._names: set[str] = set()
+        self._float_dtypes: set[torch.dtype] = set()
         self.total_size = 0
         self._done = False
 
@@ -85,6 +87,8 @@ class HFDirWriter:
         if self._buf and self._buf_bytes + nb > self.max_shard:
             self._flush()
         self._buf[name] = t
+        if t.is_floating_point():
+            self._float_dtypes.add(t.dtype)
         self._names.add(name)
         self._buf_bytes += nb
         self.total_size += nb
@@ -138,6 +142,7 @@ class HFDirWriter:
                     src = self.copy_from / f
                     if src.is_file() and not (self.tmp / f).exists():
                         shutil.copy2(src, self.tmp / f)
+            self._set_config_dtype()
             os.chmod(self.tmp, 0o755)
 
         self._guard(_final)
@@ -153,6 +158,27 @@ class HFDirWriter:
             shutil.rmtree(old, ignore_errors=True)
         self._done = True
         return self.out
+
+    def _set_config_dtype(self) -> None:
+        """State the written floating dtype in ``config.json`` (``torch_dtype`` and/or
+        ``dtype``, whichever it has; ``torch_dtype`` if neither), as mergekit writes it."""
+        cfg = self.tmp / "config.json"
+        if len(self._float_dtypes) != 1 or not cfg.is_file():
+            return
+        try:
+            d = json.loads(cfg.read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(d, dict):
+            return
+        name = str(next(iter(self._float_dtypes))).replace("torch.", "")
+        keys = [k for k in ("torch_dtype", "dtype") if k in d] or ["torch_dtype"]
+        if all(d.get(k) == name for k in keys):
+            return
+        for k in keys:
+            d[k] = name
+        cfg.unlink()  # the copy may carry a read-only mode
+        cfg.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
 
     def abort(self) -> None:
         """Remove the temporary directory (idempotent)."""

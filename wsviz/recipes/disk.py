@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from wsviz.errors import RecipeError
-from wsviz.recipes.engine import make_generator, merge_one, torch_dtype
+from wsviz.recipes.engine import compute_dtype, make_generator, merge_one
 from wsviz.recipes.schedule import layer_positions
 
 
@@ -19,7 +19,7 @@ def _open_set(recipe):
     paths = recipe.labels
     ref = recipe.base if recipe.base else paths[0]
     labels = [f"m{i}" for i in range(len(paths))]
-    return ModelSet.open(ref, paths, labels=labels), labels
+    return ModelSet.open(ref, paths, labels=labels, dtype=None), labels
 
 
 def _fishers(recipe):
@@ -39,7 +39,10 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
     """Merge the checkpoints named by ``recipe`` (paths) into the HF directory ``outdir``.
 
     Streams per tensor (sorted by name, as mergekit walks them): reads that tensor from
-    each input, merges on ``device``, queues it for the current output shard. Peak memory
+    each input in its stored dtype, casts to the compute dtype (``recipe.dtype``, else the
+    inputs' dtypes promoted, as mergekit does), merges on ``device``, casts to
+    ``recipe.out_dtype`` if set and queues it for the current output shard; ``config.json``
+    (copied from the base) states the dtype written. Peak memory
     ≈ one shard + (n + 2) copies of the largest tensor. Non-floating tensors are copied
     from the base. Writes ``wsviz_recipe.json`` (and ``mergekit_config.yml`` when the
     method exists in mergekit) beside the weights, copies config/tokenizer files from the
@@ -58,7 +61,6 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
         raise CheckpointError(f"{out} exists; pass --force to replace it")
     ms, labels = _open_set(recipe)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    out_dt = torch_dtype(recipe.out_dtype or recipe.dtype)
     names = sorted(ms.names)
     tpos = layer_positions(ms.names)
     gen = make_generator(recipe, dev)
@@ -75,7 +77,12 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
         if not ms.info(name).dtype.is_floating_point:
             return ms.base.get(name), None, None, None
         base = ms.get_base(name, device=dev) if recipe.base else None
-        models = torch.stack([ms.get(lab, name, device=dev) for lab in labels])
+        raw = [ms.get(lab, name, device=dev) for lab in labels]  # stored dtypes
+        dt = compute_dtype(recipe, [x.dtype for x in ([base] if base is not None else []) + raw])
+        models = torch.stack([x.to(dt) for x in raw])
+        del raw
+        if base is not None:
+            base = base.to(dt)
         cache = None
         if fisher is not None:
             cache = {"fisher": torch.stack([f.get(name, device=dev) for f in fisher])}
@@ -94,7 +101,7 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
             else:
                 r = merge_one(recipe, name, tpos.get(name, 0.0), base, models, generator=gen,
                               cache=cache)
-                w.add(name, r.to(out_dt))
+                w.add(name, r)
                 del base, models, r, cache
             if bar is not None:
                 bar.update(1)

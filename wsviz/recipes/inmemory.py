@@ -17,10 +17,11 @@ from torch import Tensor
 
 from wsviz.compute.merge import sparsify as sp
 from wsviz.errors import RecipeError
-from wsviz.recipes.engine import make_generator, merge_one, torch_dtype
+from wsviz.recipes.engine import make_generator, merge_one
 from wsviz.recipes.schedule import layer_positions
 
-_LAZY = {"ranks": sp.magnitude_ranks, "row_ranks": sp.row_ranks}
+_LAZY = {"ranks": sp.magnitude_ranks, "asc_ranks": sp.ascending_ranks,
+         "row_ranks": sp.row_ranks}
 _COPY = ("fisher",)
 
 
@@ -50,13 +51,19 @@ class _SubsetCache(dict):
 
 
 class InMemoryMerger:
-    """Base + stacked task vectors of ``modelset`` cached on ``device`` (fp32).
+    """Base + stacked task vectors of ``modelset`` cached on ``device`` in the compute dtype.
 
     ``names``: tensors to cache (default: every floating tensor of the set). Recipes given
     to :meth:`merge` refer to models by model-set label (``modelset.labels``; the base's
     label or ``"base"`` means the base itself, useful for ``linear``).
-    Memory: base + n task vectors, plus rank caches (int32, n per tensor) for
-    magnitude-based methods once used.
+
+    dtype (as mergekit, see :mod:`wsviz.recipes.engine`): the cache is built from the
+    checkpoints' stored tensors in the compute dtype of recipes without ``dtype`` (the
+    inputs' dtypes promoted: bf16 checkpoints are cached and merged in bf16, deltas rounded
+    as mergekit rounds them). A recipe with ``dtype`` gets a second cache in that dtype,
+    built from the checkpoints on first use (one such extra cache is kept at a time).
+    Memory: base + n task vectors per cached dtype, plus rank caches (int32, n per tensor)
+    for magnitude-based methods once used.
     """
 
     def __init__(self, modelset, device=None, names: Sequence[str] | None = None):
@@ -73,21 +80,51 @@ class InMemoryMerger:
         self.names = list(names)
         self.labels = list(modelset.labels)
         self._t = layer_positions(all_names)
-        self._base: dict[str, Tensor] = {}
-        self._cache: dict[str, dict] = {}
+        self._stores: dict[str, tuple[dict[str, Tensor], dict[str, dict]]] = {}
+        self._base, self._cache = self._store(None)
+
+    def _read(self, label: str | None, name: str) -> Tensor:
+        """Tensor ``name`` of the base (``label=None``) or a model, as stored."""
+        src = self.modelset.base if label is None else self.modelset.models[label]
+        return src.get(name, device=self.device)
+
+    def _store(self, dtype: str | None):
+        """``(base, caches)`` for recipes computing in ``dtype`` (None: the inputs')."""
+        key = dtype or "auto"
+        if key in self._stores:
+            return self._stores[key]
+        for k in [k for k in self._stores if k != "auto"]:  # one extra dtype at a time
+            del self._stores[k]
+        from wsviz.recipes.engine import compute_dtype, torch_dtype
+
+        fixed = torch_dtype(dtype) if dtype else None
+        bases: dict[str, Tensor] = {}
+        caches: dict[str, dict] = {}
+        auto = self._stores.get("auto")
         for n in self.names:
-            b = modelset.get_base(n, device=self.device).to(torch.float32)
-            self._base[n] = b
-            self._cache[n] = {"deltas": modelset.deltas(n, device=self.device)
-                              .to(torch.float32)}
+            b = self._read(None, n)
+            ms = [self._read(lab, n) for lab in self.labels]
+            dt = fixed or compute_dtype(_Auto, [b.dtype] + [m.dtype for m in ms])
+            b = b.to(dt)
+            d = torch.empty((len(ms), *b.shape), dtype=dt, device=self.device)
+            for i, m in enumerate(ms):
+                torch.sub(m.to(dt), b, out=d[i])
+            del ms
+            bases[n] = b
+            caches[n] = {"deltas": d}
+            if auto is not None and "fisher" in auto[1][n]:
+                caches[n]["fisher"] = auto[1][n]["fisher"]
+        self._stores[key] = (bases, caches)
+        return bases, caches
 
     @property
     def nbytes(self) -> int:
-        """Bytes held on the device by the caches."""
+        """Bytes held on the device by the caches (all cached dtypes)."""
         tot = 0
-        for n in self.names:
-            tot += self._base[n].numel() * self._base[n].element_size()
-            tot += sum(v.numel() * v.element_size() for v in self._cache[n].values())
+        for bases, caches in self._stores.values():
+            for n in self.names:
+                tot += bases[n].numel() * bases[n].element_size()
+                tot += sum(v.numel() * v.element_size() for v in caches[n].values())
         return tot
 
     def paths(self) -> dict[str, str]:
@@ -105,9 +142,11 @@ class InMemoryMerger:
         return out
 
     def base(self, name: str) -> Tensor:
+        """Cached base tensor ``name`` in the default compute dtype (the inputs')."""
         return self._base[name]
 
     def deltas(self, name: str) -> Tensor:
+        """Cached task vectors ``[n, *shape]`` of ``name`` in the default compute dtype."""
         return self._cache[name]["deltas"]
 
     def set_fisher(self, fishers) -> None:
@@ -122,7 +161,8 @@ class InMemoryMerger:
                                  for lab in self.labels])
             except KeyError:
                 raise RecipeError(f"the Fishers lack tensor {n!r}") from None
-            self._cache[n]["fisher"] = f
+            for _, caches in self._stores.values():
+                caches[n]["fisher"] = f
 
     def _index(self, recipe) -> list[int]:
         base_labels = {"base", getattr(self.modelset.base, "label", "base")}
@@ -140,10 +180,12 @@ class InMemoryMerger:
     def merge(self, recipe, names: Sequence[str] | None = None,
               out_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """Merged tensors ``{name: Tensor}`` for ``names`` (default: all cached), on the
-        device, in float32 (or ``out_dtype``). Random methods with ``recipe.seed`` walk
-        the tensors in sorted-name order from one seeded generator (as mergekit does)."""
+        device, in the recipe's ``out_dtype`` / compute dtype (mergekit's output dtype), or
+        cast to ``out_dtype`` when given. Random methods with ``recipe.seed`` walk the
+        tensors in sorted-name order from one seeded generator (as mergekit does)."""
         recipe.validate()
-        if "fisher" in recipe.spec.needs and "fisher" not in self._cache[self.names[0]]:
+        bases, caches = self._store(recipe.dtype)
+        if "fisher" in recipe.spec.needs and "fisher" not in caches[self.names[0]]:
             raise RecipeError("the fisher method needs Fishers: call merger.set_fisher(...) "
                               "first (wsviz.compute.merge.extra.diagonal_fisher computes them)")
         names = self.names if names is None else list(names)
@@ -156,10 +198,10 @@ class InMemoryMerger:
         out = {}
         order = sorted(names) if gen is not None else names
         for n in order:
-            if n not in self._cache:
+            if n not in caches:
                 raise RecipeError(f"tensor {n!r} is not cached by this merger")
-            full_cache = self._cache[n]
-            base = self._base[n]
+            full_cache = caches[n]
+            base = bases[n]
             if full:
                 cache = full_cache
             else:
@@ -177,5 +219,12 @@ class InMemoryMerger:
         return out
 
     def merge_state_dict(self, recipe) -> dict[str, Tensor]:
-        """:meth:`merge` in the recipe's ``out_dtype`` / ``dtype``."""
-        return self.merge(recipe, out_dtype=torch_dtype(recipe.out_dtype or recipe.dtype))
+        """:meth:`merge` in the recipe's ``out_dtype`` / compute dtype (what
+        :func:`~wsviz.recipes.merge_to_dir` writes)."""
+        return self.merge(recipe)
+
+
+class _Auto:
+    """Stand-in recipe without ``dtype`` for :func:`~wsviz.recipes.engine.compute_dtype`."""
+
+    dtype = None

@@ -56,13 +56,20 @@ class Recipe:
     ``models`` accepts :class:`ModelEntry`, ``{"model": ..., "params": {...}}`` dicts or
     plain strings. ``extra`` keeps mergekit top-level keys wsviz passes through on export
     (``tokenizer_source``, ``tokenizer``, ``chat_template``).
+
+    ``dtype``: the compute dtype (mergekit's ``dtype``): inputs are cast to it and every
+    step of the merge (deltas, masks, rescale, random draws, sums) runs in it; ``None``
+    (default) computes in the inputs' own dtype (promoted across the inputs of a tensor), as
+    mergekit does without a ``dtype`` key, so bf16 checkpoints merge in bf16.
+    ``out_dtype``: cast of the result (mergekit's ``out_dtype``); ``None`` keeps the compute
+    dtype. A written ``config.json`` states the dtype actually written.
     """
 
     method: str
     base: str | None = None
     models: list[ModelEntry] = field(default_factory=list)
     params: dict = field(default_factory=dict)
-    dtype: str = "float32"
+    dtype: str | None = None
     seed: int | None = None
     out_dtype: str | None = None
     extra: dict = field(default_factory=dict)
@@ -128,7 +135,7 @@ class Recipe:
         DELLA ``density ± epsilon`` outside (0, 1); unknown dtype; bad seed.
         """
         spec = self.spec
-        if self.dtype not in DTYPES:
+        if self.dtype is not None and self.dtype not in DTYPES:
             raise RecipeError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
         if self.out_dtype is not None and self.out_dtype not in DTYPES:
             raise RecipeError(f"out_dtype {self.out_dtype!r} is not one of {list(DTYPES)}")
@@ -261,7 +268,7 @@ class Recipe:
         if "method" not in d:
             raise RecipeError("the recipe has no 'method'")
         return cls(method=d["method"], base=d.get("base"), models=list(d.get("models") or []),
-                   params=dict(d.get("params") or {}), dtype=d.get("dtype") or "float32",
+                   params=dict(d.get("params") or {}), dtype=d.get("dtype") or None,
                    seed=d.get("seed"), out_dtype=d.get("out_dtype"),
                    extra=dict(d.get("extra") or {}))
 
@@ -310,7 +317,8 @@ class Recipe:
         doc["models"] = models
         if self.params:
             doc["parameters"] = _plain(self.params)
-        doc["dtype"] = self.dtype
+        if self.dtype:
+            doc["dtype"] = self.dtype
         if self.out_dtype:
             doc["out_dtype"] = self.out_dtype
         doc.update(_plain(self.extra))
@@ -378,7 +386,7 @@ class Recipe:
             seed = int(m.group(1))
         extra = {k: d[k] for k in ("tokenizer_source", "tokenizer", "chat_template") if k in d}
         r = cls(method=method, base=base, models=models, params=dict(d.get("parameters") or {}),
-                dtype=d.get("dtype") or "float32", seed=seed, out_dtype=d.get("out_dtype"),
+                dtype=d.get("dtype") or None, seed=seed, out_dtype=d.get("out_dtype"),
                 extra=extra)
         return r.validate()
 
