@@ -198,7 +198,7 @@ def part_dask(zoo, n):
         zoo.modelset().names)}, "density": {"low": 0.05, "high": 1.0}}}
     rates = {}
     for workers in (1, 2):
-        with DaskBackend(ctx, n_workers=workers) as b:
+        with DaskBackend(ctx, n_workers=workers, torch_threads=1) as b:
             probe = b.probe()  # every worker opens the context before the clock starts
             space = SearchSpace.from_dict(sp, zoo_recipe(zoo.tasks, "ties"), probe["names"],
                                           probe["all_names"])

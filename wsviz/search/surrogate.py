@@ -3,7 +3,7 @@ coefficients (Li et al., "MAP: Low-compute Model Merging with Amortized Pareto F
 Quadratic Approximation").
 
 Each objective ``f_k(x)`` over the unit-scaled dimensions ``x ∈ [0, 1]^d`` is fitted by
-ridge least squares on a small design as
+ridge least squares (strength chosen by leave-one-out error) on a small design as
 
     f_k(x) ≈ c_0 + Σ_i c_i x_i + Σ_{i<=j} c_ij x_i x_j        ((d+1)(d+2)/2 coefficients)
 
@@ -46,36 +46,51 @@ def design(n: int, d: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([np.full((1, d), 0.5), pts])[:n]
 
 
+RIDGES = (1e-8, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+"""Relative ridge strengths :meth:`Surrogate.fit` chooses from (per objective, by LOO R²)."""
+
+
 @dataclass
 class Surrogate:
     """Fitted quadratic surrogates: ``coef`` ``[k, n_terms]`` for the ``k`` objectives;
-    ``r2_loo`` ``[k]`` leave-one-out R² on the design (1 = perfect; computed in closed form
-    from the ridge hat matrix); ``directions`` per objective."""
+    ``r2_loo`` ``[k]`` leave-one-out R² on the design (1 = perfect; closed form from the
+    ridge hat matrix); ``ridge`` ``[k]`` the strength used per objective; ``directions``."""
 
     coef: np.ndarray
     r2_loo: np.ndarray
     directions: list[str]
-    ridge: float
+    ridge: list[float]
 
     @classmethod
-    def fit(cls, x, y, directions: Sequence[str], ridge: float = 1e-6) -> Surrogate:
+    def fit(cls, x, y, directions: Sequence[str], ridge: float | None = None) -> Surrogate:
         """Fit on design points ``x`` ``[n, d]`` (unit scaled) and objective values ``y``
-        ``[n, k]``; ``ridge`` is relative to the mean diagonal of FᵀF (the intercept is not
-        penalised). Fewer points than coefficients still fit (the ridge picks the
-        minimum-norm-like solution), with a poor LOO R² to show it."""
+        ``[n, k]`` by ridge least squares; the penalty is ``ridge`` times the mean diagonal
+        of FᵀF (intercept not penalised). ``ridge=None`` picks, per objective, the strength
+        in :data:`RIDGES` with the best leave-one-out R² — small designs (fewer points than
+        ~2x the coefficients) need a real penalty, an exact quadratic none."""
         f = features(x)
         y = np.asarray(y, dtype=np.float64).reshape(len(f), -1)
         gram = f.T @ f
-        pen = np.eye(f.shape[1]) * ridge * max(1e-12, float(np.trace(gram)) / f.shape[1])
-        pen[0, 0] = 0.0
-        inv = np.linalg.pinv(gram + pen)
-        coef = (inv @ f.T @ y).T                                  # [k, terms]
-        hat = np.einsum("ij,jk,ik->i", f, inv, f)                 # diag(F (FᵀF+P)⁻¹ Fᵀ)
-        resid = y - f @ coef.T
-        loo = resid / np.clip(1.0 - hat, 1e-9, None)[:, None]
+        scale = max(1e-12, float(np.trace(gram)) / f.shape[1])
         var = ((y - y.mean(0)) ** 2).sum(0)
-        r2 = np.where(var > 0, 1.0 - (loo ** 2).sum(0) / np.where(var > 0, var, 1.0), 1.0)
-        return cls(coef=coef, r2_loo=r2, directions=list(directions), ridge=ridge)
+        best = None
+        for lam in (RIDGES if ridge is None else (ridge,)):
+            pen = np.eye(f.shape[1]) * lam * scale
+            pen[0, 0] = 0.0
+            inv = np.linalg.pinv(gram + pen)
+            coef = (inv @ f.T @ y).T                                  # [k, terms]
+            hat = np.einsum("ij,jk,ik->i", f, inv, f)                 # diag(F (FᵀF+P)⁻¹ Fᵀ)
+            loo = (y - f @ coef.T) / np.clip(1.0 - hat, 1e-9, None)[:, None]
+            r2 = np.where(var > 0, 1.0 - (loo ** 2).sum(0) / np.where(var > 0, var, 1.0), 1.0)
+            if best is None:
+                best = (coef.copy(), r2.copy(), np.full(len(r2), lam))
+            else:
+                better = r2 > best[1]
+                best[0][better] = coef[better]
+                best[1][better] = r2[better]
+                best[2][better] = lam
+        return cls(coef=best[0], r2_loo=best[1], directions=list(directions),
+                   ridge=best[2].tolist())
 
     def predict(self, x) -> np.ndarray:
         """Predicted objectives ``[n, k]`` at unit-scaled points ``x`` ``[n, d]``."""
@@ -83,12 +98,12 @@ class Surrogate:
 
     def to_dict(self) -> dict:
         return {"coef": self.coef.tolist(), "r2_loo": self.r2_loo.tolist(),
-                "directions": list(self.directions), "ridge": self.ridge}
+                "directions": list(self.directions), "ridge": list(self.ridge)}
 
     @classmethod
     def from_dict(cls, d) -> Surrogate:
         return cls(np.asarray(d["coef"], dtype=np.float64), np.asarray(d["r2_loo"]),
-                   list(d["directions"]), float(d["ridge"]))
+                   list(d["directions"]), list(d["ridge"]))
 
 
 def dense_points(d: int, n: int = 8192, seed: int = 0) -> np.ndarray:
