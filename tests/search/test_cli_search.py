@@ -94,6 +94,18 @@ def test_local_search_reports_front_and_writes_best(files, tmp_path, capsys):
     assert "already exists" in _err(capsys)[0]
 
 
+def test_demo_search_reports_the_test_split(zoo, tmp_path, capsys):
+    space = tmp_path / "demo.yml"
+    space.write_text("params:\n  lambda: {low: 0.3, high: 3.0}\n"
+                     "  density: {low: 0.1, high: 1.0, groups: [depth:2]}\n"
+                     "objectives: {over: mean_worst}\n")
+    assert main(["search", "--demo", "--space", str(space), "--trials", "3", "--local",
+                 "--storage", str(tmp_path / "demo.db"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "objectives: accuracy:mean, accuracy:worst" in out
+    assert "density[blocks:0]" in out and "the same recipes on the held-out test split" in out
+
+
 def _count(db, state):
     import optuna
 

@@ -158,3 +158,25 @@ def test_sampler_rules(lm_set, lm_open):
         Search(cat, b, sampler="map")
     with pytest.raises(WsvizError, match="objectives.metric 'accuracy'"):
         Search(space, b, Objectives(metric="accuracy")).open()
+
+
+def test_journal_storage_resumes_and_a_second_search_is_refused(lm_set, lm_open, tmp_path):
+    s, _ = lm_set
+    oc = lm_open
+    space = _space(s, oc, {"params": {"lambda": {"low": 0.0, "high": 2.0}}})
+    log = tmp_path / "study.log"
+    first = Search(space, InlineBackend(oc.merger, oc.evaluator), storage=log, sampler="random")
+    try:
+        first.run(3)
+        with pytest.raises(WsvizError, match="another wsviz search is running"):
+            Search(space, InlineBackend(oc.merger, oc.evaluator), storage=log).open()
+    finally:
+        first.close()
+    again = Search(space, InlineBackend(oc.merger, oc.evaluator), storage=log, sampler="random")
+    try:
+        res = again.run(5)
+    finally:
+        again.close()
+    assert again.evaluated == 2 and len(res.frame()) == 5
+    with pytest.raises(WsvizError, match="use a .db/.sqlite file"):
+        Search(space, InlineBackend(oc.merger, oc.evaluator), storage=tmp_path / "x.txt").open()

@@ -10,7 +10,8 @@ and recovery of the trials a crashed run left unfinished.
 - an SQLAlchemy URL (``postgresql://...``, ``sqlite:///...``) — RDB storage;
 - None — in memory (nothing persists).
 
-A file storage is locked (``<file>.lock``, ``fcntl.flock``) while a search runs, so a
+A file storage is locked (``<file>.wsviz-lock``, ``fcntl.flock``; optuna's journal uses
+``<file>.lock`` itself) while a search runs, so a
 second search on the same file fails at once with a clear message instead of interleaving.
 Holding the lock also proves that trials still marked RUNNING belong to a run that died:
 :func:`recover_stale` marks each FAIL and enqueues its exact parameters again (with its
@@ -76,7 +77,7 @@ def open_storage(storage) -> tuple[object, StudyLock | None, str]:
     if suffix not in RDB_SUFFIXES + JOURNAL_SUFFIXES:
         raise WsvizError(f"--storage {path}: use a .db/.sqlite file (SQLite) or a "
                          ".log/.journal file (optuna journal), or a database URL")
-    lock = StudyLock(path.with_name(path.name + ".lock"))
+    lock = StudyLock(path.with_name(path.name + ".wsviz-lock"))
     try:
         if suffix in RDB_SUFFIXES:
             st = optuna.storages.RDBStorage(f"sqlite:///{path}",
