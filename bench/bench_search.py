@@ -189,31 +189,65 @@ def part_map(zoo, merger, train, seeds):
               f"{int(conf['pareto'].sum())}/{len(conf)}")
 
 
-def part_dask(zoo, n):
-    from wsviz.search import DaskBackend, EvalContext, Objectives, Search, SearchSpace
+SLEEP_EVAL = """
+import time
+
+
+def score(weights):
+    time.sleep(0.1)  # stands in for an accelerator-bound evaluation: the CPU waits
+    s = sum(float(w.double().abs().sum()) for w in weights.values())
+    return {"a": {"score": s}, "b": {"score": -s}}
+"""
+
+
+def _dask_rate(ctx, sp, zoo, workers, n, objectives):
+    from wsviz.search import DaskBackend, Search, SearchSpace
     from wsviz.zoo.table import zoo_recipe
 
-    ctx = EvalContext.for_zoo(zoo, split="train")
+    with DaskBackend(ctx, n_workers=workers, torch_threads=1) as b:
+        probe = b.probe()  # every worker opens the context before the clock starts
+        space = SearchSpace.from_dict(sp, zoo_recipe(zoo.tasks, "ties"), probe["names"],
+                                      probe["all_names"])
+        s = Search(space, b, objectives, sampler="random", seed=0, probe=probe)
+        t0 = time.perf_counter()
+        res = s.run(n)
+        sec = time.perf_counter() - t0
+    df = res.frame()
+    return n / sec, sec, float(df.seconds.median()), df.worker.value_counts().to_dict()
+
+
+def part_dask(zoo, n, repeats=2):
+    """The same random-sampler run (same points) on 1 and on 2 LocalCluster workers (one
+    torch thread each), alternating 1, 2, 1, 2 so drifting machine load hits both."""
+    import tempfile
+
+    from wsviz.search import EvalContext, Objectives
+    from wsviz.zoo import HEAD_PREFIX
+
     sp = {"params": {"lambda": {"low": 0.3, "high": 3.0, "groups": groups_for(
         zoo.modelset().names)}, "density": {"low": 0.05, "high": 1.0}}}
-    rates = {}
-    for workers in (1, 2):
-        with DaskBackend(ctx, n_workers=workers, torch_threads=1) as b:
-            probe = b.probe()  # every worker opens the context before the clock starts
-            space = SearchSpace.from_dict(sp, zoo_recipe(zoo.tasks, "ties"), probe["names"],
-                                          probe["all_names"])
-            s = Search(space, b, Objectives(over="mean"), sampler="random", seed=0,
-                       probe=probe)
-            t0 = time.perf_counter()
-            res = s.run(n)
-            sec = time.perf_counter() - t0
-            df = res.frame()
-            rates[workers] = n / sec
-            print(f"Dask LocalCluster {workers} worker(s) x {b.torch_threads} torch thread(s): "
-                  f"{n} evaluations in {sec:.1f} s = {n / sec:.1f} evals/s; per-evaluation "
-                  f"{1000 * df.seconds.median():.0f} ms median on the worker; by worker "
-                  f"{df.worker.value_counts().to_dict()}; load average {os.getloadavg()[0]:.2f}")
-    print(f"throughput 1 -> 2 workers: x{rates[2] / rates[1]:.2f}")
+    ctxs = {"zoo evaluation (compute-bound, train split)":
+            (EvalContext.for_zoo(zoo, split="train"), Objectives(over="mean"))}
+    with tempfile.TemporaryDirectory() as tmp:
+        f = os.path.join(tmp, "sleep_eval.py")
+        with open(f, "w") as fh:
+            fh.write(SLEEP_EVAL)
+        ctxs["latency-bound evaluation (100 ms wait, e.g. on a GPU)"] = (EvalContext(
+            base=str(zoo.base_dir), models=tuple(str(zoo.task_dirs[t]) for t in zoo.tasks),
+            labels=tuple(zoo.tasks), evaluator=f"{f}:score", exclude=(HEAD_PREFIX + "*",)),
+            Objectives(over="mean"))
+        for name, (ctx, obj) in ctxs.items():
+            rates = {1: [], 2: []}
+            for _ in range(repeats):
+                for workers in (1, 2):
+                    rate, sec, med, by = _dask_rate(ctx, sp, zoo, workers, n, obj)
+                    rates[workers].append(rate)
+                    print(f"{name}: {workers} worker(s): {n} evaluations in {sec:.1f} s = "
+                          f"{rate:.1f} evals/s; median {1000 * med:.0f} ms on the worker; "
+                          f"by worker {by}; load average {os.getloadavg()[0]:.2f}")
+            ratio = np.median(rates[2]) / np.median(rates[1])
+            print(f"{name}: throughput 1 -> 2 workers x{ratio:.2f} (median of {repeats} runs "
+                  "each)")
 
 
 def main():

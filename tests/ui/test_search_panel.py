@@ -86,3 +86,18 @@ def test_pair_front_follows_a_lower_is_better_metric():
     pf = sp.pair_frame()
     assert pf.loc[pf.kind == "Pareto (this pair)", "number"].tolist() == [0, 1, 2]
     assert isinstance(sp.predicted_frame(), pd.DataFrame)
+
+
+def test_map_search_shows_predicted_vs_measured(demo):
+    c = build_components(demo, analyse=False)
+    sp = c.search
+    # the default space (lambda, density per depth band: 3 dimensions): a design of
+    # (3+1)(3+2)/2 + 4 = 14 points, then up to 3 confirmations
+    sp.start(n_trials=17, sampler="map")
+    assert not c.session.errors
+    phases = [r["phase"] for r in sp.rows]
+    assert phases.count("design") == 14 and phases.count("confirm") >= 1
+    pred = sp.predicted_frame()
+    assert len(pred) == phases.count("confirm")
+    assert pred[["px", "py", "x", "y"]].notna().all().all()
+    assert (pred[["px", "py"]] - pred[["x", "y"]].to_numpy()).abs().max().max() < 0.2

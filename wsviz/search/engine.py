@@ -231,7 +231,7 @@ class Search:
             while not stop and len(inflight) < self.backend.slots and more(done, len(inflight)):
                 trial = study.ask(dists)
                 try:
-                    recipe = self.space.recipe_for(trial.params)
+                    recipe = self.space.recipe_for(trial.params, validate=False)
                 except WsvizError as e:
                     trial.set_user_attr("error", str(e))
                     study.tell(trial, state=TrialState.FAIL)
@@ -260,7 +260,7 @@ class Search:
                 else:
                     fails, last_error = fails + 1, out.get("error", "")
                 if on_trial is not None:
-                    on_trial(self.result().row(study.trials[trial.number]))
+                    on_trial(self.result().row(study.get_trials(deepcopy=False)[trial.number]))
             if fails:
                 try:
                     self._check_fails(fails, last_error)
@@ -311,8 +311,6 @@ class Search:
                 if t.user_attrs.get("phase") == phase]
 
     def _run_map(self, n_trials: int, on_trial, should_stop) -> None:
-        from optuna.trial import TrialState
-
         from wsviz.search import surrogate as sg
 
         dims = self.space.dims
@@ -340,7 +338,6 @@ class Search:
                     {dm.name: dm.from_unit(x) for dm, x in zip(dims, u)},
                     user_attrs={"phase": "confirm", "index": i, "predicted": p.tolist()})
         self._loop(lambda done, inflight: self._waiting() > 0, on_trial, should_stop)
-        self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
     def fit_surrogate(self):
         """Fit MAP's surrogates on the completed design trials; stores them in the study

@@ -242,8 +242,10 @@ class SearchSpace:
         """A point in the middle of every range (first choice of categoricals)."""
         return {d.name: (d.from_unit(0.5) if d.numeric else d.choices[0]) for d in self.dims}
 
-    def recipe_for(self, point: Mapping[str, Any]):
-        """The validated :class:`~wsviz.recipes.Recipe` for ``point`` (``{dim: value}``).
+    def recipe_for(self, point: Mapping[str, Any], validate: bool = True):
+        """The :class:`~wsviz.recipes.Recipe` for ``point`` (``{dim: value}``), validated
+        unless ``validate=False`` (the search loop leaves that to the merge on the worker,
+        which validates anyway, to keep the driver light).
 
         Raises :class:`RecipeError` when the values make an invalid recipe (e.g. DELLA's
         ``density ± epsilon`` rule)."""
@@ -281,7 +283,7 @@ class SearchSpace:
                 r.params.pop(pname, None)
             else:
                 r.params[pname] = setting
-        return r.validate()
+        return r.validate() if validate else r
 
 
 def _current(recipe, pname: str, model: str | None):
