@@ -48,11 +48,18 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
     method exists in mergekit) beside the weights, copies config/tokenizer files from the
     base, and renames into place only when complete (see :class:`HFDirWriter`).
 
+    A recipe with ``slices`` goes to :func:`wsviz.recipes.slices.merge_slices_to_dir`.
+
     Raises RecipeError (invalid recipe), AlignmentError (models do not align),
     CheckpointError (unreadable input, existing ``outdir`` without ``force``, disk full).
     """
     from wsviz.io.writer import HFDirWriter
 
+    if recipe.slices is not None:  # layer ranges (frankenmerges): their own planner
+        from wsviz.recipes.slices import merge_slices_to_dir
+
+        return merge_slices_to_dir(recipe, outdir, force=force, device=device,
+                                   progress=progress, max_shard_bytes=max_shard_bytes)
     recipe.validate()
     out = Path(outdir)
     if out.exists() and not force:

@@ -184,6 +184,9 @@ class InMemoryMerger:
         cast to ``out_dtype`` when given. Random methods with ``recipe.seed`` walk the
         tensors in sorted-name order from one seeded generator (as mergekit does)."""
         recipe.validate()
+        if recipe.slices is not None:
+            raise RecipeError("a slices recipe changes the layer structure; merge it to disk "
+                              "(wsviz merge RECIPE -o OUT, or merge_to_dir) instead of in memory")
         bases, caches = self._store(recipe.dtype)
         if "fisher" in recipe.spec.needs and "fisher" not in caches[self.names[0]]:
             raise RecipeError("the fisher method needs Fishers: call merger.set_fisher(...) "
@@ -209,8 +212,13 @@ class InMemoryMerger:
                 if base_rows is not None:
                     d[base_rows] = 0
                 cache = _SubsetCache(full_cache, idx_t, d)
-            r = merge_one(recipe, n, self._t.get(n, 0.0), base, None, generator=gen,
-                          cache=cache)
+            if recipe.base is None and recipe.spec.optional_base:
+                # the base is no input of this merge: hand over the models themselves
+                r = merge_one(recipe, n, self._t.get(n, 0.0), None,
+                              base.unsqueeze(0) + cache["deltas"], generator=gen)
+            else:
+                r = merge_one(recipe, n, self._t.get(n, 0.0), base, None, generator=gen,
+                              cache=cache)
             if out_dtype is not None:
                 r = r.to(out_dtype)
             out[n] = r

@@ -42,6 +42,8 @@ UI_START: dict[str, dict] = {
     "della": {"density": 0.5},
     "della_linear": {"density": 0.5},
     "slerp": {"t": 0.5},
+    "nearswap": {"t": 0.01},
+    "passthrough": {"scale": 1.0},
 }
 
 PRUNE_METHODS = {
@@ -277,7 +279,9 @@ class ApiWorkspace(Workspace):
                   if k != "include" and v is not None}
             models.append(ModelEntry(lab, mp))
         glob = {k: v for k, v in params.items() if v is not None}
-        recipe = Recipe(method=method, base=self.base_label if spec.needs_base else None,
+        # methods with an optional base (nuslerp, multislerp) work on task vectors here
+        takes_base = spec.needs_base or spec.optional_base
+        recipe = Recipe(method=method, base=self.base_label if takes_base else None,
                         models=models, params=glob, seed=0 if spec.random else None)
         if not spec.needs_base and method == "linear":
             recipe.base = None

@@ -15,12 +15,15 @@ from __future__ import annotations
 from wsviz.compute.merge import basic, task_arithmetic  # noqa: F401  (registers methods)
 from wsviz.compute.merge.spec import METHODS, REQUIRED, MethodSpec, ParamSpec, register
 
+__all__ = ["METHODS", "REQUIRED", "MethodSpec", "ParamSpec", "get_method", "register"]
+
+# mergekit's other methods, listed after the task-arithmetic family
+from wsviz.compute.merge import passthrough, selective, spherical  # noqa: E402,F401
+
 try:  # methods mergekit lacks
     from wsviz.compute.merge import extra  # noqa: F401
 except ImportError:  # pragma: no cover
     pass
-
-__all__ = ["METHODS", "REQUIRED", "MethodSpec", "ParamSpec", "get_method", "register"]
 
 
 def get_method(name: str) -> MethodSpec:

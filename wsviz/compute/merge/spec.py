@@ -93,7 +93,11 @@ class MethodSpec:
     ``needs_base``: a base model is required; ``min_models`` / ``max_models`` count the
     models besides the base; ``in_mergekit``: exported YAML reproduces the result;
     ``random``: draws from ``generator`` (set the recipe's ``seed``);
-    ``needs``: extra inputs the method needs (``"fisher"``, ``"evaluator"``).
+    ``needs``: extra inputs the method needs (``"fisher"``, ``"evaluator"``);
+    ``optional_base``: the method works with or without a base (mergekit's optional base:
+    with one, ``fn`` gets it and works on task vectors; without, ``base`` is ``None``);
+    ``check(params)``: optional rule on one tensor's resolved parameters, raising
+    ``ValueError`` with a short reason (the recipe validator probes it over layers/filters).
     """
 
     name: str
@@ -107,6 +111,8 @@ class MethodSpec:
     reference: str = ""
     random: bool = False
     needs: tuple[str, ...] = field(default=())
+    optional_base: bool = False
+    check: Callable | None = None
 
     def param(self, name: str) -> ParamSpec:
         for p in self.params:
