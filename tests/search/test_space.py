@@ -86,6 +86,10 @@ def test_space_errors_name_the_parameter(lm_set, lm_names, tmp_path):
     bad({"params": {"rescale": {"low": 0, "high": 1}}}, "choices")
     bad({"params": {"lambda": {"low": 0.1, "high": 1, "spread": 2}}}, "unknown key")
     bad({"parms": {}}, "unknown key.*parms")
+    sliced = lm_recipe(s, "ties")
+    sliced.slices = []
+    with pytest.raises(SpaceError, match="slices: recipe"):
+        SearchSpace.from_dict({"params": {"lambda": {"low": 0.1, "high": 1}}}, sliced, lm_names)
     p = tmp_path / "space.yml"
     p.write_text("params: [oops\n")
     with pytest.raises(SpaceError, match="space.yml: not valid YAML"):

@@ -164,6 +164,9 @@ class SearchSpace:
         if unknown:
             raise SpaceError(f"unknown key(s) {sorted(unknown)} in the search space; valid: "
                              "method, params, objectives, constraints")
+        if getattr(recipe, "slices", None) is not None:
+            raise SpaceError("a slices: recipe (frankenmerge) cannot be searched: searches merge "
+                             "in memory, which takes models: recipes; write it with models:")
         recipe = copy.deepcopy(recipe)
         if d.get("method") and d["method"] != recipe.method:
             recipe.method = str(d["method"])
