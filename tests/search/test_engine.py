@@ -76,6 +76,9 @@ def test_perplexity_is_minimised_and_study_resumes(lm_set, lm_open, tmp_path):
     other = _space(s, oc, {"params": {"lambda": {"low": 0.0, "high": 2.0}}})
     with pytest.raises(WsvizError, match="different dims"):
         Search(other, InlineBackend(oc.merger, oc.evaluator), storage=db).open()
+    ta = _space(s, oc, method="task_arithmetic")  # same dims, another starting recipe
+    with pytest.raises(WsvizError, match="a different starting recipe"):
+        Search(ta, InlineBackend(oc.merger, oc.evaluator), storage=db).open()
     assert load_result(db).frame().shape[0] == 9
 
 

@@ -147,12 +147,14 @@ class Search:
             if old is None:
                 study.set_user_attr("wsviz", meta)
             else:
-                for key in ("dims", "objectives", "directions", "sampler"):
+                for key in ("recipe", "dims", "objectives", "directions", "sampler"):
                     if old.get(key) != meta[key]:
+                        what = ("a different starting recipe" if key == "recipe" else
+                                f"different {key} ({old.get(key)} vs now {meta[key]})")
                         raise WsvizError(
                             f"study {self.study_name!r} in {self.storage_text} was made with "
-                            f"different {key} ({old.get(key)} vs now {meta[key]}); use another "
-                            "--study name or --storage file to start a new search")
+                            f"{what}; use another --study name or --storage file to start a "
+                            "new search")
             self.recovered = recover_stale(study)
         except BaseException:
             self.close()
