@@ -300,9 +300,13 @@ class DaskBackend:
                 n_workers = _gpu_count() if ctx.device == "cuda" else min(4, cores)
             n_workers = max(1, int(n_workers))
             self.torch_threads = torch_threads or max(1, cores // n_workers)
-            self._cluster = distributed.LocalCluster(
-                n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None, silence_logs=logging.ERROR)
+            try:
+                self._cluster = distributed.LocalCluster(
+                    n_workers=n_workers, threads_per_worker=1, processes=True,
+                    host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+            except Exception as e:  # noqa: BLE001 - distributed raises many kinds
+                raise WsvizError(f"could not start a Dask LocalCluster ({type(e).__name__}: "
+                                 f"{e}); evaluate in-process with --local") from None
             self.client = distributed.Client(self._cluster)
             self.description = f"Dask LocalCluster, {n_workers} worker(s)"
         self._exec = self.client.get_executor(pure=False)
