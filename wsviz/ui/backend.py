@@ -399,6 +399,60 @@ class ApiWorkspace(Workspace):
                                   for k, v in per_model.items()}
         return reference_rows(per_model, self.metric, self.tasks or None)
 
+    # -- search -----------------------------------------------------------------------------
+    @property
+    def can_search(self) -> bool:
+        if self.evaluator is None:
+            return False
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def search(self, recipe, space: dict, n_trials: int, sampler: str = "tpe",
+               on_start=None, on_trial=None, should_stop=None, storage=None):
+        """In-process :class:`wsviz.search.Search` on this workspace's merger and evaluator
+        (serialised with live evaluations by ``_eval_lock``); see the base class."""
+        if self.evaluator is None:
+            raise EvalError("no evaluator: a search needs live metrics (--eval or --demo)")
+        try:
+            from wsviz.search import InlineBackend, Search, SearchSpace
+        except ImportError:
+            raise WsvizError("recipe search needs optuna: pip install optuna cmaes distributed") \
+                from None
+        from wsviz.recipes import Recipe
+
+        backend = InlineBackend(self.merger(), self.evaluator, lock=self._eval_lock)
+        probe = backend.probe()
+        sp = SearchSpace.from_dict(space, recipe, probe["names"], probe["all_names"])
+        search = Search(sp, backend, storage=storage, sampler=sampler, probe=probe,
+                        study_name="wsviz-ui")
+        methods = self.merge_methods()
+
+        def row(r: dict) -> dict:
+            r = dict(r)
+            rd = r.get("recipe")
+            r["recipe"] = Recipe.from_dict(rd) if rd else None
+            r["tuner_state"] = tuner_state(r["recipe"], methods, self.labels) if rd else None
+            return r
+
+        try:
+            search.open()
+            if on_start is not None:
+                ro = search.resolved
+                on_start({"objectives": ro.names, "directions": ro.directions,
+                          "tasks": ro.tasks, "metric": ro.metric,
+                          "dims": sp.names, "sampler": sampler})
+            res = search.run(n_trials, on_trial=(lambda r: on_trial(row(r))) if on_trial
+                             else None, should_stop=should_stop)
+        finally:
+            search.close()
+        df = res.frame()
+        if len(df):
+            df = pd.DataFrame([row(r) for r in df.to_dict("records")])
+        return df
+
     # -- pruning ----------------------------------------------------------------------------
     def prune_methods(self) -> dict[str, MethodView]:
         sp = ParamView("sparsity", "float", 0.5, 0.0, 0.95, 0.05,
@@ -591,6 +645,60 @@ def _choose_metric(evaluator, metric):
     if higher is not None and higher != spec.higher_is_better:
         spec = replace(spec, higher_is_better=higher)
     return spec
+
+
+def tuner_state(recipe, methods: dict[str, MethodView], labels=()) -> dict | None:
+    """The merge tuner's state (``method``, ``params``, ``model_params``, ``schedules``) that
+    rebuilds ``recipe``, or None when the tuner's widgets cannot express it (a per-model
+    parameter other than ``weight`` that differs between models or has a schedule, a
+    gradient list, a filter list without a catch-all value). ``labels``: every model of the
+    workspace (those the recipe leaves out are unticked)."""
+    view = methods.get(recipe.method)
+    if view is None:
+        return None
+    widgets = {p.name for p in view.params if p.scope in ("global", "both")}
+    params: dict = {}
+    schedules: dict = {}
+
+    def put(name, setting) -> bool:
+        if isinstance(setting, (int, float, bool, str)):
+            params[name] = setting
+            return True
+        if isinstance(setting, list) and setting and all(isinstance(e, dict) for e in setting):
+            *flt, last = setting
+            if "filter" in last or any("filter" not in e for e in flt):
+                return False
+            if not all(isinstance(e["value"], (int, float)) for e in setting):
+                return False
+            params[name] = last["value"]
+            schedules[name] = ", ".join(f"{e['filter']}: {e['value']:.6g}" for e in flt)
+            return True
+        return False
+
+    for k, v in recipe.params.items():
+        if k not in widgets or not put(k, v):
+            return None
+    model_params = {}
+    shared: dict[str, object] = {}
+    for m in recipe.models:
+        mp = {"include": True}
+        for k, v in m.params.items():
+            if k == "weight":
+                if not isinstance(v, (int, float)):
+                    return None
+                mp["weight"] = v
+            elif k in shared and shared[k] != v:
+                return None
+            else:
+                shared[k] = v
+        model_params[m.model] = mp
+    for lab in labels:
+        model_params.setdefault(lab, {"include": False})
+    for k, v in shared.items():
+        if k not in widgets or not put(k, v):
+            return None
+    return {"method": recipe.method, "params": params, "model_params": model_params,
+            "schedules": schedules}
 
 
 # -- constructors -------------------------------------------------------------------------------

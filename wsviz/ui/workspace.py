@@ -173,6 +173,26 @@ class Workspace:
                 progress((i + 1) / len(values), f"{i + 1}/{len(values)}")
         return pd.DataFrame(rows, columns=["value", "task", "metric"])
 
+    # -- search -----------------------------------------------------------------------------
+    #: False when this workspace cannot run recipe searches (the Search panel says so).
+    can_search: bool = False
+
+    def search(self, recipe, space: dict, n_trials: int, sampler: str = "tpe",
+               on_start: Callable[[dict], None] | None = None,
+               on_trial: Callable[[dict], None] | None = None,
+               should_stop: Callable[[], bool] | None = None, storage=None) -> pd.DataFrame:
+        """Search ``space`` (a :mod:`wsviz.search.space` mapping) around ``recipe``.
+
+        ``on_start(info)`` once: ``objectives``, ``directions``, ``tasks``, ``metric``
+        (a MetricSpec); ``on_trial(row)`` per finished trial: ``number``, ``state``,
+        ``phase``, ``mean``, ``worst``, ``task:<task>`` values, objective values,
+        ``predicted:<objective>`` (MAP), ``feasible``; ``recipe`` (what
+        :meth:`recipe_yaml` takes) and ``tuner_state`` (a merge-tuner state, or None when
+        the tuner cannot show the recipe). Returns all trials as a DataFrame of such rows."""
+        from wsviz.errors import WsvizError
+
+        raise WsvizError("this workspace cannot run recipe searches")
+
     # -- export -----------------------------------------------------------------------------
     def recipe_yaml(self, recipe) -> tuple[str | None, str | None]:
         """(mergekit YAML text, None) or (None, reason it cannot be expressed)."""
