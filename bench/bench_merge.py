@@ -1,16 +1,21 @@
 """Disk-to-disk merge: ``wsviz merge`` vs ``mergekit-yaml`` on the same TIES YAML.
 
     python bench/bench_merge.py [--layers 12] [--dtype bfloat16|float32] [--threads N]
-                                [--keep DIR]
+                                [--keep DIR] [--method ties]
+
+``--method`` picks another mergekit method instead of TIES (``sce``, ``ram``, ``karcher``,
+``multislerp``, ``nuslerp``, ``nearswap``, ``arcee_fusion``) or ``frankenmerge``
+(``passthrough`` over ``slices:``: the first 2/3 of the base's layers, then the last 2/3 of
+a fine-tune's).
 
 Builds a Llama-shaped checkpoint (hidden 768, intermediate 2048, vocab 16000, 12 layers:
-~110 M parameters, safetensors in ``--dtype``) and 3 perturbed fine-tunes in a temp dir,
-writes one TIES mergekit YAML (density 0.2, weight 1, normalize; no ``dtype`` key, so both
-tools compute in the checkpoints' dtype), then runs both command-line tools on it as
-subprocesses in the same environment (wall-clock, including interpreter start), checks the
-outputs are bit-identical (same dtype, ``torch.equal``) and prints the speed ratio.
-wsviz is run once untimed first on a 1-layer copy, so numba's on-disk compile cache is warm
-(a first run ever compiles for a few seconds more).
+~110 M parameters, safetensors in ``--dtype``, default bf16) and 3 perturbed fine-tunes in a
+temp dir, writes one mergekit YAML (TIES: density 0.2, weight 1, normalize; no ``dtype`` key,
+so both tools compute in the checkpoints' dtype), then runs both command-line tools on it as
+subprocesses in the same environment (wall-clock including interpreter start, and CPU time),
+checks the outputs are bit-identical (same dtype, ``torch.equal``) and prints the speed
+ratios. wsviz is first run once untimed on a 1-layer copy, so numba's on-disk compile cache is
+warm (a first run ever compiles for a few seconds more).
 ``--threads`` sets OMP_NUM_THREADS for both runs (use 1 on an oversubscribed machine).
 """
 
@@ -52,15 +57,41 @@ def build(root: Path, layers: int, n_ft: int = 3, dtype=torch.float32):
     for j in range(n_ft + 1):
         d = root / ("base" if j == 0 else f"ft{j}")
         d.mkdir()
+        cfg.dtype = str(dtype).replace("torch.", "")
+        cfg.save_pretrained(d)
         sd = base if j == 0 else {k: t + 0.002 * torch.randn(t.shape, generator=g)
                                   for k, t in base.items()}
-        cfg.torch_dtype = str(dtype).replace("torch.", "")
-        cfg.save_pretrained(d)
         save_file({k: v.to(dtype) for k, v in sd.items()}, str(d / "model.safetensors"),
                   metadata={"format": "pt"})
         paths.append(d)
     n = sum(t.numel() for t in base.values())
     return paths, n
+
+
+def recipe_for(method: str, base, fts, layers: int):
+    """The benchmarked recipe (paths) for ``method``."""
+    from wsviz.recipes import Recipe
+
+    base, fts = str(base), [str(f) for f in fts]
+    if method == "ties":
+        return Recipe("ties", base=base, models=[
+            {"model": f, "params": {"weight": 1.0, "density": 0.2}} for f in fts])
+    if method == "frankenmerge":
+        k = 2 * layers // 3
+        return Recipe("passthrough", base=base, slices=[
+            {"sources": [{"model": base, "layer_range": [0, k]}]},
+            {"sources": [{"model": fts[0], "layer_range": [layers - k, layers]}]}])
+    if method in ("nuslerp", "multislerp"):
+        n = 2 if method == "nuslerp" else len(fts)
+        return Recipe(method, base=base, models=[
+            {"model": f, "params": {"weight": 1.0}} for f in fts[:n]])
+    if method in ("nearswap", "arcee_fusion"):
+        return Recipe(method, base=base, models=fts[:1],  # seed: mergekit runs --random-seed 0
+                      params={"t": 0.001} if method == "nearswap" else {},
+                      seed=0 if method == "arcee_fusion" else None)
+    if method == "karcher":
+        return Recipe("karcher", models=fts)
+    return Recipe(method, base=base, models=fts)
 
 
 def run(cmd, env) -> tuple[float, float]:
@@ -83,6 +114,9 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--keep", default=None, help="build in this dir and keep it")
+    ap.add_argument("--method", default="ties",
+                    help="ties, sce, ram, karcher, multislerp, nuslerp, nearswap, "
+                         "arcee_fusion or frankenmerge")
     a = ap.parse_args()
     root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="wsviz-bench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -104,29 +138,25 @@ def main():
             (base, *fts), n = build(root, a.layers, dtype=getattr(torch, a.dtype))
         print(f"base + {len(fts)} fine-tunes of {n / 1e6:.1f} M params ready in "
               f"{time.perf_counter() - t:.1f} s ({root})", flush=True)
-        from wsviz.recipes import Recipe
-
-        r = Recipe("ties", base=str(base), models=[
-            {"model": str(f), "params": {"weight": 1.0, "density": 0.2}} for f in fts])
-        y = root / "ties.yml"
+        r = recipe_for(a.method, base, fts, a.layers)
+        y = root / f"{a.method}.yml"
+        label = a.method if a.method != "ties" else "TIES"
         y.write_text(r.to_mergekit_yaml())
         mk_bin = shutil.which("mergekit-yaml") or "mergekit-yaml"
         warm = root / "warm"  # one tiny untimed wsviz run: numba's compile cache
         if not (warm / "base").exists():
             warm.mkdir(exist_ok=True)
-            build(warm, 1, dtype=getattr(torch, a.dtype))
-        rw = Recipe("ties", base=str(warm / "base"), models=[
-            {"model": str(warm / f"ft{j}"), "params": {"weight": 1.0, "density": 0.2}}
-            for j in (1, 2, 3)])
-        (warm / "ties.yml").write_text(rw.to_mergekit_yaml())
+            build(warm, 3, dtype=getattr(torch, a.dtype))
+        rw = recipe_for(a.method, warm / "base", [warm / f"ft{j}" for j in (1, 2, 3)], 3)
+        (warm / "w.yml").write_text(rw.to_mergekit_yaml())
         shutil.rmtree(warm / "out", ignore_errors=True)
-        run([sys.executable, "-m", "wsviz.cli", "merge", str(warm / "ties.yml"), "-o",
+        run([sys.executable, "-m", "wsviz.cli", "merge", str(warm / "w.yml"), "-o",
              str(warm / "out"), "--no-progress"], env)
         t_mk, c_mk = run([mk_bin, str(y), str(root / "out_mk"), "--no-copy-tokenizer",
                           "--no-write-model-card", "--random-seed", "0"], env)
-        print(f"mergekit-yaml TIES : {t_mk:7.1f} s wall, {c_mk:7.1f} s CPU", flush=True)
+        print(f"mergekit-yaml {label:5s}: {t_mk:7.1f} s wall, {c_mk:7.1f} s CPU", flush=True)
         t_ws, c_ws = run([sys.executable, "-m", "wsviz.cli", "merge", str(y), "-o",
-                    str(root / "out_ws"), "--no-progress"], env)
+                          str(root / "out_ws"), "--no-progress"], env)
         from safetensors import safe_open
 
         worst = 0.0
@@ -141,13 +171,13 @@ def main():
             h = safe_open(str(f), "pt")
             for k in h.keys():
                 wh, wk = ws[k]
-                x, y = h.get_tensor(k), wh.get_tensor(wk)
-                same = same and x.dtype == y.dtype and torch.equal(x, y)
-                worst = max(worst, (x.float() - y.float()).abs().max().item())
+                x, y_ = h.get_tensor(k), wh.get_tensor(wk)
+                same = same and x.dtype == y_.dtype and torch.equal(x, y_)
+                worst = max(worst, (x.float() - y_.float()).abs().max().item())
                 count += 1
         print(f"threads: {env.get('OMP_NUM_THREADS', 'default')}, dtype {a.dtype}, "
               f"load average {os.getloadavg()[0]:.1f}")
-        print(f"wsviz merge TIES   : {t_ws:7.1f} s wall, {c_ws:7.1f} s CPU")
+        print(f"wsviz merge {label:7s}: {t_ws:7.1f} s wall, {c_ws:7.1f} s CPU")
         print(f"speed-up           : {t_mk / t_ws:7.1f}x wall, {c_mk / c_ws:5.1f}x CPU time "
               f"(goal >= 10x; wall on a loaded machine depends on the CPU share each got)")
         ok = same and count == len(ws)

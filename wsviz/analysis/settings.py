@@ -12,7 +12,7 @@ from wsviz.errors import WsvizError
 FAMILIES = ("deltas", "spectra", "conflicts", "intruders", "subspace", "masks")
 
 #: bump when table contents change meaning, to invalidate old caches
-ANALYSIS_VERSION = 2  # 2: the shared (mergekit) trim rule for conflicts and masks
+ANALYSIS_VERSION = 3  # 3: the shared (mergekit) trim rule for conflicts and masks
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import torch
 
 from wsviz.errors import RecipeError
 from wsviz.recipes.engine import compute_dtype, make_generator, merge_one
+from wsviz.recipes.needs import check_needs
 from wsviz.recipes.schedule import layer_positions
 
 
@@ -34,6 +35,28 @@ def _fishers(recipe):
     return [open_source(spec[m]) for m in recipe.labels]
 
 
+def _prepass(recipe, ms, labels, names, tpos, dev, fisher):
+    """Whole-model statistics for methods that need them (``scope: model``), streamed from
+    disk one tensor at a time (see :mod:`wsviz.recipes.prepass`); None otherwise."""
+    from wsviz.compute.merge._util import get_deltas
+    from wsviz.recipes.prepass import whole_model_stats
+
+    def load(name, inputs):
+        out = {}
+        if "deltas" in inputs:  # as the merge below reads them: stored, then compute dtype
+            base = ms.get_base(name, device=dev)
+            raw = [ms.get(lab, name, device=dev) for lab in labels]
+            dt = compute_dtype(recipe, [base.dtype] + [x.dtype for x in raw])
+            models = torch.stack([x.to(dt) for x in raw])
+            out["deltas"] = get_deltas(base.to(dt), models, None)
+        if "fisher" in inputs:
+            out["fisher"] = torch.stack([f.get(name, device=dev) for f in fisher])
+        return out
+
+    floats = [n for n in names if ms.info(n).dtype.is_floating_point]
+    return whole_model_stats(recipe, floats, tpos, len(labels), load)
+
+
 def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: bool = True,
                  max_shard_bytes: int | str = "2GB") -> Path:
     """Merge the checkpoints named by ``recipe`` (paths) into the HF directory ``outdir``.
@@ -46,13 +69,22 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
     ≈ one shard + (n + 2) copies of the largest tensor. Non-floating tensors are copied
     from the base. Writes ``wsviz_recipe.json`` (and ``mergekit_config.yml`` when the
     method exists in mergekit) beside the weights, copies config/tokenizer files from the
-    base, and renames into place only when complete (see :class:`HFDirWriter`).
+    base, and renames into place only when complete (see :class:`HFDirWriter`). Methods
+    with whole-model statistics (PCB / ComPEFT ``scope: model``, Fisher normalisation) first
+    stream every tensor once per statistic pass (:mod:`wsviz.recipes.prepass`).
 
-    Raises RecipeError (invalid recipe), AlignmentError (models do not align),
-    CheckpointError (unreadable input, existing ``outdir`` without ``force``, disk full).
+    A recipe with ``slices`` goes to :func:`wsviz.recipes.slices.merge_slices_to_dir`.
+
+    Raises RecipeError (invalid recipe, a needed input such as Fishers not given),
+    AlignmentError (models do not align), CheckpointError (unreadable input, existing ``outdir`` without ``force``, disk full).
     """
     from wsviz.io.writer import HFDirWriter
 
+    if recipe.slices is not None:  # layer ranges (frankenmerges): their own planner
+        from wsviz.recipes.slices import merge_slices_to_dir
+
+        return merge_slices_to_dir(recipe, outdir, force=force, device=device,
+                                   progress=progress, max_shard_bytes=max_shard_bytes)
     recipe.validate()
     out = Path(outdir)
     if out.exists() and not force:
@@ -64,7 +96,9 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
     names = sorted(ms.names)
     tpos = layer_positions(ms.names)
     gen = make_generator(recipe, dev)
+    check_needs(recipe, {"fisher"} if recipe.extra.get("fisher") else (), "merge_to_dir")
     fisher = _fishers(recipe) if "fisher" in recipe.spec.needs else None
+    stats = _prepass(recipe, ms, labels, names, tpos, dev, fisher)
     base_dir = ms.base.path if ms.base.path is not None and Path(ms.base.path).is_dir() else None
     bar = None
     if progress:
@@ -86,6 +120,8 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
         cache = None
         if fisher is not None:
             cache = {"fisher": torch.stack([f.get(name, device=dev) for f in fisher])}
+        if stats is not None:
+            cache = {**(cache or {}), "model_stats": stats}
         return None, base, models, cache
 
     from concurrent.futures import ThreadPoolExecutor

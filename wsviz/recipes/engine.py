@@ -44,9 +44,12 @@ def compute_dtype(recipe, input_dtypes: Iterable[torch.dtype]) -> torch.dtype:
     return dt if dt is not None else torch.float32
 
 
-def output_dtype(recipe, compute: torch.dtype) -> torch.dtype:
-    """``recipe.out_dtype`` if set, else the compute dtype."""
-    return torch_dtype(recipe.out_dtype) if recipe.out_dtype else compute
+def output_dtype(recipe, result: torch.dtype) -> torch.dtype:
+    """``recipe.out_dtype`` if set, else the dtype of the method's result, which mergekit
+    writes as it is: the compute dtype for almost every method, but float32 for
+    ``arcee_fusion`` and ``ramplus_tl`` on bf16 / fp16 inputs (their float32 masks /
+    factors promote the result)."""
+    return torch_dtype(recipe.out_dtype) if recipe.out_dtype else result
 
 
 def make_generator(recipe, device) -> torch.Generator | None:
@@ -66,16 +69,18 @@ def make_generator(recipe, device) -> torch.Generator | None:
 
 
 def merge_one(recipe, name: str, t: float, base: Tensor | None, models: Tensor | None, *,
-              generator=None, cache: dict | None = None) -> Tensor:
+              generator=None, cache: dict | None = None, params: dict | None = None) -> Tensor:
     """Merge tensor ``name`` at layer position ``t``: casts ``base`` ``[*shape]`` and
     ``models`` ``[n, *shape]`` to the compute dtype (:func:`compute_dtype` over their
-    dtypes), resolves the recipe's parameters, calls the method's ``fn`` and casts the
-    result to :func:`output_dtype`. With ``cache["deltas"]`` instead of ``models`` (the
+    dtypes), resolves the recipe's parameters (or takes ``params`` resolved by the caller,
+    as the slices planner does), calls the method's ``fn`` and casts the result to
+    ``out_dtype`` if the recipe has one (:func:`output_dtype`). With ``cache["deltas"]`` instead of ``models`` (the
     in-memory path) the cache must already hold the compute dtype.
     Errors from the method (e.g. DELLA's epsilon rule) become RecipeError naming the tensor.
     """
     spec = recipe.spec
-    params = recipe.resolve(name, t)
+    if params is None:
+        params = recipe.resolve(name, t)
     ins = [x.dtype for x in (base, models) if x is not None]
     if models is None and cache is not None and "deltas" in cache:
         ins.append(cache["deltas"].dtype)
@@ -92,4 +97,4 @@ def merge_one(recipe, name: str, t: float, base: Tensor | None, models: Tensor |
         r = spec.fn(base, models, params, generator=generator, cache=cache)
     except ValueError as e:
         raise RecipeError(f"{spec.name} failed on tensor {name!r}: {e}") from None
-    return r.to(output_dtype(recipe, dt))
+    return r.to(output_dtype(recipe, r.dtype))

@@ -7,7 +7,7 @@ import argparse
 import importlib
 import threading
 
-from wsviz.commands._model_args import add_model_args  # noqa: F401 - re-exported
+from wsviz.commands._model_args import add_model_args, eval_options
 from wsviz.errors import WsvizError
 from wsviz.ui.workspace import Workspace
 
@@ -23,7 +23,8 @@ def parse_app_args(argv: list[str]) -> argparse.Namespace:
 
 def workspace_from_args(ns: argparse.Namespace) -> Workspace:
     """The (process-wide cached) workspace the arguments describe; WsvizError if none."""
-    key = (bool(ns.demo), tuple(ns.paths), ns.eval, ns.device, ns.workspace)
+    key = (bool(ns.demo), tuple(ns.paths), ns.eval, ns.device, ns.workspace,
+           getattr(ns, "metric", None), tuple(sorted(eval_options(ns).items())))
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -47,9 +48,13 @@ def _make(ns: argparse.Namespace) -> Workspace:
     if ns.demo:
         if ns.paths:
             raise WsvizError("give either --demo or checkpoint paths, not both")
-        return backend.demo_workspace(device=ns.device)
+        if ns.eval not in (None, "zoo"):
+            raise WsvizError("--demo uses the zoo's own evaluator; drop --eval (or serve your "
+                             "checkpoints: BASE FT [FT...] --eval SPEC)")
+        return backend.demo_workspace(device=ns.device, metric=getattr(ns, "metric", None))
     if len(ns.paths) < 2:
         raise WsvizError("give a BASE checkpoint and at least one fine-tuned checkpoint "
                          "(or --demo for the built-in zoo)")
     return backend.open_workspace(ns.paths[0], ns.paths[1:], eval_spec=ns.eval,
-                                  device=ns.device)
+                                  device=ns.device, metric=getattr(ns, "metric", None),
+                                  **eval_options(ns))
