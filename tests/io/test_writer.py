@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from wsviz.errors import CheckpointError
+from wsviz.errors import OutputError
 from wsviz.io.writer import HFDirWriter, parse_size
 
 
@@ -52,11 +52,21 @@ def test_refuses_existing_without_force_and_replaces_with_force(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(CheckpointError, match="exists.*--force"):
+    (out / "config.json").write_text("{}")  # a model directory: --force may replace it
+    with pytest.raises(OutputError, match="exists.*--force"):
         HFDirWriter(out)
     with HFDirWriter(out, force=True) as w:
         w.add("a", torch.ones(3))
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+
+
+def test_force_never_replaces_a_directory_without_a_model(tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    with pytest.raises(OutputError, match="holds no model.*even with --force"):
+        HFDirWriter(out, force=True)
+    assert (out / "thesis.tex").read_text() == "years of work"
 
 
 def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
@@ -65,12 +75,13 @@ def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
     out = tmp_path / "o"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / "model.safetensors").write_text("old weights")
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(st, "save_file", full)
-    with pytest.raises(CheckpointError, match="No space left.*nothing was written"):
+    with pytest.raises(OutputError, match="No space left.*nothing was written"):
         with HFDirWriter(out, force=True, max_shard_bytes=100) as w:
             for k, v in _tensors().items():
                 w.add(k, v)
