@@ -252,6 +252,9 @@ def analyze(
     - ``cache_dir``: cache root (else ``$WSVIZ_CACHE_DIR`` or ``~/.cache/wsviz``); results are
       keyed by ``modelset.fingerprint()`` + ``settings.key()`` (+ ``names``); with
       ``use_cache`` a hit returns immediately (``result.from_cache``) and a miss is stored.
+      The fingerprint hashes every byte of every checkpoint file (remembered per file
+      identity, :mod:`wsviz.io.filehash`), so an edited checkpoint is never served a stale
+      table; without ``use_cache`` nothing is hashed (``result.fingerprint`` is ``""``).
     - ``progress``: ``True`` for a tqdm bar, ``False`` for none, or ``callback(i, total, name)``.
     - ``names``: restrict to these tensor names (default: all aligned names).
 
@@ -270,10 +273,13 @@ def analyze(
     else:
         todo = all_names
     labels = modelset.labels
-    fp = modelset.fingerprint()
-    key_src = f"{fp}|{settings.key()}|{','.join(todo) if names is not None else '*'}"
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
-    cpath = cache_root(cache_dir) / "analysis" / key if use_cache else None
+    cpath = None
+    fp = ""  # the full-content hash costs one read of every file: only for the cache
+    if use_cache:
+        fp = modelset.fingerprint()
+        key_src = f"{fp}|{settings.key()}|{','.join(todo) if names is not None else '*'}"
+        key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
+        cpath = cache_root(cache_dir) / "analysis" / key
 
     if cpath is not None and (cpath / "meta.json").is_file():
         try:

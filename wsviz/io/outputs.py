@@ -369,6 +369,12 @@ class TempOutput:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp / LOCK_NAME)  # fd keeps the lock; the PID rule covers us now
             _apply_umask(tmp, self.kind == "dir")
+            if self.kind == "dir":  # writers such as safetensors create 0600 files
+                for sub, dirs, files in os.walk(tmp):
+                    for d in dirs:
+                        _apply_umask(Path(sub) / d, True)
+                    for f in files:
+                        _apply_umask(Path(sub) / f, False)
             if os.path.lexists(out):
                 if not force:
                     raise OutputError(f"{out} appeared while writing; pass --force to replace "

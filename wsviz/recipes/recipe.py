@@ -66,6 +66,8 @@ class Recipe:
     seed: int | None = None
     out_dtype: str | None = None
     extra: dict = field(default_factory=dict)
+    #: the file the recipe was loaded from (error messages name it); not part of equality
+    source: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if not isinstance(self.method, str):
@@ -146,7 +148,16 @@ class Recipe:
         for methods that need one; wrong model counts (slerp: base + exactly one);
         weights summing to zero with ``normalize`` (non-consensus methods);
         DELLA ``density ± epsilon`` outside (0, 1); unknown dtype; bad seed.
+        Messages start with :attr:`source` (the recipe file) when there is one.
         """
+        try:
+            return self._validate()
+        except RecipeError as e:
+            if self.source and not str(e).startswith(f"{self.source}: "):
+                raise RecipeError(f"{self.source}: {e}") from None
+            raise
+
+    def _validate(self) -> Recipe:
         spec = self.spec
         if self.dtype not in DTYPES:
             raise RecipeError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
@@ -382,7 +393,7 @@ class Recipe:
             raise RecipeError(f"unknown mergekit key(s) {sorted(unknown)}; valid keys: "
                               f"{', '.join(MERGEKIT_TOP_KEYS)}")
         method = d.get("merge_method")
-        if method not in METHODS or not METHODS[method].in_mergekit:
+        if not isinstance(method, str) or method not in METHODS or not METHODS[method].in_mergekit:
             mk = sorted(k for k, s in METHODS.items() if s.in_mergekit)
             raise RecipeError(f"unknown or unsupported merge_method {method!r}; wsviz reads "
                               f"these mergekit methods: {', '.join(mk)}")
@@ -448,11 +459,11 @@ class Recipe:
             raise RecipeError(f"{p}: not UTF-8 text (byte {e.start}); save the recipe as "
                               "UTF-8") from None
         try:
-            if suffix == ".json":
-                return cls.from_json(text)
-            return cls.from_mergekit_yaml(text)
+            r = cls.from_json(text) if suffix == ".json" else cls.from_mergekit_yaml(text)
         except RecipeError as e:
             raise RecipeError(f"{p}: {e}") from None
+        r.source = str(p)
+        return r
 
 
 #: recipes are small text files; a bigger file is a mistake (or an attack on the parser)
