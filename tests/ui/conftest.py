@@ -89,7 +89,8 @@ class ServedApp:
                 self.stop()
                 raise RuntimeError(f"panel serve exited: {self.log()}")
             try:
-                with urllib.request.urlopen(self.url, timeout=5) as r:  # noqa: S310 - localhost
+                # one slow first page (busy machine) must not pile up retried sessions
+                with urllib.request.urlopen(self.url, timeout=120) as r:  # noqa: S310 - localhost
                     if r.status == 200:
                         return
             except OSError:

@@ -4,6 +4,11 @@ The page loads every script, stylesheet and font from this server (nothing from 
 internet: it works offline and tells no CDN who visits). With ``--address`` other than
 loopback, browsers on other machines may connect from the origins named by
 ``--allow-origin`` (the host name or address they type, e.g. ``gpu-box:5006``).
+
+Requests (page and websocket) whose ``Host`` is not this machine or a named origin get 403:
+tornado >= 6.6 lets a websocket whose ``Origin`` equals its ``Host`` skip Bokeh's origin
+allowlist, so without this check a page on any host name that resolves here (a DNS-rebinding
+attack) could drive the dashboard.
 """
 
 from __future__ import annotations
@@ -59,12 +64,10 @@ def websocket_origins(address: str, port: int, allow: list[str]) -> list[str]:
         if not o or "/" in o:
             raise WsvizError(f"--allow-origin {o!r}: give HOST or HOST:PORT (e.g. "
                              f"gpu-box:{port})")
-        if o.startswith("["):  # [v6 address]:port
-            _, sep, p = o.partition("]:")
-        elif o.count(":") == 1:
-            _, sep, p = o.partition(":")
-        else:
-            sep, p = "", ""
+        if o.startswith("[") or o.count(":") > 1:
+            raise WsvizError(f"--allow-origin {o!r}: IPv6 literals are not supported by the "
+                             "server's origin check; give a host name that resolves to it")
+        _, sep, p = o.partition(":")
         if sep and not p.isdigit():
             raise WsvizError(f"--allow-origin {o!r}: the port must be a number")
         origins.add(o if sep else f"{o}:{port}")
@@ -91,6 +94,7 @@ def run(args) -> int:
         origins = websocket_origins(args.address, port, args.allow_origin)
         server = pn.serve({"/": page}, port=port, address=args.address, show=False,
                           start=False, title="wsviz", websocket_origin=origins)
+        restrict_hosts(server, origins)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise WsvizError(f"port {args.port} on {args.address} is already in use (another "
@@ -118,6 +122,32 @@ def run(args) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def restrict_hosts(server, allowed: list[str]) -> None:
+    """Answer 403 to every request of the Bokeh ``server`` whose ``Host`` header is not in
+    ``allowed`` (``host:port`` patterns as for ``websocket_origin``), naming the fix once per
+    host on stderr."""
+    import sys
+
+    from bokeh.server.util import check_allowlist
+    from tornado.web import ErrorHandler
+
+    app = server._tornado
+    find = app.find_handler
+    told: set[str] = set()
+
+    def find_handler(request, **kwargs):
+        host = (request.host or "").lower()
+        if check_allowlist(host, allowed):
+            return find(request, **kwargs)
+        if host not in told and len(told) < 100:
+            told.add(host)
+            print(f"wsviz: refused a request for host {host!r}; if that is how this machine "
+                  f"is reached, restart with --allow-origin {host}", file=sys.stderr, flush=True)
+        return app.get_handler_delegate(request, ErrorHandler, {"status_code": 403})
+
+    app.find_handler = find_handler
 
 
 def _free_port(address: str) -> int:
