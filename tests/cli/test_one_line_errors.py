@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -21,8 +22,8 @@ def test_bad_shard_size(tmp_path, cmd, size):
 @pytest.mark.parametrize("device", ["bogus", "cuda:99", "gpu", "cpu:x"])
 def test_bad_device(llama_set, tmp_path, device):
     r = tmp_path / "r.json"
-    r.write_text('{"method": "linear", "models": ["%s", "%s"], "params": {"weight": 1}}'
-                 % tuple(llama_set.fts[:2]))
+    r.write_text(json.dumps({"method": "linear", "params": {"weight": 1},
+                             "models": [str(p) for p in llama_set.fts[:2]]}))
     for argv in (["merge", r, "-o", tmp_path / "o"],
                  ["prune", llama_set.base, "--method", "magnitude", "--sparsity", "0.5",
                   "-o", tmp_path / "o"],
