@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         check_device(getattr(args, "device", None))
         return int(args.func(args) or 0)
     except WsvizError as e:
-        msg = str(e)
+        msg = " | ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())  # one line
         print(f"wsviz: error: {msg}", file=sys.stderr)
         return 2
     except OSError as e:  # a file problem no module turned into a WsvizError

@@ -38,6 +38,12 @@ for _code, _name in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
 _MAX_HEADER = 100 << 20
 
 
+def _no_constant(name: str):
+    """JSON has no NaN / Infinity: a header using them is not valid (the reference
+    implementation refuses it too)."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _is_count(x) -> bool:
     """A JSON non-negative integer (``true``/``2.0``/``-1`` are not)."""
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
@@ -75,7 +81,7 @@ def read_safetensors_header(path: Path) -> tuple[int, dict]:
         raise CheckpointError(f"{path}: cannot read it ({e.strerror or e}); check that it is "
                               "a readable file and not a broken or looping symlink") from None
     try:
-        header = json.loads(raw)
+        header = json.loads(raw, parse_constant=_no_constant)
         if not isinstance(header, dict):
             raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
     except (ValueError, UnicodeDecodeError, RecursionError) as e:

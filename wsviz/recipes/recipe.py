@@ -35,6 +35,8 @@ from wsviz.recipes.schedule import (
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 MERGEKIT_TOP_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype",
                      "out_dtype", "tokenizer_source", "tokenizer", "chat_template")
+#: keys of ``Recipe.extra``: mergekit top-level keys passed through, Fisher file paths
+EXTRA_KEYS = ("tokenizer_source", "tokenizer", "chat_template", "fisher")
 _SEED_RE = re.compile(r"--random-seed\s+(-?\d{1,30})\b")
 
 
@@ -92,17 +94,19 @@ class Recipe:
                 if not isinstance(m["model"], str):
                     raise RecipeError(f"a model entry's 'model' must be a path or label "
                                       f"(a string), got {_kind(m['model'])}")
-                params = m.get("params") or {}
+                params = {} if m.get("params") is None else m["params"]
                 _need_mapping(params, f"params of model {m['model']!r}")
                 ms.append(ModelEntry(m["model"], dict(params)))
             else:
                 raise RecipeError(f"a model entry is a path string or {{model, params}}; got "
                                   f"{_kind(m)}")
         self.models = ms
-        _need_mapping(self.params or {}, "params")
-        self.params = dict(self.params or {})
-        _need_mapping(self.extra or {}, "extra")
-        self.extra = dict(self.extra or {})
+        self.params = {} if self.params is None else self.params
+        _need_mapping(self.params, "params")
+        self.params = dict(self.params)
+        self.extra = {} if self.extra is None else self.extra
+        _need_mapping(self.extra, "extra")
+        self.extra = dict(self.extra)
         fisher = self.extra.get("fisher")
         if fisher is not None and not (isinstance(fisher, Mapping) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in fisher.items())):
@@ -159,6 +163,9 @@ class Recipe:
 
     def _validate(self) -> Recipe:
         spec = self.spec
+        unknown = sorted(set(self.extra) - set(EXTRA_KEYS))
+        if unknown:
+            raise RecipeError(f"unknown extra key(s) {unknown}; valid: {', '.join(EXTRA_KEYS)}")
         if self.dtype not in DTYPES:
             raise RecipeError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
         if self.out_dtype is not None and self.out_dtype not in DTYPES:
@@ -299,11 +306,12 @@ class Recipe:
         for key in ("dtype", "out_dtype"):
             if d.get(key) is not None and not isinstance(d[key], str):
                 raise RecipeError(f"{key} must be one of {list(DTYPES)}, got {_kind(d[key])}")
-        models = d.get("models")
-        return cls(method=d["method"], base=d.get("base"),
-                   models=[] if models is None else models, params=d.get("params") or {},
-                   dtype=d.get("dtype") or "float32", seed=d.get("seed"),
-                   out_dtype=d.get("out_dtype"), extra=d.get("extra") or {})
+        def given(key, default):
+            return default if d.get(key) is None else d[key]
+
+        return cls(method=d["method"], base=d.get("base"), models=given("models", []),
+                   params=given("params", {}), dtype=given("dtype", "float32"),
+                   seed=d.get("seed"), out_dtype=d.get("out_dtype"), extra=given("extra", {}))
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -416,7 +424,7 @@ class Recipe:
                                   f"{e.get('model')!r}; valid keys: model, parameters")
             if not isinstance(e["model"], str):
                 raise RecipeError(f"model must be a path string, got {e['model']!r}")
-            mp = e.get("parameters") or {}
+            mp = {} if e.get("parameters") is None else e["parameters"]
             _need_mapping(mp, f"parameters of model {e['model']!r}")
             models.append(ModelEntry(e["model"], dict(mp)))
         if spec.needs_base:
@@ -428,7 +436,7 @@ class Recipe:
         if m:
             seed = int(m.group(1))
         extra = {k: d[k] for k in ("tokenizer_source", "tokenizer", "chat_template") if k in d}
-        gp = d.get("parameters") or {}
+        gp = {} if d.get("parameters") is None else d["parameters"]
         _need_mapping(gp, "parameters")
         r = cls(method=method, base=base, models=models, params=dict(gp),
                 dtype=d.get("dtype") or "float32", seed=seed, out_dtype=d.get("out_dtype"),
