@@ -1,6 +1,11 @@
 """Disk-to-disk merge: ``wsviz merge`` vs ``mergekit-yaml`` on the same TIES YAML.
 
-    python bench/bench_merge.py [--layers 12] [--threads N] [--keep DIR]
+    python bench/bench_merge.py [--layers 12] [--threads N] [--keep DIR] [--method ties]
+
+``--method`` picks another mergekit method instead of TIES (``sce``, ``ram``, ``karcher``,
+``multislerp``, ``nuslerp``, ``nearswap``, ``arcee_fusion``) or ``frankenmerge``
+(``passthrough`` over ``slices:``: the first 2/3 of the base's layers, then the last 2/3 of
+a fine-tune's).
 
 Builds a Llama-shaped checkpoint (hidden 768, intermediate 2048, vocab 16000, 12 layers:
 ~110 M parameters, fp32 safetensors) and 3 perturbed fine-tunes in a temp dir, writes one
@@ -57,6 +62,32 @@ def build(root: Path, layers: int, n_ft: int = 3):
     return paths, n
 
 
+def recipe_for(method: str, base, fts, layers: int):
+    """The benchmarked recipe (paths) for ``method``."""
+    from wsviz.recipes import Recipe
+
+    base, fts = str(base), [str(f) for f in fts]
+    if method == "ties":
+        return Recipe("ties", base=base, models=[
+            {"model": f, "params": {"weight": 1.0, "density": 0.2}} for f in fts])
+    if method == "frankenmerge":
+        k = 2 * layers // 3
+        return Recipe("passthrough", base=base, slices=[
+            {"sources": [{"model": base, "layer_range": [0, k]}]},
+            {"sources": [{"model": fts[0], "layer_range": [layers - k, layers]}]}])
+    if method in ("nuslerp", "multislerp"):
+        n = 2 if method == "nuslerp" else len(fts)
+        return Recipe(method, base=base, models=[
+            {"model": f, "params": {"weight": 1.0}} for f in fts[:n]])
+    if method in ("nearswap", "arcee_fusion"):
+        return Recipe(method, base=base, models=fts[:1],  # seed: mergekit runs --random-seed 0
+                      params={"t": 0.001} if method == "nearswap" else {},
+                      seed=0 if method == "arcee_fusion" else None)
+    if method == "karcher":
+        return Recipe("karcher", models=fts)
+    return Recipe(method, base=base, models=fts)
+
+
 def run(cmd, env) -> float:
     t = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -71,6 +102,9 @@ def main():
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--keep", default=None, help="build in this dir and keep it")
+    ap.add_argument("--method", default="ties",
+                    help="ties, sce, ram, karcher, multislerp, nuslerp, nearswap, "
+                         "arcee_fusion or frankenmerge")
     a = ap.parse_args()
     root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="wsviz-bench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -92,16 +126,14 @@ def main():
             (base, *fts), n = build(root, a.layers)
         print(f"base + {len(fts)} fine-tunes of {n / 1e6:.1f} M params ready in "
               f"{time.perf_counter() - t:.1f} s ({root})", flush=True)
-        from wsviz.recipes import Recipe
-
-        r = Recipe("ties", base=str(base), models=[
-            {"model": str(f), "params": {"weight": 1.0, "density": 0.2}} for f in fts])
-        y = root / "ties.yml"
+        r = recipe_for(a.method, base, fts, a.layers)
+        y = root / f"{a.method}.yml"
+        label = a.method if a.method != "ties" else "TIES"
         y.write_text(r.to_mergekit_yaml())
         mk_bin = shutil.which("mergekit-yaml") or "mergekit-yaml"
         t_mk = run([mk_bin, str(y), str(root / "out_mk"), "--no-copy-tokenizer",
                     "--no-write-model-card", "--random-seed", "0"], env)
-        print(f"mergekit-yaml TIES : {t_mk:7.1f} s", flush=True)
+        print(f"mergekit-yaml {label:5s}: {t_mk:7.1f} s", flush=True)
         t_ws = run([sys.executable, "-m", "wsviz.cli", "merge", str(y), "-o",
                     str(root / "out_ws"), "--no-progress"], env)
         from safetensors import safe_open
@@ -120,7 +152,7 @@ def main():
                 worst = max(worst, (h.get_tensor(k) - wh.get_tensor(wk)).abs().max().item())
                 count += 1
         print(f"threads: {env.get('OMP_NUM_THREADS', 'default')}")
-        print(f"wsviz merge TIES   : {t_ws:7.1f} s")
+        print(f"wsviz merge {label:7s}: {t_ws:7.1f} s")
         print(f"speed-up           : {t_mk / t_ws:7.1f}x  (goal >= 10x)")
         print(f"identical output   : {count} tensors, max abs diff {worst:.2e} "
               f"({'OK' if worst <= 1e-6 and count == len(ws) else 'MISMATCH'})")

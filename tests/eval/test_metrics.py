@@ -29,7 +29,8 @@ def test_infer_from_names():
 def test_format():
     assert KNOWN["accuracy"].format(0.873) == "87.3 %"
     assert KNOWN["perplexity"].format(203201.0) == "203201"
-    assert KNOWN["loss"].format(1.23456) == "1.23 nats"
+    assert KNOWN["loss"].format(1.23456) == "1.235 nats"
+    assert KNOWN["perplexity"].format(127.345) == "127.3"
     assert KNOWN["accuracy"].format(math.nan) == "–"
 
 
@@ -50,3 +51,42 @@ def test_bad_declaration():
 
     with pytest.raises(EvalError, match="MetricSpec"):
         metric_specs(Ev())
+
+
+def test_parse_and_declare_metric():
+    from wsviz.eval.metrics import declare_metric, metric_spec, parse_metric
+
+    assert parse_metric("score:min") == ("score", False)
+    assert parse_metric("val_acc:max") == ("val_acc", True)
+    assert parse_metric("perplexity") == ("perplexity", None)
+    for bad in (":min", "score:down", ""):
+        with pytest.raises(EvalError, match="metric"):
+            parse_metric(bad)
+    assert metric_spec("acc:min").higher_is_better is False
+    assert metric_spec("acc:min").unit == "fraction"  # unit kept from the known metric
+
+    class Ev:
+        metrics = ["accuracy", MetricSpec("tokens", True, "", "tokens scored")]
+
+    ev = Ev()
+    assert declare_metric(ev, "tokens").doc == "tokens scored"  # own declaration kept
+    assert [s.name for s in ev.metrics] == ["tokens", "accuracy"]
+    declare_metric(ev, "score:min")
+    assert primary_metric(ev).name == "score" and not primary_metric(ev).higher_is_better
+    assert len(ev.metrics) == 3
+
+
+def test_normalized_and_pareto_follow_direction():
+    from wsviz.eval.metrics import pareto_mask
+
+    acc, ppl = KNOWN["accuracy"], KNOWN["perplexity"]
+    assert acc.normalized(0.45, 0.9) == pytest.approx(0.5)
+    assert ppl.normalized(20.0, 10.0) == pytest.approx(0.5)  # twice the fine-tune's ppl
+    assert math.isnan(acc.normalized(0.5, 0.0))
+    avg, worst = [10.0, 12.0, 9.0, 11.0], [14.0, 13.0, 15.0, 16.0]
+    # lower is better: (9, 15) best mean, (12, 13) best worst, (10, 14) between, (11, 16) not
+    assert pareto_mask(avg, worst, higher_is_better=False) == [True, True, True, False]
+    assert pareto_mask(avg, worst, higher_is_better=True) == [False, True, False, True]
+    assert pareto_mask([1.0, math.nan], [1.0, 2.0]) == [True, False]
+    assert ppl.labelled("mean perplexity") == "mean perplexity (lower is better)"
+    assert acc.arrow == "↑" and ppl.arrow == "↓"

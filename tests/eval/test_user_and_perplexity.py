@@ -206,3 +206,20 @@ def test_make_evaluator(lm_dir, text_file, user_module, tmp_path):
         make_evaluator(str(tmp_path / "missing.txt"))
     with pytest.raises(EvalError, match="no model directory"):
         make_evaluator(str(text_file))
+
+
+def test_callable_declares_metrics(tmp_path):
+    from wsviz.eval.metrics import primary_metric
+
+    f = tmp_path / "declared.py"
+    f.write_text("def score(w):\n    return {'val_loss': 0.7, 'acc': 0.6}\n"
+                 "score.metrics = ['val_loss:min', 'acc']\n"
+                 "def bad(w):\n    return 1.0\nbad.metrics = [3]\n")
+    ev = CallableEvaluator(f"{f}:score")
+    assert [(s.name, s.higher_is_better) for s in ev.metrics] == [("val_loss", False),
+                                                                  ("acc", True)]
+    assert primary_metric(ev).name == "val_loss"
+    assert CallableEvaluator(lambda w: 1.0, metrics="score:min").metrics[0].higher_is_better \
+        is False
+    with pytest.raises(EvalError, match="declared.py:bad.*MetricSpec"):
+        CallableEvaluator(f"{f}:bad")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -139,3 +140,43 @@ def test_minilm_real_checkpoint(minilm_dir):
     w = src.get("encoder.layer.0.attention.self.query.weight")
     assert w.shape == (384, 384) and w.dtype == torch.float32
     assert src.bytes_read == 384 * 384 * 4
+
+
+def test_real_finetune_aligns_without_its_position_ids_buffer(minilm_pair):
+    base, ft = minilm_pair
+    assert "embeddings.position_ids" not in open_source(ft).names()
+    ms = ModelSet.open(base, [ft], labels=["sre"])
+    assert ms.report.ok and ms.report.buffers == {"sre": ["embeddings.position_ids"]}
+    assert "read from the base: embeddings.position_ids" in ms.report.format()
+    assert not ms.deltas("embeddings.position_ids").any()  # the base's buffer
+    num = den = 0.0
+    for n in ms.names:
+        if n != "embeddings.position_ids":
+            num += float(ms.deltas(n).square().sum())
+            den += float(ms.get_base(n).square().sum())
+    assert 0.005 < (num / den) ** 0.5 < 0.02  # a real, small fine-tune (≈ 0.01)
+    # a float tensor missing from a fine-tune is still a misalignment
+    from safetensors.torch import load_file
+
+    from wsviz.errors import AlignmentError
+
+    sd = load_file(ft / "model.safetensors")
+    sd.pop("encoder.layer.0.output.dense.bias")
+    with pytest.raises(AlignmentError, match="encoder.layer.0.output.dense.bias"):
+        ModelSet.open(base, [sd])
+
+
+def test_float_buffer_missing_from_a_finetune_reads_the_base(llama_set):
+    """A float buffer (``inv_freq``-style) a fine-tune does not save is the base's, in the
+    model set and in the in-memory merger alike."""
+    from wsviz.recipes import InMemoryMerger, Recipe
+
+    base = {k: v.clone() for k, v in llama_set.base_model.state_dict().items()}
+    base["model.rotary_emb.inv_freq"] = torch.rand(8)
+    ft = llama_set.ft_models[0].state_dict()
+    ms = ModelSet.open(base, [ft], labels=["ft"])
+    assert ms.report.buffers == {"ft": ["model.rotary_emb.inv_freq"]}
+    assert ms.source("ft", "model.rotary_emb.inv_freq") is ms.base
+    merged = InMemoryMerger(ms).merge(Recipe("task_arithmetic", base="base", models=["ft"],
+                                             params={"weight": 1.0}))
+    assert torch.equal(merged["model.rotary_emb.inv_freq"], base["model.rotary_emb.inv_freq"])

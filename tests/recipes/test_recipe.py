@@ -14,7 +14,7 @@ MK_METHODS = [n for n, s in METHODS.items() if s.in_mergekit]
 
 def example(method: str) -> Recipe:
     spec = METHODS[method]
-    n = 1 if method == "slerp" else 3
+    n = min(3, spec.max_models or 3)
     models = [{"model": f"/m/ft{i}", "params": {}} for i in range(n)]
     params: dict = {}
     for p in spec.params:

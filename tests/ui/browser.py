@@ -119,3 +119,50 @@ def drag_handle(page, handle, dx: float) -> None:
     page.mouse.down()
     page.mouse.move(x + dx, y, steps=4)
     page.mouse.up()
+
+
+# Axis labels and legend entries of every rendered Bokeh figure, by title.
+PLOT_LABELS_JS = """
+() => {
+  const out = [];
+  const seen = new Set();
+  function walk(v) {
+    if (!v || seen.has(v)) return;
+    seen.add(v);
+    const m = v.model;
+    if (m && m.title !== undefined && m.left !== undefined) {
+      const side = (xs) => (xs || []).filter(r => r.axis_label !== undefined)
+        .map(r => r.axis_label);
+      const all = [...(m.left || []), ...(m.right || []), ...(m.center || []),
+                   ...(m.above || []), ...(m.below || [])];
+      const legend = all.filter(r => r.items !== undefined)
+        .flatMap(r => r.items.map(it => it.label ? (it.label.value ?? '') : ''));
+      const column = (name) => (m.renderers || []).flatMap(r => {
+        const d = r.data_source && r.data_source.data;
+        return d && d[name] !== undefined ? Array.from(d[name]).map(String) : [];
+      });
+      out.push({title: m.title ? m.title.text : '', x: side(m.below), y: side(m.left),
+                legend: legend, references: column('reference')});
+    }
+    for (const k of (v.child_views || [])) walk(k);
+  }
+  for (const v of Object.values(Bokeh.index)) walk(v);
+  return out;
+}
+"""
+
+
+def plot_labels(page, title_prefix: str, timeout: float = 60.0, predicate=None) -> dict:
+    """``{title, x: [x-axis labels], y: [y-axis labels], legend: [labels], references:
+    [values of the "reference" column of its glyphs]}`` of the figure whose title starts
+    with ``title_prefix`` (and that satisfies ``predicate``, if given)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        for fig in page.evaluate(PLOT_LABELS_JS):
+            if fig["title"].startswith(title_prefix):
+                last = fig
+                if predicate is None or predicate(fig):
+                    return fig
+        page.wait_for_timeout(200)
+    raise AssertionError(f"no plot titled {title_prefix!r} matched; last: {last}")

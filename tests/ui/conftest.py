@@ -89,8 +89,7 @@ class ServedApp:
                 self.stop()
                 raise RuntimeError(f"panel serve exited: {self.log()}")
             try:
-                # one slow first page (busy machine) must not pile up retried sessions
-                with urllib.request.urlopen(self.url, timeout=120) as r:  # noqa: S310 - localhost
+                with urllib.request.urlopen(self.url, timeout=60) as r:  # noqa: S310 - localhost
                     if r.status == 200:
                         return
             except OSError:
@@ -133,5 +132,15 @@ def demo_app(artifacts_dir, tmp_path_factory):
 def fake_app(artifacts_dir):
     """The app on the tiny fake workspace (wiring and error paths, no torch work)."""
     app = ServedApp(["--workspace", FAKE], artifacts_dir / "server_fake.log")
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_ppl_app(artifacts_dir, llama_set, char_tokenizer, ppl_text):
+    """The real app on the tiny multi-block Llama family (base + 3 fine-tunes, no tokenizer
+    in their directories) with a perplexity evaluator and ``--tokenizer`` pointing elsewhere."""
+    app = ServedApp([str(llama_set.base), *map(str, llama_set.fts), "--eval", f"ppl:{ppl_text}",
+                     "--tokenizer", str(char_tokenizer)], artifacts_dir / "server_llama.log")
     yield app
     app.stop()

@@ -141,3 +141,30 @@ class FakeWorkspace(Workspace):
         if progress:
             progress(1.0, "done")
         return str(p)
+
+
+class PerplexityFakeWorkspace(FakeWorkspace):
+    """The fake with a lower-is-better metric, as an LLM set with a perplexity evaluator
+    (one reference row per fine-tune, no per-task "individual"): per-task perplexity
+    ``10 + i + 5 |lambda - 0.5|`` (best at lambda = 0.5)."""
+
+    title = "fake perplexity"
+
+    def __init__(self):
+        super().__init__()
+        from wsviz.eval.metrics import KNOWN
+
+        self.metric_spec = KNOWN["perplexity"]
+
+    def evaluate_recipe(self, recipe):
+        lam = recipe["params"].get("lambda", 1.0)
+        lam = float(lam) if isinstance(lam, (int, float)) else 1.0
+        return {t: round(10.0 + i + 5 * abs(lam - 0.5), 6) for i, t in enumerate(TASKS)}
+
+    def evaluate_prune(self, target, method, params):
+        s = params["sparsity"] if isinstance(params["sparsity"], float) else 0.5
+        return {t: round(10.0 + 20 * s, 6) for t in TASKS}
+
+    def references(self):
+        return {"pretrained": dict.fromkeys(TASKS, 30.0), "individual": {},
+                **{f"ft:{lab}": dict.fromkeys(TASKS, 12.0 + j) for j, lab in enumerate(LABELS)}}

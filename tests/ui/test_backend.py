@@ -153,3 +153,78 @@ def test_wanda_absent_without_calibration(llama_set):
     layer = next(n for n in ws.layers() if "q_proj" in n)
     with pytest.raises(WsvizError, match="calibration"):
         ws.prune_mask(layer, "base", "wanda", {"sparsity": 0.5})
+
+
+def test_llama_perplexity_workspace_references_and_tuners(llama_set, char_tokenizer, ppl_text):
+    """A multi-block Llama family with a perplexity evaluator (tokenizer kept elsewhere):
+    the plotted metric is perplexity (lower is better); references are the base and one row
+    per fine-tune, computed through the evaluator; lambda = 0 reproduces the pre-trained row
+    and a single fine-tune at lambda = 1 its own row."""
+    ws = open_workspace(llama_set.base, llama_set.fts, eval_spec=f"ppl:{ppl_text}",
+                        tokenizer=str(char_tokenizer))
+    assert ws.metric_spec.name == "perplexity" and not ws.metric_spec.higher_is_better
+    refs = ws.references()
+    assert list(refs) == ["pretrained", "individual", "ft:ft0", "ft:ft1", "ft:ft2"]
+    every = {lab: {"weight": 1.0} for lab in ws.labels}
+    zero = ws.evaluate_recipe(ws.make_recipe("task_arithmetic", {"lambda": 0.0}, every))
+    assert zero == pytest.approx(refs["pretrained"])
+    one = ws.evaluate_recipe(ws.make_recipe(
+        "task_arithmetic", {"lambda": 1.0},
+        {m: {"weight": 1.0, "include": m == "ft1"} for m in ws.labels}))
+    assert one == pytest.approx(refs["ft:ft1"])
+    assert set(ws.reference_results) == {"pretrained", "ft0", "ft1", "ft2"}
+    c = build_components(ws, analyse=False)
+    assert c.merge.refs is refs and not c.session.errors
+    assert "perplexity ↓" in c.merge._summary.object and "%" not in c.merge._summary.object
+    c.merge.set("lambda", 0.6)
+    assert c.merge.history_frame()["pareto"].any()
+    # --metric picks another reported metric; a direction can be declared with it
+    ws2 = open_workspace(llama_set.base, llama_set.fts, eval_spec=f"ppl:{ppl_text}",
+                         tokenizer=str(char_tokenizer), metric="loss")
+    assert ws2.metric_spec.name == "loss"
+    assert ws2.references()["pretrained"]["story"] == pytest.approx(
+        np.log(refs["pretrained"]["story"]))
+
+
+def test_llama_bf16_multiple_choice_workspace(tmp_path, char_tokenizer):
+    """bf16 checkpoints with a multiple-choice evaluator whose tasks are named after the
+    fine-tunes: 'individual' is each task's own fine-tune."""
+    from tests.checkpoints import build_llama_set_bf16, write_mc_jsonl
+
+    s = build_llama_set_bf16(tmp_path / "bf16")
+    data = write_mc_jsonl(tmp_path / "q.jsonl", n=6, tasks=("ft0", "ft1"))
+    ws = open_workspace(s.base, s.fts, eval_spec=f"mc:{data}", tokenizer=str(char_tokenizer))
+    assert ws.metric_spec.name == "accuracy" and ws.tasks == ["ft0", "ft1"]
+    refs = ws.references()
+    assert set(refs) == {"pretrained", "individual"}
+    per = ws.reference_results
+    assert refs["individual"] == {"ft0": per["ft0"]["ft0"]["accuracy"],
+                                  "ft1": per["ft1"]["ft1"]["accuracy"]}
+    every = {lab: {"weight": 1.0} for lab in ws.labels}
+    zero = ws.evaluate_recipe(ws.make_recipe("task_arithmetic", {"lambda": 0.0}, every))
+    assert zero == pytest.approx(refs["pretrained"])
+
+
+def test_callable_evaluator_metric_inferred_or_declared(llama_set, tmp_path):
+    """A user function declaring nothing: the workspace plots the first metric it reports
+    (inferred direction); --metric NAME:min declares one."""
+    f = tmp_path / "user_eval.py"
+    f.write_text("def score(w):\n"
+                 "    n = float(sum(float(t.float().norm()) for t in w.values()))\n"
+                 "    return {'a': {'dist': n, 'acc': 0.5}, 'b': {'dist': n + 1, 'acc': 0.4}}\n"
+                 "score.names = ['model.norm.weight']\n")
+    ws = open_workspace(llama_set.base, llama_set.fts, eval_spec=f"{f}:score")
+    assert ws.metric_spec.name == "accuracy"  # nothing known before the first call
+    every = {lab: {"weight": 1.0} for lab in ws.labels}
+    vals = ws.evaluate_recipe(ws.make_recipe("task_arithmetic", {"lambda": 0.3}, every))
+    assert ws.metric_spec.name == "dist" and ws.metric_spec.higher_is_better  # inferred
+    assert vals["b"] == pytest.approx(vals["a"] + 1)
+    ws2 = open_workspace(llama_set.base, llama_set.fts, eval_spec=f"{f}:score",
+                         metric="dist:min")
+    assert ws2.metric_spec.name == "dist" and not ws2.metric_spec.higher_is_better
+    assert ws2.evaluator.metrics[0] == ws2.metric_spec
+    refs = ws2.references()
+    assert set(refs) == {"pretrained", "individual", "ft:ft0", "ft:ft1", "ft:ft2"}
+    with pytest.raises(WsvizError, match=r"reports \['acc', 'dist'\], not 'nope'"):
+        open_workspace(llama_set.base, llama_set.fts, eval_spec=f"{f}:score",
+                       metric="nope").references()

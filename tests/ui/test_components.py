@@ -210,3 +210,57 @@ def test_analysis_table_columns_feed_heatmap(comps):
     t = comps.session.table
     assert isinstance(t, pd.DataFrame)
     assert {"layer", "block", "kind", "group", "model", "metric", "value", "note"} <= set(t)
+
+
+def _plot_opts(el) -> dict:
+    import holoviews as hv
+
+    return hv.Store.lookup_options("bokeh", el, "plot").kwargs
+
+
+def test_lower_is_better_metric_drives_summary_history_and_sweep():
+    """A perplexity-like metric: worst = the maximum, the Pareto front is the lower-left,
+    axes say 'lower is better', no percent signs, and every fine-tune is a reference."""
+    from tests.ui.fake_workspace import PerplexityFakeWorkspace
+
+    c = build_components(PerplexityFakeWorkspace())
+    m, p = c.merge, c.prune
+    assert m.metrics == {"t1": 12.5, "t2": 13.5, "t3": 14.5}  # lambda = 1
+    text = m._summary.object
+    assert "perplexity ↓" in text and "worst **14.5**" in text and "%" not in text
+    m.set("lambda", 0.5)
+    m.set("lambda", 0.0)
+    h = m.history_frame()
+    assert h["worst"].tolist() == [14.5, 12.0, 14.5]
+    assert h["pareto"].tolist() == [False, True, False]  # lambda = 0.5: lowest avg and worst
+    el = m._history_el(h)
+    opts = _plot_opts(el)
+    assert opts["xlabel"] == "mean perplexity (lower is better)"
+    assert opts["ylabel"] == "worst-task perplexity (lower is better)"
+    assert "bottom left" in opts["title"]
+    # unbounded metric: the axes span the values (11 .. 14.5), padded, not [0, 1]
+    assert 10 < opts["xlim"][0] < 11 and 14.5 < opts["xlim"][1] < 15
+    assert opts["ylim"] == opts["xlim"]
+    # the live bars: y axis named with its direction, one reference dot per fine-tune
+    overlay = c.merge._live.pane.object[()]
+    assert _plot_opts(overlay)["ylabel"] == "perplexity (lower is better)"
+    lo, hi = _plot_opts(overlay)["ylim"]  # zoomed on merged (10..12) and references (..30)
+    assert 5 < lo < 10 and 30 < hi < 36
+    ft_layer = overlay.values()[-1]
+    assert sorted(set(ft_layer.data["reference"])) == ["ft:a", "ft:b", "ft:c"]
+    assert len(ft_layer.data) == 9
+    m.run_sweep("lambda", [0.0, 0.5, 1.0])
+    curves = {cv.label: cv for cv in c.merge._sweep_plot.object.values()}
+    assert curves["worst"].data["metric"].tolist() == [14.5, 12.0, 14.5]  # max over tasks
+    assert _plot_opts(c.merge._sweep_plot.object)["ylabel"] == "perplexity (lower is better)"
+    p.set("sparsity", 0.25)
+    assert "perplexity ↓: avg **15**" in p._summary.object
+    assert not c.session.errors
+
+
+def test_higher_is_better_history_keeps_accuracy_axes(comps):
+    h = comps.merge.history_frame()
+    opts = _plot_opts(comps.merge._history_el(h))
+    assert opts["xlabel"] == "mean accuracy (higher is better)"
+    assert opts["xlim"][1] == 1.0 and "top right" in opts["title"]
+    assert "accuracy ↑: avg **80.0 %** · worst **70.0 %**" in comps.merge._summary.object

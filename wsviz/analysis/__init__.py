@@ -2,6 +2,7 @@
 
 Entry points: :func:`analyze` (-> :class:`AnalysisResult` with a tidy ``table``, whole-model
 ``pairs``, task vectors, and :meth:`AnalysisResult.detail` for :class:`LayerDetail`),
+:func:`analyze_model` (the same tidy table, spectra only, for one checkpoint),
 :func:`spectra_table` (WeightWatcher-style spectral table of one checkpoint),
 :func:`task_vector_matrix` (task vectors as a matrix for the task map).
 """
@@ -14,6 +15,7 @@ _EXPORTS = {
     "AnalysisResult": "wsviz.analysis.engine",
     "TaskVectors": "wsviz.analysis.engine",
     "analyze": "wsviz.analysis.engine",
+    "analyze_model": "wsviz.analysis.single",
     "cache_root": "wsviz.analysis.engine",
     "resolve_device": "wsviz.analysis.engine",
     "task_vector_matrix": "wsviz.analysis.engine",
@@ -44,6 +46,7 @@ __all__ = [
     "LayerDetail",
     "TaskVectors",
     "analyze",
+    "analyze_model",
     "cache_root",
     "metric_doc",
     "resolve_device",

@@ -272,6 +272,8 @@ def analyze(
         todo = [x for x in all_names if x in wanted]
     else:
         todo = all_names
+    # integer buffers (position_ids, num_batches_tracked) are not weights: nothing to analyse
+    todo = [x for x in todo if modelset.info(x).dtype.is_floating_point]
     labels = modelset.labels
     cpath = None
     fp = ""  # the full-content hash costs one read of every file: only for the cache

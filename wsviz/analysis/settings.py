@@ -12,7 +12,7 @@ from wsviz.errors import WsvizError
 FAMILIES = ("deltas", "spectra", "conflicts", "intruders", "subspace", "masks")
 
 #: bump when table contents change meaning, to invalidate old caches
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2
 
 
 @dataclass(frozen=True)

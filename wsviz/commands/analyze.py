@@ -1,4 +1,5 @@
-"""``wsviz analyze BASE FT [FT...] -o report.parquet|.csv``: the tidy metric table of a model set."""
+"""``wsviz analyze BASE FT [FT...] -o report.parquet|.csv``: the tidy metric table of a model set;
+``wsviz analyze MODEL -o spectra.parquet``: the spectra of one checkpoint."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ def register(sub) -> None:
         "tidy metric table (columns layer, block, kind, group, model, metric, value, note) to "
         "a .parquet or .csv file; the whole-model task-vector similarities go to "
         "<output stem>.pairs.<ext>. Results are cached (keyed by checkpoint fingerprints and "
-        "settings) so a re-run is instant.",
+        "settings) so a re-run is instant. With a single checkpoint (no FT) only its spectra "
+        "are computed (same table, model column = its label; no pairs file, no cache).",
     )
     p.add_argument("base", metavar="BASE", help="base checkpoint (HF dir or weights file)")
-    p.add_argument("finetuned", nargs="+", metavar="FT",
-                   help="fine-tuned checkpoints (HF dirs, weight files or PEFT adapter dirs)")
+    p.add_argument("finetuned", nargs="*", metavar="FT",
+                   help="fine-tuned checkpoints (HF dirs, weight files or PEFT adapter dirs); "
+                   "none: spectra of BASE alone")
     p.add_argument("-o", "--output", required=True, type=Path,
                    help="output table: report.parquet or report.csv")
     p.add_argument("--labels", help="comma-separated model labels (default: directory names)")
@@ -64,10 +67,11 @@ def run(args: argparse.Namespace) -> int:
     fmt = out.suffix.lower()
     if fmt not in (".parquet", ".csv"):
         raise WsvizError(f"output {out}: use a .parquet or .csv file name")
+    single = not args.finetuned
     pairs_out = out.with_name(out.stem + ".pairs" + fmt)
-    for p in (out, pairs_out):  # before hours of analysis: exists / is an input / a directory
-        check_output(p, [args.base, *args.finetuned], force=args.force, kind="file",
-                     hint="pass --force to overwrite it")
+    for p in (out,) if single else (out, pairs_out):  # before hours of analysis: exists /
+        check_output(p, [args.base, *args.finetuned], force=args.force,  # an input / a dir
+                     kind="file", hint="pass --force to overwrite it")
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     families = tuple(x.strip() for x in args.families.split(",") if x.strip())
     settings = AnalysisSettings(
@@ -75,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         intruder_eps=args.intruder_eps, families=families, svd_mode=args.svd_mode,
         max_exact_dim=args.max_exact_dim,
     )
+    if single:
+        return _run_single(args, out, fmt, settings, labels)
     ms = ModelSet.open(args.base, args.finetuned, labels=labels, exclude=args.exclude,
                        strict=not args.no_strict)
     if not ms.report.ok:
@@ -95,4 +101,31 @@ def run(args: argparse.Namespace) -> int:
     for _, r in res.pairs.iterrows():
         print(f"  task-vector cosine {r['a']} vs {r['b']}: {r['cosine']:+.4f}")
     print(f"  pairs -> {pairs_out}")
+    return 0
+
+
+def _run_single(args, out: Path, fmt: str, settings, labels) -> int:
+    """``wsviz analyze MODEL``: spectra of one checkpoint."""
+    from wsviz.analysis import analyze_model
+    from wsviz.analysis.engine import _atomic_write
+
+    if labels is not None and len(labels) != 1:
+        raise WsvizError(f"--labels: one checkpoint given, {len(labels)} labels")
+    if not settings.has("spectra"):
+        raise WsvizError("one checkpoint has only spectra to analyse; drop --families or "
+                         "include 'spectra' (deltas, conflicts, ... need BASE and FT)")
+    t0 = time.perf_counter()
+    table = analyze_model(args.base, device=args.device, settings=settings,
+                          label=labels[0] if labels else None, progress=not args.quiet)
+    dt = time.perf_counter() - t0
+    if fmt == ".parquet":
+        _atomic_write(out, lambda p: table.to_parquet(p, index=False))
+    else:
+        _atomic_write(out, lambda p: table.to_csv(p, index=False))
+    n = table["layer"].nunique()
+    print(f"spectra of {n} tensors of {args.base} ({len(table)} rows) in {dt:.1f} s -> {out}")
+    alpha = table[(table.metric == "alpha")].value.dropna()
+    if len(alpha):
+        print(f"  ESD power-law alpha: median {alpha.median():.2f} over {len(alpha)} matrices "
+              f"(WeightWatcher: 2-6 is well trained)")
     return 0

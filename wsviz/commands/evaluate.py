@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from wsviz.commands._model_args import add_eval_options, eval_options
 from wsviz.errors import WsvizError
 
 
@@ -21,12 +22,16 @@ def register(sub) -> None:
                    help="recipe file: .json (wsviz) or .yml (mergekit)")
     p.add_argument("--demo", action="store_true", help="use the built-in demo zoo")
     p.add_argument("--eval", dest="eval", default=None, metavar="SPEC",
-                   help="'zoo', module:function, file.py:function, or a text file (perplexity "
-                        "of the base model's directory architecture)")
+                   help="'zoo', ppl:TEXT_FILE (perplexity; a bare text file works too), "
+                        "mc:FILE.jsonl, lm-eval:TASK[,TASK], module:function or "
+                        "file.py:function; LLM evaluators run the base model's directory")
     p.add_argument("--sweep", action="append", default=[], metavar="PARAM=VALUES",
                    help="values as a,b,c or start:stop:step (inclusive); PARAM as in "
                         "wsviz.eval.set_param (lambda, density, models.<label>.weight)")
-    p.add_argument("--metric", default=None, help="metric to print for sweeps [first one]")
+    p.add_argument("--references", action="store_true",
+                   help="also evaluate the base (pre-trained) and every fine-tune on their own "
+                        "and print them beside the merge")
+    add_eval_options(p)
     p.add_argument("--device", default=None, help="torch device for merging / evaluation")
     p.set_defaults(func=run)
 
@@ -58,9 +63,11 @@ def parse_values(text: str) -> list:
 
 
 def run(args) -> int:
-    from wsviz.eval import evaluate_recipe, make_evaluator, mean_metrics, sweep
+    from wsviz.eval import evaluate_recipe, make_evaluator, sweep
+    from wsviz.eval.metrics import declare_metric
     from wsviz.recipes import InMemoryMerger, Recipe
 
+    opts = eval_options(args)
     if args.demo:
         from wsviz.zoo import ensure_zoo
         from wsviz.zoo.table import zoo_recipe
@@ -70,30 +77,30 @@ def run(args) -> int:
         recipe = Recipe.load(args.recipe) if args.recipe else zoo_recipe(
             zoo.tasks, "task_arithmetic")
         evaluator = (zoo.evaluator(device=args.device) if args.eval in (None, "zoo")
-                     else make_evaluator(args.eval, ms, device=args.device))
+                     else make_evaluator(args.eval, ms, device=args.device, **opts))
     else:
         if not args.recipe:
             raise WsvizError("give a RECIPE file (or --demo)")
         if not args.eval:
-            raise WsvizError("give an evaluator with --eval SPEC (module:function or a text file)")
+            raise WsvizError("give an evaluator with --eval SPEC (ppl:text.txt, mc:file.jsonl, "
+                             "lm-eval:TASK, module:function)")
         from wsviz.io import ModelSet
 
         recipe = Recipe.load(args.recipe)
         labels = recipe.labels
         base = recipe.base or labels[0]
         ms = ModelSet.open(base, labels, labels=labels)
-        evaluator = make_evaluator(args.eval, ms, device=args.device)
+        evaluator = make_evaluator(args.eval, ms, device=args.device, **opts)
+    if args.metric:
+        declare_metric(evaluator, args.metric)
     recipe.validate()
     names = getattr(evaluator, "names", None)
     merger = InMemoryMerger(ms, device=args.device, names=names)
     if not args.sweep:
         res = evaluate_recipe(recipe, evaluator, merger)
-        metrics = list(dict.fromkeys(m for ms_ in res.values() for m in ms_))
-        print(f"{'task':12s}" + "".join(f"{m:>22s}" for m in metrics))
-        for t, ms_ in res.items():
-            print(f"{t:12s}" + "".join(f"{ms_.get(m, float('nan')):22.4f}" for m in metrics))
-        mm = mean_metrics(res)
-        print(f"{'mean':12s}" + "".join(f"{mm.get(m, float('nan')):22.4f}" for m in metrics))
+        _print_results(res, evaluator)
+        if args.references:
+            _print_references(res, evaluator, ms, names, args.device)
         return 0
     grid = {}
     for s in args.sweep:
@@ -102,11 +109,76 @@ def run(args) -> int:
         k, v = s.split("=", 1)
         grid[k.strip()] = parse_values(v)
     df = sweep(recipe, grid, evaluator, merger, progress=True)
-    metric = args.metric or df["metric"].iloc[0]
-    if metric not in set(df["metric"]):
-        raise WsvizError(f"--metric {metric!r}: the evaluator reports {sorted(set(df.metric))}")
-    table = df[df.metric == metric].pivot_table(index=list(grid), columns="task", values="value",
-                                                sort=False)
-    print(f"{metric}:")
-    print(table.to_string(float_format=lambda x: f"{x:.4f}"))
+    _print_sweep(df, grid, evaluator, args.metric)
     return 0
+
+
+def _width(names) -> int:
+    return max([12, *(len(str(n)) + 2 for n in names)])
+
+
+def _print_results(res, evaluator) -> None:
+    """One row per task (then the mean), one column per metric with its direction arrow."""
+    from wsviz.eval import mean_metrics
+    from wsviz.eval.metrics import metric_specs
+
+    specs = metric_specs(evaluator, res)
+    metrics = [m for m in specs if any(m in ms_ for ms_ in res.values())]
+    print("# " + " · ".join(f"{m}: {'higher' if specs[m].higher_is_better else 'lower'} is "
+                            f"better" + (f" ({specs[m].unit})" if specs[m].unit else "")
+                            for m in metrics))
+    w = _width(res)
+    cols = [f"{m} {specs[m].arrow}" for m in metrics]
+    cw = max([14, *(len(c) + 2 for c in cols)])
+    print(f"{'task':{w}s}" + "".join(f"{c:>{cw}s}" for c in cols))
+    for t, ms_ in res.items():
+        print(f"{t:{w}s}" + "".join(f"{ms_.get(m, float('nan')):{cw}.4f}" for m in metrics))
+    mm = mean_metrics(res)
+    print(f"{'mean':{w}s}" + "".join(f"{mm.get(m, float('nan')):{cw}.4f}" for m in metrics))
+
+
+def _print_references(res, evaluator, ms, names, device) -> None:
+    """The primary metric of the merge beside the pre-trained base, the individual fine-tunes
+    (matched to tasks by name) and, when tasks have no own fine-tune, every fine-tune."""
+    import math
+    from pathlib import Path
+
+    from wsviz.eval.metrics import primary_metric
+    from wsviz.eval.references import metric_of, reference_results, reference_rows
+
+    spec = primary_metric(evaluator, res)
+    per_model = reference_results(evaluator, ms, names=names, device=device)
+    refs = {k: v for k, v in reference_rows(per_model, spec.name, list(res)).items() if v}
+    short = {k: "ft:" + Path(k[3:]).name for k in refs if k.startswith("ft:")}
+    if len(set(short.values())) == len(short):  # recipe labels are paths: show their names
+        refs = {short.get(k, k): v for k, v in refs.items()}
+    rows = {"merged": metric_of(res, spec.name), **refs}
+    print(f"\n{spec.label}: merge vs references")
+    w = _width(res)
+    cw = max([14, *(len(k) + 2 for k in rows)])
+    print(f"{'task':{w}s}" + "".join(f"{k:>{cw}s}" for k in rows))
+    for t in res:
+        print(f"{t:{w}s}" + "".join(f"{r.get(t, math.nan):{cw}.4f}" for r in rows.values()))
+    means = {k: (math.fsum(r.values()) / len(r) if r else math.nan) for k, r in rows.items()}
+    print(f"{'mean':{w}s}" + "".join(f"{v:{cw}.4f}" for v in means.values()))
+
+
+def _print_sweep(df, grid, evaluator, metric_arg) -> None:
+    """The sweep table of the chosen metric (tasks as columns, ``mean`` included) and the best
+    grid point by the mean, in the metric's own direction."""
+    from wsviz.eval.metrics import metric_specs, parse_metric
+
+    name = parse_metric(metric_arg)[0] if metric_arg else df["metric"].iloc[0]
+    if name not in set(df["metric"]):
+        raise WsvizError(f"--metric {name!r}: the evaluator reports {sorted(set(df.metric))}")
+    spec = metric_specs(evaluator, {"": dict.fromkeys(set(df["metric"]), 0.0)})[name]
+    table = df[df.metric == name].pivot_table(index=list(grid), columns="task", values="value",
+                                              sort=False)
+    print(f"{spec.label}:")
+    print(table.to_string(float_format=lambda x: f"{x:.4f}"))
+    if "mean" in table.columns:
+        col = table["mean"]
+        key = col.idxmax() if spec.higher_is_better else col.idxmin()
+        at = ", ".join(f"{k}={v}" for k, v in zip(grid, key if isinstance(key, tuple)
+                                                     else (key,)))
+        print(f"best mean {name}: {spec.format(float(col[key]))} at {at}")

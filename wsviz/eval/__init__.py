@@ -2,22 +2,28 @@
 
 - :class:`ZooEvaluator` — per-task accuracy / loss / normalized accuracy of the demo zoo;
 - :class:`PerplexityEvaluator` — causal-LM perplexity of an HF model on a text file;
+- :class:`MultipleChoiceEvaluator` — log-likelihood multiple-choice accuracy on a JSONL file;
+- :class:`LMEvalEvaluator` — lm-evaluation-harness tasks (the ``lm-eval`` extra);
 - :class:`CallableEvaluator` — a user function given as ``"module:function"``;
 - :func:`make_evaluator` — any of these from a ``--eval`` spec string;
+- :func:`reference_results` / :func:`reference_rows` — the base and every fine-tune through
+  the same evaluator (pre-trained / individual references);
 - :func:`evaluate_recipe`, :func:`sweep`, :func:`greedy_soup` — Recipe -> in-memory merge ->
   metrics, no disk I/O.
 
-Results are ``{task: {metric: float}}``; :func:`to_frame` gives the tidy table.
+Results are ``{task: {metric: float}}``; :func:`to_frame` gives the tidy table. What each
+metric means (direction, unit) comes from :mod:`wsviz.eval.metrics`.
 """
 
 from __future__ import annotations
 
 from wsviz.eval.base import Evaluator, Results, mean_metrics, normalize_results, to_frame
-from wsviz.eval.metrics import MetricSpec, metric_specs, primary_metric
+from wsviz.eval.metrics import MetricSpec, declare_metric, metric_specs, primary_metric
 
 __all__ = [
-    "CallableEvaluator", "Evaluator", "MetricSpec", "PerplexityEvaluator", "Results",
-    "ZooEvaluator", "metric_specs", "primary_metric",
+    "CallableEvaluator", "Evaluator", "LMEvalEvaluator", "MetricSpec",
+    "MultipleChoiceEvaluator", "PerplexityEvaluator", "Results", "ZooEvaluator",
+    "declare_metric", "metric_specs", "primary_metric", "reference_results", "reference_rows",
     "evaluate_recipe", "greedy_soup", "make_evaluator", "mean_metrics", "normalize_results",
     "scorer", "set_param", "sweep", "to_frame",
 ]
@@ -32,6 +38,18 @@ def __getattr__(name):  # lazy: keep `import wsviz.eval` cheap
         from wsviz.eval.perplexity import PerplexityEvaluator
 
         return PerplexityEvaluator
+    if name == "MultipleChoiceEvaluator":
+        from wsviz.eval.multiple_choice import MultipleChoiceEvaluator
+
+        return MultipleChoiceEvaluator
+    if name == "LMEvalEvaluator":
+        from wsviz.eval.lm_harness import LMEvalEvaluator
+
+        return LMEvalEvaluator
+    if name in ("reference_results", "reference_rows"):
+        from wsviz.eval import references
+
+        return getattr(references, name)
     if name == "CallableEvaluator":
         from wsviz.eval.user import CallableEvaluator
 

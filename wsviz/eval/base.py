@@ -36,8 +36,12 @@ class Evaluator(Protocol):
 
     Optional: ``metrics`` — the metrics it reports as :class:`wsviz.eval.metrics.MetricSpec`
     (name, higher-or-lower is better, unit), primary first; undeclared names are inferred by
-    :func:`wsviz.eval.metrics.metric_specs`. ``references()`` — ``{"pretrained": ..,
-    "individual": ..}`` results.
+    :func:`wsviz.eval.metrics.metric_specs`. ``references()`` — ``{"pretrained": {task: v},
+    "individual": {task: v}}`` of its primary metric, when it can give them more cheaply
+    than evaluating the base and each fine-tune through ``evaluate`` (which is what
+    :mod:`wsviz.eval.references` does for every other evaluator).
+    ``fisher(weights, label)`` — the diagonal Fisher of model ``label`` with ``weights`` on the
+    evaluator's own data (``{name: Tensor}``); with it the dashboard offers the ``fisher`` merge method (the zoo and perplexity evaluators have one).
     """
 
     tasks: list[str]

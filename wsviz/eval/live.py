@@ -129,34 +129,54 @@ def sweep(
     return pd.concat(frames, ignore_index=True)
 
 
-def scorer(evaluator, metric: str = "accuracy", tasks: Sequence[str] | None = None
-           ) -> Callable[[Mapping], float]:
+def scorer(evaluator, metric: str | None = None, tasks: Sequence[str] | None = None,
+           signed: bool = False) -> Callable[[Mapping], float]:
     """Adapter from an :class:`Evaluator` to a scalar score ``weights -> float``: the mean of
-    ``metric`` over ``tasks`` (default all). :class:`EvalError` if ``metric`` is not reported."""
+    ``metric`` (default: the evaluator's primary metric) over ``tasks`` (default all). With
+    ``signed`` the score is negated for lower-is-better metrics, so larger is always better
+    (:meth:`MetricSpec.score`). :class:`EvalError` if ``metric`` is not reported."""
     from wsviz.errors import EvalError
+    from wsviz.eval.metrics import metric_specs, primary_metric
 
     def score(weights) -> float:
         res = evaluator.evaluate(weights)
+        name = metric or primary_metric(evaluator, res).name
         mm = mean_metrics(res, list(tasks) if tasks is not None else None)
-        if metric not in mm:
-            raise EvalError(f"the evaluator reports {sorted(mm)}, not {metric!r}")
-        return mm[metric]
+        if name not in mm:
+            raise EvalError(f"the evaluator reports {sorted(mm)}, not {name!r}")
+        spec = metric_specs(evaluator, res)[name]
+        return spec.score(mm[name]) if signed else mm[name]
 
     return score
 
 
 def greedy_soup(
-    evaluator, merger, labels: Sequence[str] | None = None, metric: str = "accuracy",
+    evaluator, merger, labels: Sequence[str] | None = None, metric: str | None = None,
+    tasks: Sequence[str] | None = None,
 ) -> tuple[object, pd.DataFrame]:
     """Greedy soup (Wortsman et al. 2022) scored by ``evaluator``: the mean of ``metric``
-    (higher is better) over its tasks. Delegates to :func:`wsviz.recipes.greedy_soup` (the
-    merge side) with :func:`scorer` (the evaluation side).
+    (default: the evaluator's primary metric, :func:`wsviz.eval.metrics.primary_metric`) over
+    ``tasks`` (default all), in the metric's direction — a lower-is-better metric such as
+    perplexity or loss is minimised. Delegates to :func:`wsviz.recipes.greedy_soup` (the merge
+    side) with :func:`scorer` (the evaluation side).
 
     Returns ``(recipe, history)``: the ``linear`` recipe of the kept models and a table
-    ``model, score, accepted, individual``. Use a validation split in ``evaluator`` (e.g.
-    ``ZooEvaluator(split="train")``) so the soup is not tuned on the test set.
+    ``model, individual, score, accepted, metric``. Use held-out data in ``evaluator`` (e.g.
+    ``ZooEvaluator(split="train")``, a validation text) so the soup is not tuned on the test
+    set. Raises :class:`EvalError` when the evaluator fails or lacks ``metric``.
     """
+    from wsviz.eval.metrics import primary_metric
     from wsviz.recipes import greedy_soup as _greedy_soup
 
-    recipe, history = _greedy_soup(merger, scorer(evaluator, metric), labels)
-    return recipe, pd.DataFrame(history)
+    results = None
+    if metric is None and not getattr(evaluator, "metrics", None):
+        from wsviz.recipes.soup import soup_recipe  # undeclared metrics: look at one result
+
+        labs = list(labels or merger.labels)
+        results = evaluate_recipe(soup_recipe(labs[:1]), evaluator, merger)
+    spec = primary_metric(evaluator, results, name=metric)
+    recipe, history = _greedy_soup(merger, scorer(evaluator, spec.name, tasks), labels,
+                                   better=spec.better)
+    df = pd.DataFrame(history, columns=["model", "individual", "score", "accepted"])
+    df["metric"] = spec.name
+    return recipe, df

@@ -8,17 +8,18 @@ Every consumer of metrics (tuners, sweeps, history / Pareto plots, search object
     spec.better(a, b); spec.best(values); spec.format(0.873)  # "87.3 %"
 
 An evaluator declares its metrics with a ``metrics`` attribute: a sequence of
-:class:`MetricSpec` (or a ``{name: MetricSpec}`` mapping), primary first. Evaluators that do
-not declare them get specs inferred from the metric names they report (:func:`infer_spec`:
-``perplexity``, ``loss``, ``error``, ... are lower-is-better; anything unknown is
-higher-is-better, the convention of scores).
+:class:`MetricSpec` or ``"name:min|max"`` strings (or a ``{name: MetricSpec}`` mapping),
+primary first; :func:`declare_metric` does it from the outside (``--metric NAME:min``).
+Evaluators that do not declare them get specs inferred from the metric names they report
+(:func:`infer_spec`: ``perplexity``, ``loss``, ``error``, ... are lower-is-better; anything
+unknown is higher-is-better, the convention of scores).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from wsviz.errors import EvalError
 
@@ -72,12 +73,14 @@ class MetricSpec:
         """``value`` signed so that larger is always better (``-value`` when lower is)."""
         return value if self.higher_is_better else -value
 
-    def format(self, value: float, digits: int = 3) -> str:
-        """``0.873`` -> ``"87.3 %"`` for a fraction; ``12.3456`` -> ``"12.3"`` otherwise."""
+    def format(self, value: float, digits: int = 4) -> str:
+        """``0.873`` -> ``"87.3 %"`` for a fraction (``digits - 1`` significant digits);
+        ``127.345`` -> ``"127.3"``, ``1.23456`` -> ``"1.235"`` otherwise (``digits``
+        significant: perplexities of close merges differ in the first decimals)."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "–"
         if self.unit == FRACTION:
-            return f"{100 * value:.{max(0, digits - 2)}f} %"
+            return f"{100 * value:.{max(0, digits - 3)}f} %"
         text = f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
         return f"{text} {self.unit}".strip() if self.unit and self.unit != "%" else (
             text + (" %" if self.unit == "%" else ""))
@@ -85,8 +88,26 @@ class MetricSpec:
     @property
     def label(self) -> str:
         """Axis label, e.g. ``"perplexity (lower is better)"``."""
+        return self.labelled(self.name)
+
+    def labelled(self, text: str) -> str:
+        """``text`` with the direction appended: ``"mean perplexity (lower is better)"``."""
         arrow = "higher" if self.higher_is_better else "lower"
-        return f"{self.name} ({arrow} is better)"
+        return f"{text} ({arrow} is better)"
+
+    @property
+    def arrow(self) -> str:
+        """``"↑"`` (higher is better) or ``"↓"``."""
+        return "↑" if self.higher_is_better else "↓"
+
+    def normalized(self, value: float, reference: float) -> float:
+        """How much of ``reference``'s quality ``value`` keeps: ``value / reference`` when
+        higher is better, ``reference / value`` when lower is (1 = as good as the reference,
+        above 1 = better). NaN when the ratio is undefined (zero or NaN)."""
+        num, den = (value, reference) if self.higher_is_better else (reference, value)
+        if not den or math.isnan(den) or math.isnan(num):
+            return math.nan
+        return num / den
 
 
 #: Metric names wsviz recognises without a declaration.
@@ -131,15 +152,18 @@ def infer_spec(name: str) -> MetricSpec:
 
 
 def as_specs(declared) -> dict[str, MetricSpec]:
-    """``declared`` (a sequence of :class:`MetricSpec` / names, or a ``{name: spec}`` mapping)
-    as an ordered ``{name: MetricSpec}``; :class:`EvalError` for anything else."""
+    """``declared`` (a sequence of :class:`MetricSpec` / names / ``"name:min|max"`` strings, or
+    a ``{name: spec}`` mapping) as an ordered ``{name: MetricSpec}``; :class:`EvalError` for
+    anything else."""
     if declared is None:
         return {}
+    if isinstance(declared, str | MetricSpec):
+        declared = [declared]
     items = declared.values() if isinstance(declared, Mapping) else declared
     out: dict[str, MetricSpec] = {}
     for s in items:
         if isinstance(s, str):
-            s = infer_spec(s)
+            s = metric_spec(s)
         if not isinstance(s, MetricSpec):
             raise EvalError(f"evaluator metrics: {s!r} is not a MetricSpec or a metric name; "
                             "declare metrics as MetricSpec(name, higher_is_better, unit)")
@@ -159,6 +183,80 @@ def metric_specs(evaluator, results: Mapping | None = None) -> dict[str, MetricS
                     if m not in specs:
                         specs[m] = infer_spec(str(m))
     return specs
+
+
+_DIRECTIONS = {"max": True, "maximize": True, "higher": True, "min": False,
+               "minimize": False, "lower": False}
+
+
+def parse_metric(text: str) -> tuple[str, bool | None]:
+    """``"score:min"`` -> ``("score", False)``; ``"score:max"`` -> ``("score", True)``;
+    ``"score"`` -> ``("score", None)`` (direction not given). :class:`EvalError` for an empty
+    name or an unknown direction (``--metric NAME[:min|max]`` on the command line)."""
+    name, sep, how = str(text or "").strip().rpartition(":")
+    if not sep:
+        name, how = how, ""
+    name = name.strip()
+    if not name:
+        raise EvalError(f"metric {text!r}: give a metric name, optionally with :min or :max "
+                        "(e.g. perplexity, score:max, val_loss:min)")
+    if not how:
+        return name, None
+    if how.strip().lower() not in _DIRECTIONS:
+        raise EvalError(f"metric {text!r}: unknown direction {how!r}; write NAME:min (lower is "
+                        "better) or NAME:max (higher is better)")
+    return name, _DIRECTIONS[how.strip().lower()]
+
+
+def metric_spec(text: str | MetricSpec) -> MetricSpec:
+    """A :class:`MetricSpec` from ``"name"`` (inferred, :func:`infer_spec`) or
+    ``"name:min|max"`` (direction as given, unit / range kept from a known metric)."""
+    if isinstance(text, MetricSpec):
+        return text
+    name, higher = parse_metric(text)
+    spec = infer_spec(name)
+    if higher is None or higher == spec.higher_is_better:
+        return spec
+    return replace(spec, higher_is_better=higher)
+
+
+def declare_metric(evaluator, spec: str | MetricSpec) -> MetricSpec:
+    """Make ``spec`` the evaluator's primary metric: put it first in ``evaluator.metrics``
+    (replacing a declaration of the same name) and return it. ``"name"`` alone keeps the
+    evaluator's own declaration of ``name`` when it has one (else infers it);
+    ``"name:min|max"`` sets the direction. Used for ``--metric NAME[:min|max]``."""
+    declared = as_specs(getattr(evaluator, "metrics", None))
+    if isinstance(spec, str):
+        name, higher = parse_metric(spec)
+        if name in declared and higher is None:
+            spec = declared[name]
+        elif name in declared:
+            spec = replace(declared[name], higher_is_better=higher)
+    spec = metric_spec(spec)
+    others = [s for s in declared.values() if s.name != spec.name]
+    try:
+        evaluator.metrics = [spec, *others]
+    except AttributeError as e:  # slots / properties: say so rather than ignore the request
+        raise EvalError(f"cannot declare metric {spec.name!r} on {evaluator!r}: {e}") from None
+    return spec
+
+
+def pareto_mask(xs: Sequence[float], ys: Sequence[float], higher_is_better: bool = True
+                ) -> list[bool]:
+    """True where no other point is at least as good on both coordinates and strictly better
+    on one ("good" = larger when ``higher_is_better``, smaller otherwise). NaN points are
+    never on the front. O(n²), for the few hundred recipes a session tries."""
+    sign = 1.0 if higher_is_better else -1.0
+    pts = [(sign * float(x), sign * float(y)) for x, y in zip(xs, ys)]
+    out = []
+    for i, (x, y) in enumerate(pts):
+        if math.isnan(x) or math.isnan(y):
+            out.append(False)
+            continue
+        dominated = any(a >= x and b >= y and (a > x or b > y)
+                        for j, (a, b) in enumerate(pts) if j != i)
+        out.append(not dominated)
+    return out
 
 
 def primary_metric(evaluator, results: Mapping | None = None,

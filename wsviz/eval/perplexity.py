@@ -1,6 +1,7 @@
 """Causal-LM perplexity of an HF model directory on a user-supplied UTF-8 text file.
 
-The text is tokenised once with the model directory's tokenizer, cut into non-overlapping
+The text is tokenised once with the model directory's tokenizer (or the one ``tokenizer``
+points to), cut into non-overlapping
 windows of ``context`` tokens (at most ``max_tokens`` in all), and every evaluation runs the
 model with the given weights swapped in (``torch.func.functional_call``, no copy of the
 model, no disk I/O)::
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from wsviz.errors import EvalError
 from wsviz.eval.base import Results
+from wsviz.eval.causal_lm import CausalLM, model_dir_of
 from wsviz.eval.metrics import KNOWN, MetricSpec
 
 
@@ -41,13 +43,8 @@ def read_text(path: str | Path) -> str:
 
 
 def _base_dir(modelset) -> Path:
-    """The HF directory of ``modelset``'s base (EvalError if it has none)."""
-    path = getattr(getattr(modelset, "base", None), "path", None)
-    if path is None:
-        raise EvalError("perplexity needs a model directory: the model set's base is not a "
-                        "checkpoint on disk; pass model_dir")
-    path = Path(path)
-    return path if path.is_dir() else path.parent
+    """The HF directory of ``modelset``'s base (kept for callers of the old name)."""
+    return model_dir_of(modelset)
 
 
 class PerplexityEvaluator:
@@ -55,48 +52,40 @@ class PerplexityEvaluator:
     with ``local_files_only``) on ``text_file``.
 
     Also ``PerplexityEvaluator(text_file, modelset=ms)``: the model is the base directory of
-    the :class:`wsviz.io.ModelSet` ``ms``.
+    the :class:`wsviz.io.ModelSet` ``ms``. ``tokenizer``: an HF tokenizer directory or a
+    ``tokenizer.json`` file when ``model_dir`` has none; ``dtype``: what the model runs in
+    (fp32 default; bf16 halves the memory of a big model on a GPU).
     ``evaluate(weights)`` takes any subset of the model's tensors by checkpoint name (the
     rest keep the directory's values) and returns ``{task: {"perplexity", "loss",
     "tokens"}}`` with ``task`` = the text file's stem (or ``task``).
     Raises :class:`EvalError` for a missing / empty / non-UTF-8 text file, a directory without
-    a tokenizer or model, a text of fewer than 2 tokens, unknown tensor names or shapes.
+    a tokenizer or model, a text of fewer than 2 tokens, unknown tensor names or shapes, or
+    when transformers is not installed (``pip install 'wsviz[llm]'``).
     Not thread-safe (the weights are swapped into one shared module): serialise calls.
     """
 
     def __init__(self, model_dir: str | Path | None = None, text_file: str | Path | None = None,
                  max_tokens: int = 4096, context: int | None = None, batch_size: int = 8,
-                 device=None, task: str | None = None, modelset=None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+                 device=None, task: str | None = None, modelset=None,
+                 tokenizer: str | Path | None = None, dtype: torch.dtype = torch.float32):
         if modelset is not None and text_file is None:
             # PerplexityEvaluator(text_file, modelset=ms): the model set's base directory
-            text_file, model_dir = model_dir, _base_dir(modelset)
+            text_file, model_dir = model_dir, None
+        if model_dir is None and modelset is not None:
+            model_dir = model_dir_of(modelset)
         if model_dir is None or text_file is None:
             raise EvalError("PerplexityEvaluator needs a model directory and a text file "
                             "(PerplexityEvaluator(model_dir, text_file) or "
                             "PerplexityEvaluator(text_file, modelset=ms))")
-        self.model_dir = Path(model_dir)
         text = read_text(text_file)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        try:
-            tok = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise EvalError(f"{self.model_dir}: no usable tokenizer ({type(e).__name__}: {e}); "
-                            "save one there with tokenizer.save_pretrained(dir)") from None
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(self.model_dir), local_files_only=True, dtype=torch.float32)
-        except Exception as e:  # noqa: BLE001
-            raise EvalError(f"{self.model_dir}: cannot load a causal LM ({type(e).__name__}: "
-                            f"{e})") from None
-        self.model = model.eval().to(self.device)
-        ids = tok(text, return_tensors="pt", add_special_tokens=True)["input_ids"][0]
-        ids = ids[:max_tokens]
+        self.lm = CausalLM(model_dir, tokenizer=tokenizer, device=device, dtype=dtype,
+                           feature="perplexity")
+        self.model_dir = self.lm.model_dir
+        self.device = self.lm.device
+        ids = torch.tensor(self.lm.encode(text), dtype=torch.long)[:max_tokens]
         if len(ids) < 2:
             raise EvalError(f"perplexity text file {text_file} has fewer than 2 tokens")
-        max_pos = getattr(model.config, "max_position_embeddings", None) or 1024
-        self.context = int(min(context or 512, max_pos))
+        self.context = int(min(context or 512, self.lm.max_length))
         self.windows = [ids[i:i + self.context] for i in range(0, len(ids), self.context)]
         if len(self.windows) > 1 and len(self.windows[-1]) < 2:
             self.windows = self.windows[:-1]
@@ -106,8 +95,6 @@ class PerplexityEvaluator:
         self.names = None
         self.metrics = [KNOWN["perplexity"], KNOWN["loss"],
                         MetricSpec("tokens", True, "", "tokens scored")]
-        self._shapes = {k: tuple(v.shape) for k, v in
-                        {**dict(model.named_parameters()), **dict(model.named_buffers())}.items()}
 
     def _batches(self):
         full = [w for w in self.windows if len(w) == self.context]
@@ -119,28 +106,44 @@ class PerplexityEvaluator:
 
     def evaluate(self, weights: Mapping[str, torch.Tensor]) -> Results:
         """``{task: {"perplexity", "loss", "tokens"}}`` with ``weights`` swapped in."""
-        from torch.func import functional_call
-
-        params = {}
-        for name, t in weights.items():
-            if name not in self._shapes:
-                raise EvalError(f"tensor {name!r} is not a parameter of the model in "
-                                f"{self.model_dir} (e.g. {next(iter(self._shapes))!r})")
-            if tuple(t.shape) != self._shapes[name]:
-                raise EvalError(f"tensor {name!r} has shape {tuple(t.shape)}, the model in "
-                                f"{self.model_dir} expects {self._shapes[name]}")
-            params[name] = t.to(device=self.device, dtype=torch.float32)
+        params = self.lm.params(weights)
         total = 0.0
-        with torch.no_grad():
-            for batch in self._batches():
-                batch = batch.to(self.device)
-                out = functional_call(self.model, params, (batch,), strict=False)
-                logits = out.logits[:, :-1].float()
-                total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                               batch[:, 1:].reshape(-1), reduction="sum"))
+        for batch in self._batches():
+            batch = batch.to(self.device)
+            logits = self.lm.logits(params, batch)[:, :-1]
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                           batch[:, 1:].reshape(-1), reduction="sum"))
         loss = total / self.n_tokens
         return {self.tasks[0]: {"perplexity": math.exp(loss), "loss": loss,
                                 "tokens": float(self.n_tokens)}}
+
+    def fisher(self, weights: Mapping[str, torch.Tensor], label: str | None = None, *,
+               labels: str = "sample", max_examples: int | None = None, seed: int = 0
+               ) -> dict[str, torch.Tensor]:
+        """Diagonal Fisher (:func:`wsviz.compute.fisher.diagonal_fisher`) of the tensors
+        ``weights`` (swapped into this evaluator's model) on its text, one example per
+        window of ``context`` tokens: ``{name: Tensor}`` float32. ``labels``: ``"sample"``
+        (next tokens drawn from the model) or ``"empirical"`` (the text's next tokens).
+        ``label`` (the model's name) is not needed: every model reads the same text.
+        Raises :class:`EvalError` for unknown tensor names or shapes."""
+        from torch.func import functional_call
+
+        from wsviz.compute.fisher import diagonal_fisher
+
+        params = {}
+        for name, t in weights.items():
+            if tuple(t.shape) != self._shapes.get(name):
+                raise EvalError(f"tensor {name!r} is not a parameter of the model in "
+                                f"{self.model_dir} with shape {tuple(t.shape)}")
+            params[name] = t.to(device=self.device, dtype=torch.float32)
+
+        def logits(p, x):
+            return functional_call(self.model, p, (x,), strict=False).logits
+
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        batches = (b.to(self.device) for b in self._batches())
+        return diagonal_fisher(logits, params, batches, labels=labels, generator=gen,
+                               max_examples=max_examples, chunk=4)
 
     def __repr__(self) -> str:
         return f"PerplexityEvaluator({self.model_dir}, tasks={self.tasks})"

@@ -3,8 +3,14 @@
 The function is called with the merged weights (``{name: Tensor}``) and returns a number, a
 ``{metric: number}`` mapping or a ``{task: {metric: number}}`` mapping. If it raises or returns
 anything else, :class:`wsviz.errors.EvalError` carries its message — the UI shows it and the
-session continues. An optional attribute ``function.names`` (list of tensor names) restricts
-what gets merged for it.
+session continues. Optional attributes of the function:
+
+- ``function.names`` — list of tensor names: restricts what gets merged for it;
+- ``function.metrics`` — the metrics it reports, primary first, as
+  :class:`wsviz.eval.metrics.MetricSpec` or ``"name:min"`` / ``"name:max"`` strings
+  (``["val_loss:min", "acc:max"]``). Undeclared metrics are inferred from their names
+  (``loss``, ``perplexity``, ``error`` ... lower is better; others higher); ``--metric
+  NAME:min|max`` on the command line declares one from outside.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 
 from wsviz.errors import EvalError
 from wsviz.eval.base import Results, normalize_results
+from wsviz.eval.metrics import as_specs
 
 
 def load_callable(spec: str):
@@ -57,12 +64,13 @@ def load_callable(spec: str):
 class CallableEvaluator:
     """Wrap a user callable (or a ``"module:function"`` spec) as an :class:`Evaluator`.
 
-    ``task``: task name used when the function returns a number or ``{metric: number}``.
-    ``evaluate`` raises :class:`EvalError` with the function's own message when it raises,
+    ``task``: task name used when the function returns a number or ``{metric: number}``;
+    ``metrics``: declared metrics (default: ``fn.metrics`` if the function has it, see the
+    module docstring). ``evaluate`` raises :class:`EvalError` with the function's own message when it raises,
     and names the offending value when it returns a non-number.
     """
 
-    def __init__(self, fn, task: str = "user"):
+    def __init__(self, fn, task: str = "user", metrics=None):
         if isinstance(fn, str):
             self.spec = fn
             fn = load_callable(fn)
@@ -75,6 +83,11 @@ class CallableEvaluator:
         names = getattr(fn, "names", None)
         self.names: list[str] | None = list(names) if names is not None else None
         self.tasks: list[str] = []
+        declared = metrics if metrics is not None else getattr(fn, "metrics", None)
+        try:
+            self.metrics = list(as_specs(declared).values())
+        except EvalError as e:
+            raise EvalError(f"evaluator {self.spec}: {e}") from None
 
     def evaluate(self, weights: Mapping[str, torch.Tensor]) -> Results:
         """Call the function on ``weights`` and validate what it returns."""

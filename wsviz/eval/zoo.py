@@ -140,5 +140,44 @@ class ZooEvaluator:
             for t, a, lo in zip(self.tasks, acc_l, loss_l)
         }
 
+    def fisher(self, weights: Mapping[str, torch.Tensor], label: str, *,
+               labels: str = "sample", max_examples: int | None = None, seed: int = 0
+               ) -> dict[str, torch.Tensor]:
+        """Diagonal Fisher (:func:`wsviz.compute.fisher.diagonal_fisher`) of the encoder
+        tensors ``weights`` of the model fine-tuned for task ``label``, through that task's
+        frozen head on its *training* images (the data it was fine-tuned on, never this
+        evaluator's test split; the first ``max_examples``, default all 1200):
+        ``{name: Tensor}`` float32, exact per-example squared gradients in closed form
+        (:func:`wsviz.compute.fisher.relu_mlp_fisher`). ``labels``: ``"sample"`` (y drawn
+        from the model, the paper's estimator), ``"expected"`` or ``"empirical"``. Raises
+        :class:`EvalError` for an unknown task or missing tensor."""
+        from safetensors.torch import load_file
+
+        from wsviz.compute.fisher import relu_mlp_fisher
+
+        if label not in self.zoo.tasks:
+            raise EvalError(f"no zoo task {label!r} to compute a Fisher for; tasks: "
+                            f"{self.zoo.tasks}")
+        missing = [n for n in self.names if n not in weights]
+        if missing:
+            raise EvalError(f"the Fisher of {label!r} needs encoder tensors {missing}")
+        zc = self.zoo.manifest["config"]
+        data = load_digits_split(zc["n_train"], zc["split_seed"])
+        task = TASKS[label]
+        x = task.transform(data.x_train)[:max_examples].to(self.device)
+        y = task.label(data.y_train)[:max_examples].to(self.device)
+        sd = load_file(str(self.zoo.task_dirs[label] / "model.safetensors"))
+        head = (sd["head.weight"].to(self.device), sd["head.bias"].to(self.device))
+        w = {n: weights[n].to(self.device, torch.float32) for n in self.names}
+        layers = [(w[f"encoder.layers.{i}.weight"], w[f"encoder.layers.{i}.bias"])
+                  for i in range(self.n_layers)]
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        fl = relu_mlp_fisher(layers, head, x, y, shift=self.input_mean, labels=labels,
+                             generator=gen)
+        out = {}
+        for i, (fw, fb) in enumerate(fl):
+            out[f"encoder.layers.{i}.weight"], out[f"encoder.layers.{i}.bias"] = fw, fb
+        return out
+
     def __repr__(self) -> str:
         return f"ZooEvaluator({self.zoo.root}, split={self.split!r}, tasks={self.tasks})"

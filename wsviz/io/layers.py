@@ -84,3 +84,13 @@ def parse_layer_name(name: str) -> LayerName:
                 kind = k
                 break
     return LayerName(name, block, kind, GROUP_OF[kind], param)
+
+
+def split_block(name: str) -> tuple[str, int, str] | None:
+    """``(prefix, block, suffix)`` of a tensor inside a repeated block, so that
+    ``f"{prefix}{block}{suffix}" == name`` (``("model.layers.", 3, ".mlp.up_proj.weight")``);
+    ``None`` outside the blocks. Used to renumber layers (slices / frankenmerges)."""
+    m = _BLOCK.search(name)
+    if m is None:
+        return None
+    return name[:m.start(1)], int(m.group(1)), name[m.end(1):]

@@ -2,6 +2,9 @@
 
 Alignment matches tensor names and shapes; tied / aliased tensors are analysed once;
 everything that does not match is reported by name in an :class:`AlignmentReport`.
+Non-parameter buffers (integer tensors such as BERT's ``embeddings.position_ids``, and
+``inv_freq`` / ``num_batches_tracked`` / ``masked_bias``) that a fine-tune does not save are
+not a misalignment: that model reads the base's buffer (its delta is zero).
 Tensors are returned in the compute dtype (fp32 by default, whatever the storage dtype).
 """
 
@@ -31,6 +34,7 @@ class AlignmentReport:
     shape_mismatch: dict[str, list[tuple[str, tuple, tuple]]] = field(default_factory=dict)
     dtypes: dict[str, list[str]] = field(default_factory=dict)  # label -> storage dtypes
     tied: list[str] = field(default_factory=list)  # alias names analysed once
+    buffers: dict[str, list[str]] = field(default_factory=dict)  # label -> base buffers it lacks
     excluded: list[str] = field(default_factory=list)
 
     @property
@@ -46,13 +50,17 @@ class AlignmentReport:
             more = f" (+{len(xs) - limit} more)" if len(xs) > limit else ""
             return ", ".join(xs[:limit]) + more
 
-        for label in sorted(set(self.missing) | set(self.extra) | set(self.shape_mismatch)):
+        for label in sorted(set(self.missing) | set(self.extra) | set(self.shape_mismatch)
+                            | set(self.buffers)):
             if self.missing.get(label):
                 lines.append(f"  {label}: missing {len(self.missing[label])}: "
                              f"{names(self.missing[label])}")
             if self.shape_mismatch.get(label):
                 sm = [f"{n} {tuple(b)} vs {tuple(m)}" for n, b, m in self.shape_mismatch[label]]
                 lines.append(f"  {label}: shape mismatch {len(sm)}: {names(sm)}")
+            if self.buffers.get(label):
+                lines.append(f"  {label}: lacks {len(self.buffers[label])} buffer(s), read from "
+                             f"the base: {names(self.buffers[label])}")
             if self.extra.get(label):
                 lines.append(f"  {label}: extra (ignored) {len(self.extra[label])}: "
                              f"{names(self.extra[label])}")
@@ -64,6 +72,16 @@ class AlignmentReport:
             lines.append("  storage dtypes differ: " + "; ".join(
                 f"{lab}={'/'.join(d)}" for lab, d in self.dtypes.items()) + " (computed in fp32)")
         return "\n".join(lines)
+
+
+#: last name components of float tensors that are buffers, not parameters
+BUFFER_LEAVES = ("position_ids", "inv_freq", "num_batches_tracked", "masked_bias")
+
+
+def is_buffer(info: TensorInfo) -> bool:
+    """True for a non-parameter buffer: a non-floating tensor (``position_ids``,
+    ``num_batches_tracked``) or a float tensor named like one of :data:`BUFFER_LEAVES`."""
+    return not info.dtype.is_floating_point or info.name.rsplit(".", 1)[-1] in BUFFER_LEAVES
 
 
 class ModelSet:
@@ -91,6 +109,7 @@ class ModelSet:
         self.dtype = dtype
         self.exclude = tuple(exclude)
         self.report = AlignmentReport(base=base.where())
+        self._from_base: dict[str, set[str]] = {}
         self.names = self._align(strict)
 
     @classmethod
@@ -140,11 +159,11 @@ class ModelSet:
             infos = src.infos()
             aliases = src.aliases()
             rep.dtypes[label] = sorted({str(i.dtype).replace("torch.", "") for i in infos.values()})
-            missing, mism = [], []
+            missing, mism, buffers = [], [], []
             for n in names:
                 m_name = n if n in infos else aliases.get(n)
                 if m_name is None or m_name not in infos:
-                    missing.append(n)
+                    (buffers if is_buffer(base_infos[n]) else missing).append(n)
                 elif tuple(infos[m_name].shape) != tuple(base_infos[n].shape):
                     mism.append((n, base_infos[n].shape, infos[m_name].shape))
             extra = [
@@ -153,6 +172,9 @@ class ModelSet:
                 and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude)
             ]
             rep.missing[label], rep.shape_mismatch[label], rep.extra[label] = missing, mism, extra
+            if buffers:
+                rep.buffers[label] = buffers
+                self._from_base[label] = set(buffers)
             keep -= set(missing) | {n for n, _, _ in mism}
         if strict and not rep.ok:
             raise AlignmentError(
@@ -187,12 +209,23 @@ class ModelSet:
         """Base tensor ``name`` in the compute dtype on ``device``."""
         return self.base.get(name, device=device, dtype=self.dtype)
 
+    def source(self, label: str | None, name: str) -> CheckpointSource:
+        """The source tensor ``name`` of model ``label`` (None / ``"base"``: the base) is read
+        from: the base for a buffer that model does not save."""
+        if label is None or label == "base" or name in self._from_base.get(label, ()):
+            return self.base
+        if label not in self.models:
+            raise CheckpointError(f"no model labelled {label!r}; labels are {self.labels}")
+        return self.models[label]
+
     def get(self, label: str, name: str, device=None) -> torch.Tensor:
         """Tensor ``name`` of model ``label`` in the compute dtype on ``device``."""
         if label == "base":
             return self.get_base(name, device)
         if label not in self.models:
             raise CheckpointError(f"no model labelled {label!r}; labels are {self.labels}")
+        if name in self._from_base.get(label, ()):
+            return self.get_base(name, device)  # a buffer this model does not save
         return self.models[label].get(name, device=device, dtype=self.dtype)
 
     def stack(self, name: str, device=None) -> torch.Tensor:

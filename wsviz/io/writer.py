@@ -9,12 +9,13 @@
 Tensors go to a temporary sibling directory (``.OUT.wsviz-tmp-PID-XXXX``, locked while this
 process lives, swept by a later run if it dies: see :mod:`wsviz.io.outputs`) in shards of at
 most ``max_shard_bytes``; ``config.json``, ``generation_config.json`` and tokenizer files are
-copied from ``copy_from``. Only at the end is the temporary directory swapped into place as
-``OUT`` (an existing ``OUT`` is refused unless ``force``; with ``force`` it is replaced only
-after the new one is complete). ``inputs`` are the paths the run reads: an ``OUT`` that is,
-contains or lies inside one of them is refused (:func:`~wsviz.io.outputs.check_output`).
-A write error (disk full) removes the temporary directory and raises
-:class:`~wsviz.errors.OutputError`; ``OUT`` is untouched.
+copied from ``copy_from``; the copied ``config.json``'s ``torch_dtype`` / ``dtype`` is set to
+the dtype of the floating tensors written (when they share one). Only at the end is the
+temporary directory swapped into place as ``OUT`` (an existing ``OUT`` is refused unless
+``force``; with ``force`` it is replaced only after the new one is complete). ``inputs`` are
+the paths the run reads: an ``OUT`` that is, contains or lies inside one of them is refused
+(:func:`~wsviz.io.outputs.check_output`). A write error (disk full) removes the temporary
+directory and raises :class:`~wsviz.errors.OutputError`; ``OUT`` is untouched.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class HFDirWriter:
         self._buf_bytes = 0
         self._shards: list[tuple[str, list[str]]] = []
         self._names: set[str] = set()
+        self._float_dtypes: set[torch.dtype] = set()
         self.total_size = 0
         self._done = False
 
@@ -75,6 +77,8 @@ class HFDirWriter:
         if self._buf and self._buf_bytes + nb > self.max_shard:
             self._flush()
         self._buf[name] = t
+        if t.is_floating_point():
+            self._float_dtypes.add(t.dtype)
         self._names.add(name)
         self._buf_bytes += nb
         self.total_size += nb
@@ -128,11 +132,33 @@ class HFDirWriter:
                     src = self.copy_from / f
                     if src.is_file() and not (self.tmp / f).exists():
                         shutil.copyfile(src, self.tmp / f)  # content only: modes follow umask
+            self._set_config_dtype()
 
         self._guard(_final)
         self._tmp.commit(force=self.force)
         self._done = True
         return self.out
+
+    def _set_config_dtype(self) -> None:
+        """State the written floating dtype in ``config.json`` (``torch_dtype`` and/or
+        ``dtype``, whichever it has; ``torch_dtype`` if neither), as mergekit writes it."""
+        cfg = self.tmp / "config.json"
+        if len(self._float_dtypes) != 1 or not cfg.is_file():
+            return
+        try:
+            d = json.loads(cfg.read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(d, dict):
+            return
+        name = str(next(iter(self._float_dtypes))).replace("torch.", "")
+        keys = [k for k in ("torch_dtype", "dtype") if k in d] or ["torch_dtype"]
+        if all(d.get(k) == name for k in keys):
+            return
+        for k in keys:
+            d[k] = name
+        cfg.unlink()  # the copy may carry a read-only mode
+        cfg.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
 
     def abort(self) -> None:
         """Remove the temporary directory (idempotent)."""

@@ -9,7 +9,9 @@ labels (in-memory merges).
 
 Round trips: :meth:`Recipe.to_dict` / :meth:`Recipe.from_dict`, :meth:`to_json` /
 :meth:`from_json` for every method, :meth:`to_mergekit_yaml` /
-:meth:`from_mergekit_yaml` for the methods mergekit has.
+:meth:`from_mergekit_yaml` for the methods mergekit has. Instead of ``models``, a recipe
+may hold mergekit ``slices`` (layer ranges per output slice, see
+:mod:`wsviz.recipes.slices`); mergekit's ``modules:`` form is refused.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from wsviz.recipes.schedule import (
     setting_filters,
     setting_scalars,
 )
+from wsviz.recipes.slices import OutputSlice, as_slices, validate_slices
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
-MERGEKIT_TOP_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype",
+MERGEKIT_TOP_KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype",
                      "out_dtype", "tokenizer_source", "tokenizer", "chat_template")
 #: keys of ``Recipe.extra``: mergekit top-level keys passed through, Fisher file paths
 EXTRA_KEYS = ("tokenizer_source", "tokenizer", "chat_template", "fisher")
@@ -57,17 +60,27 @@ class Recipe:
 
     ``models`` accepts :class:`ModelEntry`, ``{"model": ..., "params": {...}}`` dicts or
     plain strings. ``extra`` keeps mergekit top-level keys wsviz passes through on export
-    (``tokenizer_source``, ``tokenizer``, ``chat_template``).
+    (``tokenizer_source``, ``tokenizer``, ``chat_template``). ``slices`` (a list of
+    :class:`~wsviz.recipes.slices.OutputSlice` or their dicts) replaces ``models`` for
+    layer-range merges (frankenmerges); such recipes merge on disk only.
+
+    ``dtype``: the compute dtype (mergekit's ``dtype``): inputs are cast to it and every
+    step of the merge (deltas, masks, rescale, random draws, sums) runs in it; ``None``
+    (default) computes in the inputs' own dtype (promoted across the inputs of a tensor), as
+    mergekit does without a ``dtype`` key, so bf16 checkpoints merge in bf16.
+    ``out_dtype``: cast of the result (mergekit's ``out_dtype``); ``None`` keeps the compute
+    dtype. A written ``config.json`` states the dtype actually written.
     """
 
     method: str
     base: str | None = None
     models: list[ModelEntry] = field(default_factory=list)
     params: dict = field(default_factory=dict)
-    dtype: str = "float32"
+    dtype: str | None = None
     seed: int | None = None
     out_dtype: str | None = None
     extra: dict = field(default_factory=dict)
+    slices: list[OutputSlice] | None = None
     #: the file the recipe was loaded from (error messages name it); not part of equality
     source: str | None = field(default=None, compare=False, repr=False)
 
@@ -112,6 +125,7 @@ class Recipe:
                 isinstance(k, str) and isinstance(v, str) for k, v in fisher.items())):
             raise RecipeError("extra.fisher must map each model path to its Fisher file path "
                               "(strings)")
+        self.slices = as_slices(self.slices)
 
     # ------------------------------------------------------------------------------------
     @property
@@ -140,6 +154,14 @@ class Recipe:
         d["base"] = ref(self.base)
         for m in d["models"]:
             m["model"] = ref(m["model"])
+        fisher = d.get("extra", {}).get("fisher")
+        if isinstance(fisher, dict):  # {model: Fisher file} follows its model
+            d["extra"]["fisher"] = {ref(k): v for k, v in fisher.items()}
+        for sl in d.get("slices") or []:
+            if "base" in sl:
+                sl["base"] = ref(sl["base"])
+            for src in sl["sources"]:
+                src["model"] = ref(src["model"])
         return Recipe.from_dict(d)
 
     # ------------------------------------------------------------------------------------
@@ -151,7 +173,9 @@ class Recipe:
         out of range (``density`` in (0, 1]); missing required ``weight``/``t``; missing base
         for methods that need one; wrong model counts (slerp: base + exactly one);
         weights summing to zero with ``normalize`` (non-consensus methods);
-        DELLA ``density ± epsilon`` outside (0, 1); unknown dtype; bad seed.
+        DELLA ``density ± epsilon`` outside (0, 1); unknown dtype; bad seed; a method's own
+        ``check`` rule. Recipes with ``slices`` get the per-slice checks of
+        :func:`wsviz.recipes.slices.validate_slices`.
         Messages start with :attr:`source` (the recipe file) when there is one.
         """
         try:
@@ -166,7 +190,7 @@ class Recipe:
         unknown = sorted(set(self.extra) - set(EXTRA_KEYS))
         if unknown:
             raise RecipeError(f"unknown extra key(s) {unknown}; valid: {', '.join(EXTRA_KEYS)}")
-        if self.dtype not in DTYPES:
+        if self.dtype is not None and self.dtype not in DTYPES:
             raise RecipeError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
         if self.out_dtype is not None and self.out_dtype not in DTYPES:
             raise RecipeError(f"out_dtype {self.out_dtype!r} is not one of {list(DTYPES)}")
@@ -174,10 +198,13 @@ class Recipe:
                 self.seed, bool) or not -2**63 <= self.seed < 2**64):
             raise RecipeError(f"seed must be an integer in [-2**63, 2**64), got "
                               f"{_kind(self.seed)}")
+        if self.slices is not None:
+            validate_slices(self)
+            return self
         n = len(self.models)
         if spec.needs_base and not self.base:
             raise RecipeError(f"method {spec.name!r} needs a base model (base / base_model)")
-        if spec.needs_base and self.base in self.labels:
+        if (spec.needs_base or spec.optional_base) and self.base in self.labels:
             raise RecipeError(f"the base {self.base!r} is also listed among the models of "
                               f"{spec.name!r}; list only the other models")
         if spec.name == "slerp" and n != 1:
@@ -261,7 +288,13 @@ class Recipe:
                             f"{spec.name}: the weights sum to zero with normalize=true"
                             + (f" (tensor {name!r}, layer position {t:g})" if name else "")
                             + "; set normalize: false or change the weights")
-                if "epsilon" in vals:
+                if spec.check is not None:
+                    try:
+                        spec.check(vals)
+                    except ValueError as e:
+                        where = f" (tensor {name!r}, layer position {t:g})" if name else ""
+                        raise RecipeError(f"{spec.name}: {e}{where}") from None
+                if "epsilon" in vals and "density" in vals:
                     for d, e in zip(vals["density"], vals["epsilon"]):
                         if d < 1 and (d - e <= 0 or d + e >= 1):
                             raise RecipeError(
@@ -284,6 +317,8 @@ class Recipe:
             d["out_dtype"] = self.out_dtype
         if self.extra:
             d["extra"] = _plain(self.extra)
+        if self.slices is not None:
+            d["slices"] = [sl.to_dict() for sl in self.slices]
         return d
 
     @classmethod
@@ -293,7 +328,7 @@ class Recipe:
             raise RecipeError(f"a recipe is a mapping, got {_kind(d)}")
         _check_size(d)
         valid = ("wsviz_recipe", "method", "base", "models", "params", "dtype", "seed",
-                 "out_dtype", "extra")
+                 "out_dtype", "extra", "slices")
         unknown = set(map(str, d)) - set(valid)
         if unknown:
             raise RecipeError(f"unknown recipe key(s) {sorted(unknown)}; valid keys: "
@@ -306,12 +341,14 @@ class Recipe:
         for key in ("dtype", "out_dtype"):
             if d.get(key) is not None and not isinstance(d[key], str):
                 raise RecipeError(f"{key} must be one of {list(DTYPES)}, got {_kind(d[key])}")
+
         def given(key, default):
             return default if d.get(key) is None else d[key]
 
         return cls(method=d["method"], base=d.get("base"), models=given("models", []),
-                   params=given("params", {}), dtype=given("dtype", "float32"),
-                   seed=d.get("seed"), out_dtype=d.get("out_dtype"), extra=given("extra", {}))
+                   params=given("params", {}), dtype=d.get("dtype") or None,
+                   seed=d.get("seed"), out_dtype=d.get("out_dtype"), extra=given("extra", {}),
+                   slices=d.get("slices"))
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -349,18 +386,25 @@ class Recipe:
             return str(p.get(x, x))
 
         doc: dict[str, Any] = {"merge_method": self.method}
-        if self.base and (spec.needs_base or self.base in self.labels):
-            doc["base_model"] = ref(self.base)
-        models = []
-        for m in self.models:
-            e: dict[str, Any] = {"model": ref(m.model)}
-            if m.params:
-                e["parameters"] = _plain(m.params)
-            models.append(e)
-        doc["models"] = models
+        if self.slices is not None:
+            doc["slices"] = [sl.to_mergekit(ref) for sl in self.slices]
+            if self.base:
+                doc["base_model"] = ref(self.base)
+        else:
+            if self.base and (spec.needs_base or spec.optional_base
+                              or self.base in self.labels):
+                doc["base_model"] = ref(self.base)
+            models = []
+            for m in self.models:
+                e: dict[str, Any] = {"model": ref(m.model)}
+                if m.params:
+                    e["parameters"] = _plain(m.params)
+                models.append(e)
+            doc["models"] = models
         if self.params:
             doc["parameters"] = _plain(self.params)
-        doc["dtype"] = self.dtype
+        if self.dtype:
+            doc["dtype"] = self.dtype
         if self.out_dtype:
             doc["out_dtype"] = self.out_dtype
         doc.update(_plain(self.extra))
@@ -372,9 +416,9 @@ class Recipe:
 
     @classmethod
     def from_mergekit_yaml(cls, text: str) -> Recipe:
-        """Read a mergekit ``models:`` config (not ``slices``/``modules``) into a validated
-        Recipe; unknown methods, keys or parameters raise RecipeError naming them and the
-        valid ones. mergekit's implicit rules are applied: the base is removed from the
+        """Read a mergekit ``models:`` or ``slices:`` config (not ``modules:``) into a
+        validated Recipe; unknown methods, keys or parameters raise RecipeError naming them
+        and the valid ones. mergekit's implicit rules are applied: the base is removed from the
         model list of methods that take a base; for ``linear`` a base not listed among the
         models is added as an input, as mergekit does. A ``--random-seed N`` in a comment
         becomes ``seed``."""
@@ -393,9 +437,12 @@ class Recipe:
         for key in ("dtype", "out_dtype"):
             if d.get(key) is not None and not isinstance(d[key], str):
                 raise RecipeError(f"{key} must be one of {list(DTYPES)}, got {_kind(d[key])}")
-        if "slices" in d or "modules" in d:
-            raise RecipeError("mergekit 'slices'/'modules' configs are not supported by "
-                              "wsviz; write the merge with 'models:'")
+        if "modules" in d:
+            raise RecipeError("mergekit 'modules:' configs (per-module merges of multimodal "
+                              "models) are not supported by wsviz; write the merge with "
+                              "'models:' or 'slices:'")
+        if ("slices" in d) == ("models" in d):
+            raise RecipeError("a mergekit config has exactly one of 'models:' or 'slices:'")
         unknown = set(map(str, d)) - set(MERGEKIT_TOP_KEYS)
         if unknown:
             raise RecipeError(f"unknown mergekit key(s) {sorted(unknown)}; valid keys: "
@@ -409,6 +456,22 @@ class Recipe:
         base = d.get("base_model")
         if base is not None and not isinstance(base, str):
             raise RecipeError(f"base_model must be a path string, got {base!r}")
+        seed = None
+        m = _SEED_RE.search(text)
+        if m:
+            seed = int(m.group(1))
+        extra = {k: d[k] for k in ("tokenizer_source", "tokenizer", "chat_template") if k in d}
+        gp = {} if d.get("parameters") is None else d["parameters"]
+        _need_mapping(gp, "parameters")
+        gp = dict(gp)
+        if "slices" in d:
+            raw = d["slices"]
+            if not isinstance(raw, list) or not raw:
+                raise RecipeError("'slices:' must be a non-empty list")
+            slices = [OutputSlice.from_mergekit(s, i) for i, s in enumerate(raw)]
+            return cls(method=method, base=base, params=gp,
+                       dtype=d.get("dtype") or None, seed=seed,
+                       out_dtype=d.get("out_dtype"), extra=extra, slices=slices).validate()
         raw_models = d.get("models")
         if not isinstance(raw_models, list) or not raw_models:
             raise RecipeError("'models:' must be a non-empty list")
@@ -427,19 +490,12 @@ class Recipe:
             mp = {} if e.get("parameters") is None else e["parameters"]
             _need_mapping(mp, f"parameters of model {e['model']!r}")
             models.append(ModelEntry(e["model"], dict(mp)))
-        if spec.needs_base:
+        if spec.needs_base or spec.optional_base:
             models = [m for m in models if m.model != base]
         elif base is not None and base not in [m.model for m in models]:
             models.append(ModelEntry(base, {}))
-        seed = None
-        m = _SEED_RE.search(text)
-        if m:
-            seed = int(m.group(1))
-        extra = {k: d[k] for k in ("tokenizer_source", "tokenizer", "chat_template") if k in d}
-        gp = {} if d.get("parameters") is None else d["parameters"]
-        _need_mapping(gp, "parameters")
-        r = cls(method=method, base=base, models=models, params=dict(gp),
-                dtype=d.get("dtype") or "float32", seed=seed, out_dtype=d.get("out_dtype"),
+        r = cls(method=method, base=base, models=models, params=gp,
+                dtype=d.get("dtype") or None, seed=seed, out_dtype=d.get("out_dtype"),
                 extra=extra)
         return r.validate()
 

@@ -16,6 +16,7 @@ from wsviz.ui.layer_detail import LayerDetail
 from wsviz.ui.merge_tuner import MergeTuner
 from wsviz.ui.overview import Overview
 from wsviz.ui.prune_tuner import PruneTuner
+from wsviz.ui.search_panel import SearchPanel
 from wsviz.ui.session import Session
 from wsviz.ui.task_map import TaskMap
 from wsviz.ui.workspace import Workspace
@@ -54,6 +55,7 @@ class Components:
     merge: MergeTuner
     prune: PruneTuner
     export: Export
+    search: SearchPanel
 
 
 def build_components(workspace: Workspace, background: bool = False,
@@ -65,7 +67,7 @@ def build_components(workspace: Workspace, background: bool = False,
     merge = MergeTuner(session)
     comps = Components(session, overview, detail, TaskMap(session, autostart=not background),
                        merge,
-                       PruneTuner(session), Export(session, merge))
+                       PruneTuner(session), Export(session, merge), SearchPanel(session, merge))
     if analyse:
         session.load_analysis()
     return comps
@@ -94,6 +96,7 @@ def build_page(workspace: Workspace, background: bool = True):
                            sizing_mode="stretch_width")),
         ("Task map", c.task_map),
         ("Merge", c.merge),
+        ("Search", c.search),
         ("Prune", c.prune),
         ("Export", c.export),
         dynamic=True, sizing_mode="stretch_width",

@@ -42,6 +42,8 @@ UI_START: dict[str, dict] = {
     "della": {"density": 0.5},
     "della_linear": {"density": 0.5},
     "slerp": {"t": 0.5},
+    "nearswap": {"t": 0.01},
+    "passthrough": {"scale": 1.0},
 }
 
 PRUNE_METHODS = {
@@ -93,29 +95,34 @@ class ApiWorkspace(Workspace):
     ``modelset``: :class:`wsviz.io.ModelSet`; ``evaluator``: an object with ``evaluate
     (weights) -> {task: {metric: value}}`` (and optionally ``names``, ``tasks``,
     ``references()``, ``metrics``), or None (no live metrics); ``metric``: which metric the
-    tuners plot (default: the evaluator's primary metric, see
-    :func:`wsviz.eval.metrics.primary_metric`).
+    tuners plot, ``"NAME"`` or ``"NAME:min|max"`` or a :class:`~wsviz.eval.MetricSpec`
+    (default: the evaluator's primary metric, see :func:`wsviz.eval.metrics.primary_metric`;
+    for an evaluator that declares none, the first metric it reports).
     """
 
     def __init__(self, modelset, evaluator=None, title: str = "model set", device=None,
-                 metric: str | None = None, base_label: str = "base",
+                 metric=None, base_label: str = "base",
                  input_norms: InputNorms | None = None):
+        from wsviz.eval.metrics import metric_specs
+
         self.ms = modelset
         self.evaluator = evaluator
         self.title = title
         self.device = device
-        from wsviz.eval.metrics import primary_metric
-
-        self.metric_spec = primary_metric(evaluator, name=metric)
+        self.metric_spec = _choose_metric(evaluator, metric)
         self.metric = self.metric_spec.name
+        # nothing declared, nothing chosen: follow the first metric the evaluator reports
+        self._metric_auto = metric is None and not metric_specs(evaluator)
         self.base_label = base_label
         self.labels = list(modelset.labels)
         self.tasks = list(getattr(evaluator, "tasks", None) or [])
         self._lock = threading.RLock()
         self._eval_lock = threading.Lock()
+        self._refs_lock = threading.Lock()
         self._analysis = None
         self._merger = None
         self._refs = None
+        self.reference_results: dict[str, dict] | None = None
         self._taskmaps: dict = {}
         self._groups = None
         self._input_norms = input_norms
@@ -249,8 +256,8 @@ class ApiWorkspace(Workspace):
 
         out = {}
         for name, spec in METHODS.items():
-            if "evaluator" in spec.needs or "fisher" in spec.needs:
-                continue  # need inputs the tuner cannot give (greedy soup, Fisher)
+            if not self._can_give(spec.needs):
+                continue  # needs an input this workspace cannot give
             n = len(self.labels)
             if n < spec.min_models:
                 continue
@@ -260,6 +267,29 @@ class ApiWorkspace(Workspace):
                 mergekit=spec.in_mergekit, needs_base=spec.needs_base,
                 n_models=spec.max_models)
         return out
+
+    def _can_give(self, needs) -> bool:
+        """Fishers come from an evaluator that can compute them on its own data
+        (``evaluator.fisher(weights, label)``: the zoo, a perplexity text)."""
+        return all(n == "fisher" and callable(getattr(self.evaluator, "fisher", None))
+                   for n in needs)
+
+    def _ensure_fishers(self, recipe) -> None:
+        """Compute (once) the diagonal Fisher of every model the recipe merges with the
+        evaluator's data and cache it in the merger."""
+        if "fisher" not in recipe.spec.needs:
+            return
+        mg = self.merger()
+        todo = [lab for lab in recipe.labels if lab in mg.labels
+                and lab not in mg.fisher_labels]
+        if not todo:
+            return
+        fishers = {lab: mg.fisher(lab) for lab in mg.fisher_labels}
+        for lab in todo:
+            i = mg.labels.index(lab)
+            weights = {n: mg.base(n) + mg.deltas(n)[i] for n in mg.names}
+            fishers[lab] = self.evaluator.fisher(weights, lab)
+        mg.set_fisher(fishers)
 
     def make_recipe(self, method: str, params: dict, model_params: dict[str, dict]):
         from wsviz.compute.merge import get_method
@@ -277,7 +307,9 @@ class ApiWorkspace(Workspace):
                   if k != "include" and v is not None}
             models.append(ModelEntry(lab, mp))
         glob = {k: v for k, v in params.items() if v is not None}
-        recipe = Recipe(method=method, base=self.base_label if spec.needs_base else None,
+        # methods with an optional base (nuslerp, multislerp) work on task vectors here
+        takes_base = spec.needs_base or spec.optional_base
+        recipe = Recipe(method=method, base=self.base_label if takes_base else None,
                         models=models, params=glob, seed=0 if spec.random else None)
         if not spec.needs_base and method == "linear":
             recipe.base = None
@@ -294,21 +326,18 @@ class ApiWorkspace(Workspace):
             return self._merger
 
     def _metric_of(self, results: dict) -> dict[str, float]:
-        out = {}
-        for task, ms in results.items():
-            if isinstance(ms, dict):
-                if self.metric in ms:
-                    out[task] = float(ms[self.metric])
-                elif ms:
-                    out[task] = float(next(iter(ms.values())))
-            else:
-                out[task] = float(ms)
-        return out
+        from wsviz.eval.references import metric_of
 
-    def _evaluate_weights(self, weights) -> dict[str, float]:
+        return metric_of(results, self.metric)
+
+    def _results(self, weights) -> dict:
+        """The evaluator's full ``{task: {metric: v}}`` for ``weights`` (EvalError on
+        failure); the first results fix :attr:`tasks` and, for an evaluator that declares
+        no metrics, :attr:`metric_spec`."""
         if self.evaluator is None:
-            raise EvalError("no evaluator: start with --eval module:function (or --demo) to "
-                            "see live metrics")
+            raise EvalError("no evaluator: start with --eval SPEC (zoo, ppl:text.txt, "
+                            "mc:questions.jsonl, lm-eval:TASK, module:function) or --demo "
+                            "to see live metrics")
         try:
             res = self.evaluator.evaluate(weights)
         except WsvizError:
@@ -317,23 +346,112 @@ class ApiWorkspace(Workspace):
             raise EvalError(f"the evaluator raised {type(exc).__name__}: {exc}") from None
         if not self.tasks:
             self.tasks = list(res)
-        return self._metric_of(res)
+        if self._metric_auto:
+            from wsviz.eval.metrics import primary_metric
+
+            self.metric_spec = primary_metric(self.evaluator, res)
+            self.metric = self.metric_spec.name
+            self._metric_auto = False
+        return res
+
+    def _evaluate_weights(self, weights) -> dict[str, float]:
+        return self._metric_of(self._results(weights))
 
     def evaluate_recipe(self, recipe) -> dict[str, float]:
         with self._eval_lock:
+            self._ensure_fishers(recipe)
             names = getattr(self.evaluator, "names", None)
             weights = self.merger().merge(recipe, names=list(names) if names else None)
             return self._evaluate_weights(weights)
 
     def references(self) -> dict[str, dict[str, float]]:
-        if self._refs is None:
-            refs = {"pretrained": {}, "individual": {}}
-            if self.evaluator is not None and hasattr(self.evaluator, "references"):
-                with self._eval_lock:
-                    r = self.evaluator.references()
-                refs = {k: dict(v) for k, v in r.items()}
-            self._refs = refs
-        return self._refs
+        """Reference rows of :attr:`metric` (computed once, see
+        :mod:`wsviz.eval.references`): ``pretrained`` (the base's weights), ``individual``
+        (each task's own fine-tune, matched by name) and, when some task has no fine-tune of
+        its own, one ``ft:<label>`` row per fine-tune. The evaluator's own ``references()``
+        is used when it has one and :attr:`metric` is its primary metric; otherwise the base
+        and every fine-tune are evaluated through the evaluator (one evaluation each)."""
+        with self._refs_lock:
+            if self._refs is None:
+                self._refs = self._compute_references()
+            return self._refs
+
+    def _compute_references(self) -> dict[str, dict[str, float]]:
+        from wsviz.eval.metrics import primary_metric
+        from wsviz.eval.references import metric_of, reference_results, reference_rows
+
+        if self.evaluator is None:
+            return {"pretrained": {}, "individual": {}}
+        own = getattr(self.evaluator, "references", None)
+        if callable(own) and self.metric == primary_metric(self.evaluator).name:
+            with self._eval_lock:
+                r = own()
+            return {k: metric_of(rows, self.metric) for k, rows in r.items()}
+
+        def evaluate(weights):
+            with self._eval_lock:
+                return self._results(weights)
+
+        names = getattr(self.evaluator, "names", None)
+        per_model = reference_results(self.evaluator, self.ms, names=names, device=self.device,
+                                      evaluate=evaluate)
+        self.reference_results = {("pretrained" if k == "base" else k): v
+                                  for k, v in per_model.items()}
+        return reference_rows(per_model, self.metric, self.tasks or None)
+
+    # -- search -----------------------------------------------------------------------------
+    @property
+    def can_search(self) -> bool:
+        if self.evaluator is None:
+            return False
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def search(self, recipe, space: dict, n_trials: int, sampler: str = "tpe",
+               on_start=None, on_trial=None, should_stop=None, storage=None):
+        """In-process :class:`wsviz.search.Search` on this workspace's merger and evaluator
+        (serialised with live evaluations by ``_eval_lock``); see the base class."""
+        if self.evaluator is None:
+            raise EvalError("no evaluator: a search needs live metrics (--eval or --demo)")
+        try:
+            from wsviz.search import InlineBackend, Search, SearchSpace
+        except ImportError:
+            raise WsvizError("recipe search needs optuna: pip install optuna cmaes distributed") \
+                from None
+        from wsviz.recipes import Recipe
+
+        backend = InlineBackend(self.merger(), self.evaluator, lock=self._eval_lock)
+        probe = backend.probe()
+        sp = SearchSpace.from_dict(space, recipe, probe["names"], probe["all_names"])
+        search = Search(sp, backend, storage=storage, sampler=sampler, probe=probe,
+                        study_name="wsviz-ui")
+        methods = self.merge_methods()
+
+        def row(r: dict) -> dict:
+            r = dict(r)
+            rd = r.get("recipe")
+            r["recipe"] = Recipe.from_dict(rd) if rd else None
+            r["tuner_state"] = tuner_state(r["recipe"], methods, self.labels) if rd else None
+            return r
+
+        try:
+            search.open()
+            if on_start is not None:
+                ro = search.resolved
+                on_start({"objectives": ro.names, "directions": ro.directions,
+                          "tasks": ro.tasks, "metric": ro.metric,
+                          "dims": sp.names, "sampler": sampler})
+            res = search.run(n_trials, on_trial=(lambda r: on_trial(row(r))) if on_trial
+                             else None, should_stop=should_stop)
+        finally:
+            search.close()
+        df = res.frame()
+        if len(df):
+            df = pd.DataFrame([row(r) for r in df.to_dict("records")])
+        return df
 
     # -- pruning ----------------------------------------------------------------------------
     def prune_methods(self) -> dict[str, MethodView]:
@@ -478,8 +596,12 @@ class ApiWorkspace(Workspace):
                      hint="tick 'overwrite' to replace it or choose another name")
         if progress:
             progress(0.05, "merging")
+        disk_recipe = self._path_recipe(recipe)
+        if "fisher" in recipe.spec.needs:  # the Fishers go beside the output, named by it
+            disk_recipe.extra["fisher"] = self._save_fishers(recipe, out.with_name(
+                out.name + "-fisher"))
         try:
-            path = merge_to_dir(self._path_recipe(recipe), out, force=force,
+            path = merge_to_dir(disk_recipe, out, force=force,
                                 device=self.device, progress=False)
         except OSError as exc:
             raise WsvizError(f"cannot write {out}: {exc.strerror or exc}") from None
@@ -488,16 +610,106 @@ class ApiWorkspace(Workspace):
         return str(path)
 
 
+    def _save_fishers(self, recipe, fdir: Path) -> dict[str, str]:
+        """Write the Fishers of ``recipe``'s models to ``fdir`` (one safetensors each) and
+        return ``{checkpoint path: Fisher file}`` for the disk recipe."""
+        from safetensors.torch import save_file
+
+        with self._eval_lock:
+            self._ensure_fishers(recipe)
+        fdir.mkdir(parents=True, exist_ok=True)
+        paths = self._paths()
+        out = {}
+        for lab in recipe.labels:
+            f = fdir / f"{lab}.safetensors"
+            save_file({k: v.detach().cpu().contiguous()
+                       for k, v in self.merger().fisher(lab).items()}, str(f))
+            out[paths[lab]] = str(f)
+        return out
+
+
+def _choose_metric(evaluator, metric):
+    """The :class:`MetricSpec` for ``metric`` (None / name / "name:min|max" / spec)."""
+    from dataclasses import replace
+
+    from wsviz.eval.metrics import MetricSpec, parse_metric, primary_metric
+
+    if isinstance(metric, MetricSpec):
+        return metric
+    if not metric:
+        return primary_metric(evaluator)
+    name, higher = parse_metric(metric)
+    spec = primary_metric(evaluator, name=name)
+    if higher is not None and higher != spec.higher_is_better:
+        spec = replace(spec, higher_is_better=higher)
+    return spec
+
+
+def tuner_state(recipe, methods: dict[str, MethodView], labels=()) -> dict | None:
+    """The merge tuner's state (``method``, ``params``, ``model_params``, ``schedules``) that
+    rebuilds ``recipe``, or None when the tuner's widgets cannot express it (a per-model
+    parameter other than ``weight`` that differs between models or has a schedule, a
+    gradient list, a filter list without a catch-all value). ``labels``: every model of the
+    workspace (those the recipe leaves out are unticked)."""
+    view = methods.get(recipe.method)
+    if view is None:
+        return None
+    widgets = {p.name for p in view.params if p.scope in ("global", "both")}
+    params: dict = {}
+    schedules: dict = {}
+
+    def put(name, setting) -> bool:
+        if isinstance(setting, (int, float, bool, str)):
+            params[name] = setting
+            return True
+        if isinstance(setting, list) and setting and all(isinstance(e, dict) for e in setting):
+            *flt, last = setting
+            if "filter" in last or any("filter" not in e for e in flt):
+                return False
+            if not all(isinstance(e["value"], (int, float)) for e in setting):
+                return False
+            params[name] = last["value"]
+            schedules[name] = ", ".join(f"{e['filter']}: {e['value']:.6g}" for e in flt)
+            return True
+        return False
+
+    for k, v in recipe.params.items():
+        if k not in widgets or not put(k, v):
+            return None
+    model_params = {}
+    shared: dict[str, object] = {}
+    for m in recipe.models:
+        mp = {"include": True}
+        for k, v in m.params.items():
+            if k == "weight":
+                if not isinstance(v, (int, float)):
+                    return None
+                mp["weight"] = v
+            elif k in shared and shared[k] != v:
+                return None
+            else:
+                shared[k] = v
+        model_params[m.model] = mp
+    for lab in labels:
+        model_params.setdefault(lab, {"include": False})
+    for k, v in shared.items():
+        if k not in widgets or not put(k, v):
+            return None
+    return {"method": recipe.method, "params": params, "model_params": model_params,
+            "schedules": schedules}
+
+
 # -- constructors -------------------------------------------------------------------------------
-def demo_workspace(device=None) -> ApiWorkspace:
-    """The demo zoo (base + task fine-tunes) with its per-task accuracy evaluator."""
+def demo_workspace(device=None, metric=None) -> ApiWorkspace:
+    """The demo zoo (base + task fine-tunes) with its per-task evaluator (``metric``:
+    ``accuracy`` by default; ``loss`` / ``normalized_accuracy`` also reported)."""
     from wsviz.zoo import ensure_zoo
 
     zoo = ensure_zoo()
     ms = zoo.modelset()
     ev = zoo.evaluator()
     return ApiWorkspace(ms, ev, title="demo zoo (digits encoders)", device=device,
-                        input_norms=partial(_zoo_input_norms, zoo))
+                        metric=metric, input_norms=partial(_zoo_input_norms, zoo))
 
 
 def _zoo_input_norms(zoo, target: str) -> dict:
@@ -526,23 +738,25 @@ def _zoo_input_norms(zoo, target: str) -> dict:
     return {f"{k.removeprefix('m.')}.weight": v for k, v in norms.items()}
 
 
-def load_evaluator(spec: str | None, modelset=None, device=None):
-    """An evaluator from ``--eval`` (see :func:`wsviz.eval.factory.make_evaluator`):
-    ``zoo``, ``module:function`` (a user callable) or a text file (causal-LM perplexity of
-    the merged model). None -> None."""
+def load_evaluator(spec: str | None, modelset=None, device=None, **options):
+    """An evaluator from ``--eval`` (see :func:`wsviz.eval.factory.make_evaluator`, which
+    takes ``options``: tokenizer, lm_eval_include, lm_eval_limit, metric): ``zoo``,
+    ``ppl:TEXT``, ``mc:FILE.jsonl``, ``lm-eval:TASKS`` or ``module:function``. None -> None."""
     if not spec:
         return None
     from wsviz.eval.factory import make_evaluator
 
-    return make_evaluator(spec, modelset=modelset, device=device)
+    return make_evaluator(spec, modelset=modelset, device=device, **options)
 
 
 def open_workspace(base, models, eval_spec: str | None = None, device=None,
-                   labels=None) -> ApiWorkspace:
-    """A workspace over checkpoint paths ``base`` and ``models``."""
+                   labels=None, metric=None, **eval_options) -> ApiWorkspace:
+    """A workspace over checkpoint paths ``base`` and ``models``; ``eval_spec`` and
+    ``eval_options`` (tokenizer, lm_eval_include, lm_eval_limit) as for
+    :func:`load_evaluator`; ``metric``: ``"NAME"`` or ``"NAME:min|max"`` to plot."""
     from wsviz.io import ModelSet
 
     ms = ModelSet.open(str(base), [str(m) for m in models], labels=labels)
-    evaluator = load_evaluator(eval_spec, ms, device=device)
+    evaluator = load_evaluator(eval_spec, ms, device=device, metric=metric, **eval_options)
     return ApiWorkspace(ms, evaluator, title=f"{Path(str(base)).name} + {len(ms.labels)}",
-                        device=device)
+                        device=device, metric=metric)

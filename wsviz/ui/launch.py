@@ -8,7 +8,7 @@ import importlib
 import threading
 from pathlib import Path
 
-from wsviz.commands._model_args import add_model_args  # noqa: F401 - re-exported
+from wsviz.commands._model_args import add_model_args, eval_options
 from wsviz.errors import WsvizError
 from wsviz.ui.workspace import DEFAULT_EXPORT_DIR, Workspace
 
@@ -26,7 +26,8 @@ def workspace_from_args(ns: argparse.Namespace) -> Workspace:
     """The (process-wide cached) workspace the arguments describe, its :attr:`export_root`
     set from ``--export-root`` (default ``./wsviz-exports``); WsvizError if none, or if the
     export root is or lies inside a served model."""
-    key = (bool(ns.demo), tuple(ns.paths), ns.eval, ns.device, ns.workspace)
+    key = (bool(ns.demo), tuple(ns.paths), ns.eval, ns.device, ns.workspace,
+           getattr(ns, "metric", None), tuple(sorted(eval_options(ns).items())))
     with _LOCK:
         ws = _CACHE.get(key)
         if ws is None:
@@ -66,9 +67,13 @@ def _make(ns: argparse.Namespace) -> Workspace:
     if ns.demo:
         if ns.paths:
             raise WsvizError("give either --demo or checkpoint paths, not both")
-        return backend.demo_workspace(device=ns.device)
+        if ns.eval not in (None, "zoo"):
+            raise WsvizError("--demo uses the zoo's own evaluator; drop --eval (or serve your "
+                             "checkpoints: BASE FT [FT...] --eval SPEC)")
+        return backend.demo_workspace(device=ns.device, metric=getattr(ns, "metric", None))
     if len(ns.paths) < 2:
         raise WsvizError("give a BASE checkpoint and at least one fine-tuned checkpoint "
                          "(or --demo for the built-in zoo)")
     return backend.open_workspace(ns.paths[0], ns.paths[1:], eval_spec=ns.eval,
-                                  device=ns.device)
+                                  device=ns.device, metric=getattr(ns, "metric", None),
+                                  **eval_options(ns))

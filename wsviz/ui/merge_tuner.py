@@ -15,13 +15,17 @@ import param
 from panel.viewable import Viewer
 
 from wsviz.errors import RecipeError
+from wsviz.eval.metrics import pareto_mask as _pareto
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import (
     LiveBars,
+    axis_range,
+    load_references,
     make_widget,
     set_widget,
     submit_with_spinner,
     summary_stats,
+    summary_text,
     watch_widget,
     widget_value,
 )
@@ -67,14 +71,12 @@ def scheduled(text: str, params: dict, name: str) -> list | None:
     return sched
 
 
-def pareto_mask(avg: np.ndarray, worst: np.ndarray) -> np.ndarray:
-    """True where no other point is at least as good on both avg and worst and better on one."""
-    n = len(avg)
-    keep = np.ones(n, dtype=bool)
-    for i in range(n):
-        better = (avg >= avg[i]) & (worst >= worst[i]) & ((avg > avg[i]) | (worst > worst[i]))
-        keep[i] = not better.any()
-    return keep
+def pareto_mask(avg: np.ndarray, worst: np.ndarray, higher_is_better: bool = True
+                ) -> np.ndarray:
+    """True where no other point is at least as good on both avg and worst and better on one
+    (good = larger when ``higher_is_better``, smaller otherwise; see
+    :func:`wsviz.eval.metrics.pareto_mask`)."""
+    return np.array(_pareto(list(avg), list(worst), higher_is_better), dtype=bool)
 
 
 class MergeTuner(Viewer):
@@ -115,7 +117,7 @@ class MergeTuner(Viewer):
         self._summary = pn.pane.Markdown("*no evaluation yet*",
                                          css_classes=["wsviz-merge-summary"],
                                          sizing_mode="stretch_width")
-        self._live = LiveBars(lambda: self.refs)
+        self._live = LiveBars(lambda: self.refs, spec_getter=lambda: self.spec)
         self._bars = self._live.pane
         self._history_pipe = hv.streams.Pipe(data=self.history_frame())
         points = hv.DynamicMap(self._history_el, streams=[self._history_pipe])
@@ -141,11 +143,17 @@ class MergeTuner(Viewer):
 
         self.param.watch(self._on_method, "method")
         if ws.can_evaluate:
-            try:
-                self.refs = ws.references()
-            except Exception as exc:  # noqa: BLE001 - references are optional decoration
-                session.notify_error(exc)
+            load_references(session, self._set_refs, "merge-references")
         self.method = DEFAULT_METHOD if DEFAULT_METHOD in names else names[0]
+
+    @property
+    def spec(self):
+        """The :class:`~wsviz.eval.metrics.MetricSpec` of the metric shown."""
+        return self.session.workspace.metric_spec
+
+    def _set_refs(self, refs: dict) -> None:
+        self.refs = refs
+        self._live.redraw()
 
     # -- building widgets ------------------------------------------------------------------
     def _spec(self) -> MethodView:
@@ -288,11 +296,9 @@ class MergeTuner(Viewer):
         self.last_latency_ms = 1000 * (time.perf_counter() - self._t_request)
         self.metrics = dict(metrics)
         self.n_evals += 1
-        stats = summary_stats(metrics, self.refs.get("individual", {}))
-        self._summary.object = (
-            f"**eval #{self.n_evals}** — avg **{stats['avg']:.1%}** · worst "
-            f"**{stats['worst']:.1%}** · normalised avg {stats['normalized']:.1%}  \n"
-            f"`{_short(state)}`")
+        stats = summary_stats(metrics, self.refs.get("individual", {}), self.spec)
+        self._summary.object = (f"**eval #{self.n_evals}** — {summary_text(stats, self.spec)}"
+                                f"  \n`{_short(state)}`")
         self._live.update(metrics, f"{state['method']}: per-task")
         key = json.dumps(state, sort_keys=True, default=str)
         if not any(h["key"] == key for h in self.history):
@@ -304,7 +310,8 @@ class MergeTuner(Viewer):
         df = pd.DataFrame([{"i": i, "avg": h["avg"], "worst": h["worst"],
                             "recipe": _short(h["state"])} for i, h in enumerate(self.history)],
                           columns=["i", "avg", "worst", "recipe"])
-        df["pareto"] = (pareto_mask(df["avg"].to_numpy(), df["worst"].to_numpy())
+        df["pareto"] = (pareto_mask(df["avg"].to_numpy(), df["worst"].to_numpy(),
+                                    self.spec.higher_is_better)
                         if len(df) else np.zeros(0, dtype=bool))
         df["kind"] = np.where(df["pareto"], "Pareto", "dominated")
         return df
@@ -312,21 +319,22 @@ class MergeTuner(Viewer):
     def _draw_history(self):
         self._history_pipe.send(self.history_frame())
 
-    @staticmethod
-    def _history_el(data: pd.DataFrame):
+    def _history_el(self, data: pd.DataFrame):
+        spec = self.spec
         df = data
-        lo = 0.0
-        if len(df):
-            lo = float(max(0.0, min(df["avg"].min(), df["worst"].min()) - 0.05))
+        vals = [*df["avg"], *df["worst"]]
+        rng = axis_range(spec, vals)
+        good = "top right" if spec.higher_is_better else "bottom left"
         pts = hv.Points(df, ["avg", "worst"], ["i", "recipe", "kind"]).opts(
             color="kind", cmap={"Pareto": "#d62728", "dominated": "#9ecae1"}, size=11,
             tools=["hover", "tap"], responsive=True, height=320, nonselection_alpha=0.5,
-            title="Recipes tried (click one to restore it)", xlabel="average task accuracy",
-            ylabel="worst task accuracy", xlim=(lo, 1.0), ylim=(lo, 1.0), framewise=True)
+            title=f"Recipes tried (click one to restore it; best: {good})",
+            xlabel=spec.labelled(f"mean {spec.name}"),
+            ylabel=spec.labelled(f"worst-task {spec.name}"),
+            xlim=rng or (None, None), ylim=rng or (None, None), framewise=True)
         return pts
 
-    @staticmethod
-    def _front_el(data: pd.DataFrame):
+    def _front_el(self, data: pd.DataFrame):
         front = data[data["pareto"]].sort_values("avg")
         return hv.Curve(front, "avg", "worst").opts(color="#d62728", line_dash="dotted")
 
@@ -374,8 +382,10 @@ class MergeTuner(Viewer):
             self._sweep_btn.disabled = False
             self._sweep_progress.visible = False
             self.sweep_result = df
+            spec = self.spec
             avg = df.groupby("value", as_index=False)["metric"].mean().assign(task="average")
-            worst = df.groupby("value", as_index=False)["metric"].min().assign(task="worst")
+            worst = df.groupby("value", as_index=False)["metric"].agg(
+                "min" if spec.higher_is_better else "max").assign(task="worst")
             curves = [hv.Curve(g, "value", "metric", label=str(t)).opts(alpha=0.5)
                       for t, g in df.groupby("task")]
             curves += [hv.Curve(avg, "value", "metric", label="average").opts(
@@ -384,7 +394,7 @@ class MergeTuner(Viewer):
                            color="red", line_width=3, line_dash="dashed")]
             self._sweep_plot.object = hv.Overlay(curves).opts(
                 responsive=True, height=320, title=f"Sweep of {name} ({base_state['method']})",
-                xlabel=name, ylabel="accuracy", legend_position="right")
+                xlabel=name, ylabel=spec.label, legend_position="right")
 
         def error(exc):
             self._sweep_btn.disabled = False

@@ -15,10 +15,12 @@ from wsviz.ui.merge_tuner import NO_EVALUATOR, scheduled
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import (
     LiveBars,
+    load_references,
     make_widget,
     set_widget,
     submit_with_spinner,
     summary_stats,
+    summary_text,
     watch_widget,
     widget_value,
 )
@@ -40,11 +42,6 @@ class PruneTuner(Viewer):
         self.param.target.objects = list(ws.labels) + ["base"]
         self.param.method.objects = list(self.methods)
         self.refs = {}
-        if ws.can_evaluate:
-            try:
-                self.refs = ws.references()
-            except Exception as exc:  # noqa: BLE001
-                session.notify_error(exc)
         self._widgets: dict[str, object] = {}
         self._building = False
         self._box = pn.Column()
@@ -53,7 +50,10 @@ class PruneTuner(Viewer):
         watch_widget(self._sched, self.request)
         self._summary = pn.pane.Markdown("*no evaluation yet*",
                                          css_classes=["wsviz-prune-summary"])
-        self._live = LiveBars(lambda: self.refs, label="pruned")
+        self._live = LiveBars(lambda: self.refs, label="pruned",
+                              spec_getter=lambda: ws.metric_spec)
+        if ws.can_evaluate:
+            load_references(session, self._set_refs, "prune-references")
         self._bars = self._live.pane
         self._mask = pn.pane.HoloViews(None, sizing_mode="stretch_width")
         self._busy = pn.indicators.LoadingSpinner(value=False, size=24)
@@ -64,6 +64,10 @@ class PruneTuner(Viewer):
         with param.parameterized.discard_events(self):
             self.target = ws.labels[0] if ws.labels else "base"
         self.method = "magnitude" if "magnitude" in self.methods else list(self.methods)[0]
+
+    def _set_refs(self, refs: dict) -> None:
+        self.refs = refs
+        self._live.redraw()
 
     def _on_method(self, *_):
         spec = self.methods[self.method]
@@ -120,11 +124,12 @@ class PruneTuner(Viewer):
         state, metrics = result
         self.metrics = dict(metrics)
         self.n_evals += 1
-        stats = summary_stats(metrics, self.refs.get("individual", {}))
+        spec = self.session.workspace.metric_spec
+        stats = summary_stats(metrics, self.refs.get("individual", {}), spec)
         ps = ", ".join(f"{k}={v}" for k, v in state["params"].items())
         self._summary.object = (
             f"**eval #{self.n_evals}** — {state['method']}({ps}) on `{state['target']}`: "
-            f"avg **{stats['avg']:.1%}** · worst **{stats['worst']:.1%}**")
+            f"{summary_text(stats, spec, normalized=False)}")
         self._live.update(metrics, f"pruned {state['target']}: per-task")
 
     def _draw_mask(self):

@@ -11,6 +11,7 @@ import pandas as pd
 import panel as pn
 import param
 
+from wsviz.eval.metrics import FRACTION, KNOWN, MetricSpec
 from wsviz.ui.workspace import ParamView
 
 
@@ -77,50 +78,125 @@ def submit_with_spinner(runner, spinner, key: str, work: Callable, done: Callabl
     runner.submit(key, work, finished, lambda exc: setattr(spinner, "value", False))
 
 
-def summary_stats(metrics: dict[str, float], individual: dict[str, float]) -> dict[str, float]:
-    """avg and worst task metric, and the normalised average (metric / individual, averaged)."""
+def load_references(session, done: Callable[[dict], None], key: str = "references") -> None:
+    """Fetch the workspace's reference rows (``{"pretrained": {task: v}, ...}``) off the event
+    loop — the first call evaluates the base and every fine-tune — then ``done(refs)`` on it.
+    A failure is shown as a notification; the tuner works without references."""
+    session.runner.submit(key, session.workspace.references, done)
+
+
+def summary_stats(metrics: dict[str, float], individual: dict[str, float],
+                  spec: MetricSpec | None = None) -> dict[str, float]:
+    """``avg`` (mean over tasks), ``worst`` task (the minimum when higher is better, the
+    maximum when lower is) and ``normalized``: the mean over tasks with an individual
+    reference of :meth:`MetricSpec.normalized` (metric / individual, or individual / metric
+    for lower-is-better metrics: 1 = as good as the task's own fine-tune; NaN without one)."""
+    spec = spec or KNOWN["accuracy"]
     vals = [float(v) for v in metrics.values()]
-    out = {"avg": sum(vals) / len(vals) if vals else float("nan"),
-           "worst": min(vals) if vals else float("nan")}
-    ratios = [float(metrics[t]) / float(individual[t]) for t in metrics
-              if t in individual and individual[t]]
-    out["normalized"] = sum(ratios) / len(ratios) if ratios else float("nan")
+    out = {"avg": math.fsum(vals) / len(vals) if vals else math.nan,
+           "worst": spec.worst(vals) if vals else math.nan}
+    ratios = [spec.normalized(float(metrics[t]), float(individual[t])) for t in metrics
+              if t in individual]
+    ratios = [r for r in ratios if not math.isnan(r)]
+    out["normalized"] = math.fsum(ratios) / len(ratios) if ratios else math.nan
     return out
 
 
+def summary_text(stats: dict[str, float], spec: MetricSpec, normalized: bool = True) -> str:
+    """``"accuracy ↑: avg **87.3 %** · worst **80.1 %** · normalised avg 95.0 %"`` (the
+    normalised part only when asked for and defined)."""
+    text = (f"{spec.name} {spec.arrow}: avg **{spec.format(stats['avg'])}** · worst "
+            f"**{spec.format(stats['worst'])}**")
+    if normalized and not math.isnan(stats.get("normalized", math.nan)):
+        text += f" · normalised avg {stats['normalized']:.1%}"
+    return text
+
+
+def axis_range(spec: MetricSpec, values, pad: float = 0.05) -> tuple | None:
+    """Axis range for ``values`` of ``spec``: for fractions in [0, 1] the range reaches the
+    ideal end (1 when higher is better, 0 when lower is) so good results sit at the edge;
+    for unbounded metrics such as perplexity the values' own span, padded
+    (:func:`padded_range`); with no values the natural range, or None (auto)."""
+    vals = [float(v) for v in values if not math.isnan(float(v))]
+    bounded = spec.unit == FRACTION and spec.hi is not None
+    if not vals:
+        return (spec.lo or 0.0, spec.hi) if bounded else None
+    if not bounded:
+        return padded_range(vals)
+    if spec.higher_is_better:
+        return (max(spec.lo or 0.0, min(vals) - pad), spec.hi)
+    return (spec.lo or 0.0, min(spec.hi, max(vals) + pad))
+
+
+def padded_range(values, pad: float = 0.12) -> tuple[float, float]:
+    """``(min - pad·span, max + pad·span)`` of ``values`` (a span of 5 % of the value, or 1,
+    when they are all equal): close results stay apart on screen."""
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or (0.05 * abs(hi)) or 1.0
+    return (lo - pad * span, hi + pad * span)
+
+
+#: Colours of the reference rows ("pretrained", "individual", then "ft:<label>" rows).
+REF_COLORS = {"individual": "black", "pretrained": "#999999"}
+FT_PALETTE = ("#e45756", "#54a24b", "#b279a2", "#f58518", "#72b7b2", "#ff9da6", "#9d755d")
+
+
 def metrics_plot(metrics: dict[str, float], refs: dict[str, dict[str, float]], title: str,
-                 label: str = "merged"):
-    """Bars of per-task metrics, with the individual fine-tuned (black dash) and pre-trained
-    (grey dash) references drawn on top. Always the same three layers (possibly empty), so a
-    DynamicMap can update it in place."""
+                 label: str = "merged", spec: MetricSpec | None = None):
+    """Bars of per-task metrics with the references drawn on top: individual fine-tune
+    (black dash), pre-trained (grey dash) and, when tasks have no fine-tune of their own, every
+    fine-tune (``ft:<label>`` rows, coloured dots). The y axis names the metric and its
+    direction. Always the same four layers (possibly empty), so a DynamicMap can update it in
+    place."""
+    spec = spec or KNOWN["accuracy"]
     metrics = metrics or {}
     df = pd.DataFrame({"task": list(metrics), "metric": [float(v) for v in metrics.values()]})
     bars = hv.Bars(df, "task", "metric", label=label).opts(
         color="#4c78a8", tools=["hover"], xrotation=30)
     layers = [bars]
-    styles = {"individual": "black", "pretrained": "#999999"}
-    for kind, color in styles.items():
+    for kind, color in REF_COLORS.items():
         ref = refs.get(kind) or {}
         pts = pd.DataFrame({"task": [t for t in metrics if t in ref],
                             "metric": [float(ref[t]) for t in metrics if t in ref]})
         layers.append(hv.Scatter(pts, "task", "metric", label=kind).opts(
             marker="dash", size=36, line_width=3, color=color, tools=["hover"]))
-    unit = all(0 <= v <= 1 for v in df["metric"])  # accuracies; else e.g. perplexity
-    return hv.Overlay(layers).opts(responsive=True, height=320, title=title,
-                                   ylim=(0, 1.05) if unit else (None, None),
-                                   legend_position="right",
-                                   ylabel="accuracy" if unit else "metric")
+    fts = [k for k in refs if k.startswith("ft:")]
+    rows = [{"task": t, "metric": float(refs[k][t]), "reference": k}
+            for k in fts for t in metrics if t in refs[k]]
+    ft_df = pd.DataFrame(rows, columns=["task", "metric", "reference"])
+    cmap = {k: FT_PALETTE[i % len(FT_PALETTE)] for i, k in enumerate(fts)} or {"": "black"}
+    layers.append(hv.Scatter(ft_df, "task", ["metric", "reference"], label="fine-tunes").opts(
+        color="reference", cmap=cmap, marker="circle", size=10, tools=["hover"]))
+    values = [*df["metric"], *(v for r in refs.values() for t, v in r.items() if t in metrics)]
+    ylim = (None, None)
+    if spec.unit == FRACTION and spec.hi is not None and values:  # bars start at 0
+        top = spec.hi if spec.higher_is_better else min(spec.hi, max(values) + 0.05)
+        ylim = (0.0, 1.05 * top)
+    elif values:  # unbounded (perplexity ~ 130 for every merge): zoom on the values
+        ylim = padded_range(values, 0.25)
+    return hv.Overlay(layers).opts(responsive=True, height=320, title=title, ylim=ylim,
+                                   legend_position="right", ylabel=spec.label)
 
 
 class LiveBars:
-    """A metrics bar chart updated in place through a Pipe (no figure rebuild per update)."""
+    """A metrics bar chart updated in place through a Pipe (no figure rebuild per update).
+    ``refs_getter()`` gives the reference rows and ``spec_getter()`` the metric's
+    :class:`MetricSpec` at drawing time (both may change after the first evaluation)."""
 
-    def __init__(self, refs_getter, label: str = "merged"):
+    def __init__(self, refs_getter, label: str = "merged", spec_getter=None):
         self._refs = refs_getter
-        self.pipe = hv.streams.Pipe(data=({}, "waiting for the first evaluation…"))
-        dmap = hv.DynamicMap(lambda data: metrics_plot(data[0], self._refs(), data[1], label),
-                             streams=[self.pipe])
+        self._spec = spec_getter or (lambda: KNOWN["accuracy"])
+        self._last: tuple = ({}, "waiting for the first evaluation…")
+        self.pipe = hv.streams.Pipe(data=self._last)
+        dmap = hv.DynamicMap(
+            lambda data: metrics_plot(data[0], self._refs(), data[1], label, self._spec()),
+            streams=[self.pipe])
         self.pane = pn.pane.HoloViews(dmap, sizing_mode="stretch_width")
 
     def update(self, metrics: dict[str, float], title: str) -> None:
-        self.pipe.send((dict(metrics), title))
+        self._last = (dict(metrics), title)
+        self.pipe.send(self._last)
+
+    def redraw(self) -> None:
+        """Draw the last metrics again (e.g. when the references arrive)."""
+        self.pipe.send(self._last)

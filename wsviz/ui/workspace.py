@@ -174,7 +174,11 @@ class Workspace:
         raise NotImplementedError
 
     def references(self) -> dict[str, dict[str, float]]:
-        """``{"pretrained": {task: v}, "individual": {task: v}}``."""
+        """Reference rows of :attr:`metric_spec`, ``{row: {task: v}}``: ``"pretrained"`` (the
+        base), ``"individual"`` (each task's own fine-tune; may be empty) and, when some task
+        has no fine-tune of its own, one ``"ft:<label>"`` row per fine-tune (see
+        :mod:`wsviz.eval.references`). May be slow the first time (views fetch it off the
+        event loop)."""
         raise NotImplementedError
 
     def sweep(self, make: Callable[[float], Any], values, progress: Progress | None = None
@@ -188,6 +192,26 @@ class Workspace:
             if progress:
                 progress((i + 1) / len(values), f"{i + 1}/{len(values)}")
         return pd.DataFrame(rows, columns=["value", "task", "metric"])
+
+    # -- search -----------------------------------------------------------------------------
+    #: False when this workspace cannot run recipe searches (the Search panel says so).
+    can_search: bool = False
+
+    def search(self, recipe, space: dict, n_trials: int, sampler: str = "tpe",
+               on_start: Callable[[dict], None] | None = None,
+               on_trial: Callable[[dict], None] | None = None,
+               should_stop: Callable[[], bool] | None = None, storage=None) -> pd.DataFrame:
+        """Search ``space`` (a :mod:`wsviz.search.space` mapping) around ``recipe``.
+
+        ``on_start(info)`` once: ``objectives``, ``directions``, ``tasks``, ``metric``
+        (a MetricSpec); ``on_trial(row)`` per finished trial: ``number``, ``state``,
+        ``phase``, ``mean``, ``worst``, ``task:<task>`` values, objective values,
+        ``predicted:<objective>`` (MAP), ``feasible``; ``recipe`` (what
+        :meth:`recipe_yaml` takes) and ``tuner_state`` (a merge-tuner state, or None when
+        the tuner cannot show the recipe). Returns all trials as a DataFrame of such rows."""
+        from wsviz.errors import WsvizError
+
+        raise WsvizError("this workspace cannot run recipe searches")
 
     # -- export -----------------------------------------------------------------------------
     def recipe_yaml(self, recipe) -> tuple[str | None, str | None]:

@@ -7,19 +7,23 @@ from __future__ import annotations
 import pytest
 import torch
 
+from wsviz.compute import trim
 from wsviz.compute.merge import METHODS
 from wsviz.compute.merge import sparsify as sp
 
 mk_api = pytest.importorskip("mergekit.merge_methods")
 
 SHAPES = [(37,), (24, 40), (3, 8, 10)]
+DTYPES = [torch.float32, torch.bfloat16]
 
 
-def _data(shape, n=3, seed=0):
+def _data(shape, n=3, seed=0, dtype=torch.float32):
+    """Base + n models; in bf16 the deltas are coarse (many equal magnitudes, ties at
+    every trim threshold), as real bf16 fine-tunes are."""
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(shape, generator=g)
     models = base + 0.05 * torch.randn((n, *shape), generator=g)
-    return base, models
+    return base.to(dtype), models.to(dtype)
 
 
 def _mk(method, base, models, params, seed=None):
@@ -29,7 +33,9 @@ def _mk(method, base, models, params, seed=None):
     return mk_api.merge_tensors(tensors, method, parameters=params, base_index=len(models))
 
 
-def _ours(method, base, models, params, seed=None):
+def _ours(method, base, models, params, seed=None, cache=None):
+    """The method's fn as the driver calls it: full parameter dict, inputs already in the
+    compute dtype (the inputs' dtype here, as mergekit without ``dtype``)."""
     spec = METHODS[method]
     full = {p.name: p.default for p in spec.params if not p.required}
     n = models.shape[0]
@@ -40,7 +46,7 @@ def _ours(method, base, models, params, seed=None):
         elif p.name in params:
             full[p.name] = params[p.name]
     g = torch.Generator().manual_seed(seed) if seed is not None else None
-    return spec.fn(base, models, full, generator=g)
+    return spec.fn(base, models, full, generator=g, cache=cache)
 
 
 CASES = [
@@ -61,33 +67,72 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("method,params", CASES)
-def test_gta_methods_equal_mergekit(method, params, shape):
-    base, models = _data(shape)
+def test_gta_methods_equal_mergekit(method, params, shape, dtype):
+    """Bit-identical to mergekit's in-memory merge, fp32 and bf16 (computed in bf16)."""
+    base, models = _data(shape, dtype=dtype)
     seed = 1234 if METHODS[method].random else None
     ref = _mk(method, base, models, params, seed)
     got = _ours(method, base, models, params, seed)
-    assert (got - ref).abs().max().item() <= 1e-6
+    assert got.dtype == ref.dtype == dtype
+    assert torch.equal(got, ref), (got - ref).abs().max().item()
+    if not METHODS[method].random:  # the cached-rank path (interactive re-merges) too
+        assert torch.equal(_ours(method, base, models, params, cache={}), ref)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_linear_slerp_model_stock_equal_mergekit(shape):
-    base, models = _data(shape)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES + [(1100, 1000)])
+def test_linear_slerp_model_stock_equal_mergekit(shape, dtype):
+    """Bit-identical, including SLERP's chunked norms past 2^20 elements."""
+    base, models = _data(shape, dtype=dtype)
     tensors = [*models.unbind(0)]
     ref = mk_api.merge_tensors(tensors, "linear", parameters={"weight": [1.0, 2.0, 0.5]})
     got = METHODS["linear"].fn(None, models, {"weight": [1.0, 2.0, 0.5], "normalize": True})
-    assert (got - ref).abs().max() <= 1e-6
+    assert got.dtype == dtype and torch.equal(got, ref)
     for t in (0.0, 0.3, 1.0):
         ref = mk_api.merge_tensors([base, models[0]], "slerp", parameters={"t": t},
                                    base_index=0)
         got = METHODS["slerp"].fn(base, models[:1], {"t": t})
-        assert (got - ref).abs().max() <= 1e-6
+        assert got.dtype == dtype and torch.equal(got, ref)
     for fw in (False, True):
         ref = mk_api.merge_tensors([base, *tensors], "model_stock",
                                    parameters={"filter_wise": fw}, base_index=0)
         got = METHODS["model_stock"].fn(base, models, {"filter_wise": fw})
-        assert (got - ref).abs().max() <= 1e-6
+        assert got.dtype == dtype and torch.equal(got, ref)
+
+
+def test_ties_at_the_threshold_follow_mergekit():
+    """Magnitudes tie at the cut (integers): which tied entries TIES and breadcrumbs keep
+    is mergekit's sort order, on the O(n) selection path and on the cached-rank path."""
+    g = torch.Generator().manual_seed(7)
+    for shape in ((50,), (300, 200), (1, 150_001)):
+        base = torch.zeros(shape)
+        models = torch.randint(-6, 7, (3, *shape), generator=g).float() * 2**-8
+        for method, params in (
+                ("ties", {"weight": [1.0, 0.5, 0.8], "density": [0.2, 0.35, 0.6]}),
+                ("breadcrumbs", {"weight": [1.0, 0.5, 0.8], "density": [0.2, 0.35, 0.6],
+                                 "gamma": [0.05, 0.1, 0.3]}),
+                ("breadcrumbs_ties", {"weight": [1.0, 0.5, 0.8], "density": [0.2, 0.3, 0.6],
+                                      "gamma": 0.1})):
+            for dt in DTYPES:
+                b, m = base.to(dt), models.to(dt)
+                ref = _mk(method, b, m, params)
+                assert torch.equal(_ours(method, b, m, params), ref), (method, shape, dt)
+                assert torch.equal(_ours(method, b, m, params, cache={}), ref)
+
+
+def test_mergekit_dtype_argument_is_the_drivers_cast():
+    """mergekit's ``dtype`` casts the inputs first: the driver's cast + fn equals it."""
+    base, models = _data((40, 30))
+    p = {"weight": [1.0, 0.5, 0.8], "density": [0.3, 0.5, 0.7]}
+    ref = mk_api.merge_tensors([*models.unbind(0), base], "ties", parameters=p,
+                               base_index=3, dtype=torch.bfloat16, out_dtype=torch.float32)
+    got = _ours("ties", base.bfloat16(), models.bfloat16(), p).float()
+    assert torch.equal(got, ref)
+    # and it is not what computing in fp32 and casting at the end gives
+    assert not torch.equal(_ours("ties", base, models, p).bfloat16().float(), ref)
 
 
 def test_cached_ranks_reused_and_equal():
@@ -147,15 +192,22 @@ def test_device_honoured():
 def test_topk_keep_equals_mergekit_argsort_even_with_ties():
     g = torch.Generator().manual_seed(3)
     for x in (torch.randint(0, 5, (400,), generator=g).float(),  # many ties
-              torch.randint(0, 50, (600_000,), generator=g).float(),  # ties, sampled path
-              torch.randn(600_000, generator=g).abs()):  # unique, sampled path
+              torch.randint(0, 50, (600_000,), generator=g).float(),  # ties, replayed sort
+              torch.randn(600_000, generator=g).abs()):  # unique, threshold path
         r = sp.magnitude_ranks(x[None])[0]
+        asc = sp.ascending_ranks(x[None])[0]
         n = x.numel()
+        up = torch.sort(x).indices
         for k in (0, 1, 7, n // 5, n // 2, n - 1, n):
             ref = torch.zeros(n, dtype=torch.bool)
             ref[torch.argsort(x, descending=True)[:k]] = True  # mergekit's selection
             assert torch.equal(sp.topk_keep(x, k), ref)
             assert torch.equal(r < k, ref)
+            lo = k // 3  # breadcrumbs: a slice of the ascending sort
+            ref = torch.zeros(n, dtype=torch.bool)
+            ref[up[lo:k]] = True
+            assert torch.equal(trim.keep_slice(x[None], [lo], [k])[0], ref)
+            assert torch.equal((asc >= lo) & (asc < k), ref)
 
 
 def test_one_shot_and_cached_ties_agree():

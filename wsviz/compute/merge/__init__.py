@@ -15,18 +15,31 @@ from __future__ import annotations
 from wsviz.compute.merge import basic, task_arithmetic  # noqa: F401  (registers methods)
 from wsviz.compute.merge.spec import METHODS, REQUIRED, MethodSpec, ParamSpec, register
 
+__all__ = ["METHODS", "REQUIRED", "SEARCHES", "MethodSpec", "ParamSpec", "get_method",
+           "register"]
+
+# mergekit's other methods, listed after the task-arithmetic family
+from wsviz.compute.merge import passthrough, selective, spherical  # noqa: E402,F401
+
 try:  # methods mergekit lacks
     from wsviz.compute.merge import extra  # noqa: F401
 except ImportError:  # pragma: no cover
     pass
 
-__all__ = ["METHODS", "REQUIRED", "MethodSpec", "ParamSpec", "get_method", "register"]
+#: names users reach for that are searches over an evaluator, not per-tensor merge methods
+SEARCHES = {
+    "greedy_soup": "it tries models best-first and keeps one only when the evaluator's held-out "
+                   "metric improves; run wsviz.eval.greedy_soup(evaluator, merger) or "
+                   "`wsviz soup`, which return the soup as a linear recipe",
+}
 
 
 def get_method(name: str) -> MethodSpec:
     """The :class:`MethodSpec` called ``name``; RecipeError listing the valid names if none."""
     from wsviz.errors import RecipeError
 
+    if name in SEARCHES:
+        raise RecipeError(f"{name!r} is not a merge method but a search: {SEARCHES[name]}")
     try:
         return METHODS[name]
     except KeyError:

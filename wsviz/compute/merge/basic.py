@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from wsviz.compute.merge._util import get_deltas, get_models, per_model
+from wsviz.compute.merge._util import as_list, get_deltas, get_models
 from wsviz.compute.merge.spec import REQUIRED, MethodSpec, ParamSpec, register
 
 
@@ -13,43 +13,65 @@ def merge_linear(base, models, params, *, generator=None, cache=None) -> Tensor:
     """Weighted average ``Σ w_i θ_i / Σ w_i`` (``normalize``, default) or weighted sum.
 
     ``models`` ``[n, *shape]`` (the base is not an input unless listed among the models);
-    computed in float32 (float64 stays float64), returned in the input dtype.
+    accumulated model by model in float32 (float64 stays float64) with float32 weights,
+    returned in the input dtype — mergekit's order of operations.
     """
     x = get_models(base, models, cache)
+    n = x.shape[0]
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xs = x.to(dt)
-    w = per_model(params["weight"], x.shape[0], xs)
-    out = (xs * w).sum(0)
+    w = torch.tensor([float(v) for v in as_list(params["weight"], n)], dtype=dt,
+                     device=x.device).view(1, n)
+    out = torch.zeros(x.shape[1:], dtype=dt, device=x.device)
+    ones = [1] * out.dim()
+    for i in range(n):
+        out.addcmul_(x[i], w[:, i].reshape(ones))
     if params.get("normalize", True):
-        out = out / w.sum(0)
+        out.div_(w.sum(dim=1).reshape(ones))
     return out.to(x.dtype)
+
+
+#: columns per chunk of mergekit's SLERP (its norms and dot product are chunked)
+SLERP_CHUNK = 1024 * 1024
 
 
 def slerp(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = 0.9995,
           eps: float = 1e-8) -> Tensor:
-    """Spherical interpolation of the whole tensors ``v0`` → ``v1`` (same shape) at ``t``.
+    """Spherical interpolation of the whole tensors ``v0`` → ``v1`` (same shape) at ``t``,
+    returned in ``v0``'s dtype.
 
     Angle from the normalised flattened tensors (norms <= eps count as 1); when
-    ``|cos| > dot_threshold`` falls back to linear interpolation. float32 compute.
+    ``|cos| > dot_threshold`` falls back to linear interpolation. float32 compute (float64
+    stays float64), norms and dot product over chunks of :data:`SLERP_CHUNK` elements as
+    mergekit takes them (so bf16 results round identically).
     """
     dt = torch.float64 if v0.dtype == torch.float64 else torch.float32
-    a = v0.reshape(-1).to(dt)
-    b = v1.reshape(-1).to(dt)
-    if a.numel() == 0:
-        return ((1 - t) * a + t * b).reshape(v0.shape)
-    na = torch.linalg.vector_norm(a)
-    nb = torch.linalg.vector_norm(b)
-    na = torch.where(na > eps, na, torch.ones_like(na))
-    nb = torch.where(nb > eps, nb, torch.ones_like(nb))
-    dot = ((a / na) * (b / nb)).sum().clamp(-1, 1)
-    if dot.abs() > dot_threshold:
-        ca, cb = 1 - t, t
-    else:
-        theta = torch.acos(dot)
-        s = torch.sin(theta)
-        ca = torch.sin((1 - t) * theta) / s
-        cb = torch.sin(t * theta) / s
-    return (ca * a + cb * b).reshape(v0.shape)
+    a = v0.reshape(1, -1)
+    b = v1.reshape(1, -1)
+    tt = torch.tensor([[float(t)]], dtype=dt, device=v0.device)
+    N = a.shape[1]
+    if N == 0:
+        return ((1 - tt) * a + tt * b).reshape(v0.shape).to(v0.dtype)
+    na = torch.linalg.vector_norm(torch.stack([
+        torch.linalg.vector_norm(a[:, s:s + SLERP_CHUNK].to(dt), dim=1, keepdim=True)
+        for s in range(0, N, SLERP_CHUNK)]), dim=0)
+    nb = torch.linalg.vector_norm(torch.stack([
+        torch.linalg.vector_norm(b[:, s:s + SLERP_CHUNK].to(dt), dim=1, keepdim=True)
+        for s in range(0, N, SLERP_CHUNK)]), dim=0)
+    na = torch.where(na > eps, na, 1)
+    nb = torch.where(nb > eps, nb, 1)
+    dot = torch.stack([
+        ((a[:, s:s + SLERP_CHUNK].to(dt) / na) * (b[:, s:s + SLERP_CHUNK].to(dt) / nb))
+        .sum(dim=1, keepdim=True) for s in range(0, N, SLERP_CHUNK)]).sum(dim=0).clamp(-1, 1)
+    lin = dot.abs() > dot_threshold
+    theta = torch.acos(torch.where(lin, 0, dot))
+    s_theta = torch.sin(theta)
+    ca = torch.where(lin, 1 - tt, torch.sin((1 - tt) * theta) / s_theta)
+    cb = torch.where(lin, tt, torch.sin(tt * theta) / s_theta)
+    out = torch.empty_like(a)
+    for s in range(0, N, SLERP_CHUNK):
+        out[:, s:s + SLERP_CHUNK] = (ca * a[:, s:s + SLERP_CHUNK].to(dt)
+                                     + cb * b[:, s:s + SLERP_CHUNK].to(dt))
+    return out.reshape(v0.shape)
 
 
 def merge_slerp(base, models, params, *, generator=None, cache=None) -> Tensor:
@@ -63,28 +85,31 @@ def merge_slerp(base, models, params, *, generator=None, cache=None) -> Tensor:
 def model_stock(w0: Tensor, ws: Tensor, filter_wise: bool = False) -> Tensor:
     """Model Stock: ``t = n cos / (1 + (n-1) cos)`` with ``cos`` the mean pairwise cosine of
     the offsets ``ws - w0`` (whole tensor, or per row with ``filter_wise``); returns
-    ``t · mean(ws) + (1 - t) · w0`` (the base where ``1 + (n-1) cos ≈ 0``).
+    ``t · mean(ws) + (1 - t) · w0`` (the base where ``1 + (n-1) cos ≈ 0``), all in the
+    inputs' dtype, summing the models one by one as mergekit does.
     ``w0`` ``[*shape]``, ``ws`` ``[n, *shape]`` with n >= 2."""
     shape = w0.shape
     n = ws.shape[0]
+    wl = list(ws.unbind(0))
     if filter_wise:
         if w0.dim() == 1:
-            w0, ws = w0.unsqueeze(0), ws.unsqueeze(1)
+            w0 = w0.unsqueeze(0)
+            wl = [w.unsqueeze(0) for w in wl]
     else:
-        w0, ws = w0.reshape(-1), ws.reshape(n, -1)
-    off = ws - w0.unsqueeze(0)
-    norms = torch.linalg.vector_norm(off, dim=-1)  # [n, ...]
+        w0 = w0.reshape(-1)
+        wl = [w.reshape(-1) for w in wl]
+    off = [w - w0 for w in wl]
     cos = []
     for i in range(n):
         for j in range(i + 1, n):
-            c = (off[i] * off[j]).sum(-1) / (norms[i] * norms[j]).clamp(min=1e-6)
-            cos.append(c.clamp(-1, 1))
-    cos_t = torch.stack(cos).mean(0).unsqueeze(-1)
+            den = torch.norm(off[i], dim=-1) * torch.norm(off[j], dim=-1)
+            cos.append(((off[i] * off[j]).sum(dim=-1) / den.clamp(min=1e-6)).clamp(-1, 1))
+    cos_t = torch.stack(cos).mean(dim=0).unsqueeze(-1)
     den = 1 + (n - 1) * cos_t
     singular = den.abs() < 1e-6
     t = torch.where(singular, torch.zeros_like(cos_t),
-                    n * cos_t / torch.where(singular, torch.ones_like(den), den))
-    avg = ws.sum(0) / n
+                    (n * cos_t) / torch.where(singular, torch.ones_like(den), den))
+    avg = sum(wl) / n
     return (t * avg + (1 - t) * w0).reshape(shape)
 
 

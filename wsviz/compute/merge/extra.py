@@ -1,8 +1,12 @@
 """Merge methods mergekit does not have (``in_mergekit=False``; export as JSON recipes or
-merged weights): PCB-Merging, TSV-M, Fisher-weighted averaging, greedy soup, ComPEFT and
-PEFT-style magnitude prune."""
+merged weights): PCB-Merging, TSV-M, Fisher-weighted averaging, ComPEFT and PEFT-style
+magnitude prune. PCB and ComPEFT default to ``scope: model`` — their reference code's one
+top-k / one σ over the whole model (whole-model statistics, :mod:`whole_model`); greedy soup is
+a search over an evaluator, not a per-tensor method (:func:`wsviz.eval.greedy_soup`)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -10,6 +14,7 @@ from torch import Tensor
 from wsviz.compute.merge import sparsify as sp
 from wsviz.compute.merge._util import as_list, get_deltas, get_models, per_model
 from wsviz.compute.merge.spec import MethodSpec, ParamSpec, register
+from wsviz.compute.merge.whole_model import Moments, RadixSelect, WholeModelStats
 
 _W = ParamSpec("weight", float, 1.0, "model", "scale of this model's task vector",
                ui_range=(-1.0, 2.0))
@@ -18,50 +23,133 @@ _LAMBDA = ParamSpec("lambda", float, 1.0, "global", "scale of the merged task ve
 
 
 # --- PCB-Merging -------------------------------------------------------------------------
-def _minmax(x: Tensor, dim: int) -> Tensor:
-    lo = x.amin(dim=dim, keepdim=True)
-    hi = x.amax(dim=dim, keepdim=True)
-    return (x - lo) / (hi - lo).clamp_min(1e-12)
+_SCOPE = ParamSpec(
+    "scope", str, "model", "global",
+    "'model': thresholds and scales over the whole model flattened into one vector, as the "
+    "reference code computes them; 'tensor': per tensor", choices=("model", "tensor"))
 
 
-def _clamp_quantiles(x: Tensor, low: float, high: float) -> Tensor:
-    """Clamp each row of ``x`` ``[n, d]`` to its ``low`` / ``1 - high`` order statistics."""
-    d = x.shape[1]
-    s = torch.sort(x, dim=1).values
-    lo = s[:, min(d - 1, int(d * low))].unsqueeze(1)
-    hi = s[:, max(0, int(d * (1 - high)) - 1)].unsqueeze(1)
-    return torch.maximum(torch.minimum(x, hi), lo)
+def _pcb_score(d: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Clamped magnitudes ``a`` and balancing scores of task vectors ``d`` ``[n, m]`` given
+    each model's clamp bounds ``lo``, ``hi`` ``[n, 1]``: intra ``exp(n · minmax(a)²)`` times
+    inter ``tanh(δ · Σ_j δ_j)``."""
+    n = d.shape[0]
+    a = torch.minimum(torch.maximum(d.abs(), lo), hi)
+    intra = torch.exp(n * ((a - lo) / (hi - lo).clamp_min(1e-12)) ** 2)
+    inter = torch.tanh(d * d.sum(0, keepdim=True))
+    return a, intra * inter
+
+
+def _pcb_ranks(m: int, density: float, clamp: float) -> tuple[int, int, int]:
+    """Reference-code ranks over ``m`` entries: clamp bounds and the score threshold."""
+    return int(m * clamp), int(m * (1 - clamp) - 1), min(m - 1, int(m * (1 - density)))
+
+
+def pcb_tensor_stats(d: Tensor, density: float, clamp: float) -> dict[str, Tensor]:
+    """PCB statistics of one tensor's task vectors ``d`` ``[n, m]`` (``scope: tensor``):
+    ``lo``, ``hi`` (``|δ|`` order statistics at ``clamp`` / ``1 - clamp``), ``q`` (score at
+    ``1 - density``) and ``smax`` (max score), each ``[n, 1]``."""
+    r_lo, r_hi, r_q = _pcb_ranks(d.shape[1], density, clamp)
+    s = torch.sort(d.abs(), dim=1).values
+    lo, hi = s[:, r_lo:r_lo + 1], s[:, r_hi:r_hi + 1]
+    _, score = _pcb_score(d, lo, hi)
+    ss = torch.sort(score, dim=1).values
+    return {"lo": lo, "hi": hi, "q": ss[:, r_q:r_q + 1], "smax": ss[:, -1:]}
 
 
 def pcb_merge(deltas: Tensor, density: float = 0.2, clamp: float = 1e-4,
-              rescale: bool = True) -> Tensor:
+              rescale: bool = True, stats: dict | None = None) -> Tensor:
     """PCB-Merging (Du et al., 2024) of task vectors ``[n, *shape]`` → ``[*shape]``.
 
-    Per model, ``|δ|`` is clamped to its ``clamp`` / ``1 - clamp`` quantiles (outliers).
-    Intra-balancing ``exp(n · minmax(|δ|)²)`` (importance within the task) times
-    inter-balancing ``tanh(δ · Σ_j δ_j)`` (agreement with the other tasks) gives the score;
-    entries below each model's ``1 - density`` score quantile are dropped (score 0), the
-    rest min-max scaled to [0, 1]. Merged: ``Σ_i s_i δ_i / Σ_i s_i`` (``rescale``) or
-    ``Σ_i s_i δ_i``.
+    Per model, ``|δ|`` is clamped to its order statistics at ``clamp`` / ``1 - clamp``
+    (``lo``, ``hi``); intra-balancing ``exp(n · ((a - lo) / (hi - lo))²)`` times
+    inter-balancing ``tanh(δ · Σ_j δ_j)`` gives the score; scores are clamped below at their
+    ``1 - density`` order statistic ``q`` and min-max scaled to [0, 1] (so entries at or below
+    ``q`` weigh 0). Merged: ``Σ_i s_i sign(δ_i) a_i / Σ_i s_i`` (``rescale``) or
+    ``Σ_i s_i sign(δ_i) a_i``. ``stats`` (``lo``, ``hi``, ``q``, ``smax``, each ``[n, 1]``)
+    come from the whole model (:class:`PcbStats`, the reference code's semantics) or, when
+    ``None``, from this tensor alone (:func:`pcb_tensor_stats`).
     """
     n = deltas.shape[0]
-    flat = deltas.reshape(n, -1).float()
-    a = _clamp_quantiles(flat.abs(), clamp, clamp)
-    clamped = torch.sign(flat) * a
-    intra = torch.exp(n * _minmax(a, 1) ** 2)
-    inter = torch.tanh(flat * flat.sum(0, keepdim=True))
-    score = intra * inter
-    score = _minmax(_clamp_quantiles(score, 1 - density, 0.0), 1)
-    mixed = (clamped * score).sum(0)
+    d = deltas.reshape(n, -1).float()
+    st = stats if stats is not None else pcb_tensor_stats(d, density, clamp)
+    dev = d.device
+    lo, hi, q, smax = (st[k].to(dev, torch.float32).view(n, 1) for k in ("lo", "hi", "q", "smax"))
+    a, score = _pcb_score(d, lo, hi)
+    scale = (torch.minimum(torch.maximum(score, q), smax) - q) / (smax - q).clamp_min(1e-12)
+    mixed = (torch.sign(d) * a * scale).sum(0)
     if rescale:
-        mixed = mixed / score.sum(0).clamp_min(1e-12)
+        mixed = mixed / scale.sum(0).clamp_min(1e-12)
     return mixed.reshape(deltas.shape[1:]).to(deltas.dtype)
+
+
+class PcbStats(WholeModelStats):
+    """PCB's ``lo``, ``hi``, ``q``, ``smax`` per model over the whole model (4 passes: exact
+    ``|δ|`` order statistics, then exact score order statistic and max)."""
+
+    passes = 4
+    uses = ("density", "clamp")
+
+    def __init__(self, n: int, params: dict):
+        self.n = n
+        self.density, self.clamp = float(params["density"]), float(params["clamp"])
+        self._abs, self._score = RadixSelect(n), RadixSelect(n)
+        self.lo = self.hi = self.q = None
+        self.smax = torch.full((n,), -math.inf)
+
+    def update(self, pass_index: int, inputs: dict) -> None:
+        d = inputs["deltas"].reshape(self.n, -1).float()
+        if d.shape[1] == 0:
+            return
+        if pass_index == 0:
+            self._abs.add_high(d.abs())
+        elif pass_index == 1:
+            self._abs.add_low(d.abs())
+        else:
+            _, score = _pcb_score(d, self.lo.to(d.device), self.hi.to(d.device))
+            if pass_index == 2:
+                self._score.add_high(score)
+                self.smax = torch.maximum(self.smax, score.amax(1).cpu())
+            else:
+                self._score.add_low(score)
+
+    def end_pass(self, pass_index: int) -> None:
+        r_lo, r_hi, r_q = _pcb_ranks(self._abs.count, self.density, self.clamp)
+        if pass_index == 0:
+            self._abs.plan([[r_lo, r_hi]] * self.n)
+        elif pass_index == 1:
+            v = torch.stack(self._abs.values())
+            self.lo, self.hi = v[:, :1], v[:, 1:]
+        elif pass_index == 2:
+            self._score.plan([[r_q]] * self.n)
+        else:
+            self.q = torch.stack(self._score.values())
+
+    def result(self) -> dict:
+        return {"lo": self.lo, "hi": self.hi, "q": self.q, "smax": self.smax.view(self.n, 1)}
+
+
+def _pcb_stats(n: int, params: dict) -> PcbStats | None:
+    return PcbStats(n, params) if params.get("scope", "model") == "model" else None
+
+
+def _model_stats(cache, params, method: str):
+    """``cache["model_stats"]`` for ``scope: model`` (ValueError when the caller gave none)."""
+    if params.get("scope", "model") != "model":
+        return None
+    st = cache.get("model_stats") if cache is not None else None
+    if st is None:
+        raise ValueError(f"{method} with scope 'model' needs whole-model statistics: merge "
+                         "through wsviz.recipes (merge_to_dir / InMemoryMerger), or set "
+                         "scope: tensor")
+    return st
 
 
 def merge_pcb(base, models, params, *, generator=None, cache=None) -> Tensor:
     """base + lambda · PCB-merged task vectors (see :func:`pcb_merge`)."""
     d = get_deltas(base, models, cache)
-    m = pcb_merge(d, float(params["density"]), float(params["clamp"]), bool(params["rescale"]))
+    m = pcb_merge(d, float(params["density"]), float(params["clamp"]), bool(params["rescale"]),
+                  stats=_model_stats(cache, params, "pcb"))
     return base + float(params["lambda"]) * m
 
 
@@ -74,10 +162,10 @@ register(MethodSpec(
                   range=(0.0, 0.5), open_high=True),
         ParamSpec("rescale", bool, True, "global",
                   "divide by the sum of balancing scores (weighted mean)"),
-        _LAMBDA),
+        _SCOPE, _LAMBDA),
     needs_base=True, min_models=1, max_models=None, in_mergekit=False, fn=merge_pcb,
     doc="PCB-Merging: intra/inter-task parameter competition balancing",
-    reference="https://arxiv.org/abs/2410.02396"))
+    reference="https://arxiv.org/abs/2410.02396", model_stats=_pcb_stats))
 
 
 # --- TSV-M ---------------------------------------------------------------------------------
@@ -130,40 +218,54 @@ register(MethodSpec(
 
 
 # --- Fisher-weighted averaging --------------------------------------------------------------
-def diagonal_fisher(module: torch.nn.Module, batches, loss_fn) -> dict[str, Tensor]:
-    """Empirical diagonal Fisher ``E[(∂L/∂θ)²]`` of every parameter of ``module`` over
-    ``batches`` (an iterable; ``loss_fn(module, batch) -> scalar loss``), averaged over
-    batches: ``{name: Tensor[*shape]}`` (float32, same device)."""
-    acc: dict[str, Tensor] = {}
-    count = 0
-    module.eval()
-    for batch in batches:
-        module.zero_grad(set_to_none=True)
-        loss = loss_fn(module, batch)
-        loss.backward()
-        for name, p in module.named_parameters():
-            if p.grad is not None:
-                g2 = p.grad.detach().float() ** 2
-                acc[name] = acc[name] + g2 if name in acc else g2
-        count += 1
-    module.zero_grad(set_to_none=True)
-    if count == 0:
-        raise ValueError("diagonal_fisher needs at least one batch")
-    return {k: v / count for k, v in acc.items()}
+class FisherNorms(WholeModelStats):
+    """Whole-model L2 norm ``‖F_i‖`` of each model's diagonal Fisher (one pass)."""
+
+    inputs = ("fisher",)
+
+    def __init__(self, n: int, params: dict | None = None):
+        self.n = n
+        self.sq = torch.zeros(n, dtype=torch.float64)
+
+    def update(self, pass_index: int, inputs: dict) -> None:
+        f = inputs["fisher"].reshape(self.n, -1).to(torch.float64)
+        self.sq += f.square().sum(1).cpu()
+
+    def result(self) -> dict:
+        return {"fisher_norm": self.sq.sqrt().float()}
+
+
+def _fisher_stats(n: int, params: dict) -> FisherNorms | None:
+    return FisherNorms(n) if params.get("normalize_fishers", True) else None
 
 
 def merge_fisher(base, models, params, *, generator=None, cache=None) -> Tensor:
-    """Fisher-weighted average ``Σ w_i F_i θ_i / Σ w_i F_i`` with ``F_i + floor``;
-    ``cache["fisher"]`` ``[n, *shape]`` holds the diagonal Fishers (uniform if absent)."""
+    """Fisher-weighted average ``Σ_i c_i F_i θ_i / Σ_i c_i F_i`` (Matena & Raffel, 2022) with
+    the reference code's conventions: ``c_i = weight_i`` (divided by the whole-model ``‖F_i‖``
+    with ``normalize_fishers``), ``F_i`` floored at ``fisher_floor`` (only the first model's
+    with ``favor_target_model``). ``cache["fisher"]`` ``[n, *shape]`` holds the models'
+    diagonal Fishers; without it this raises ValueError (never a silent uniform average)."""
     x = get_models(base, models, cache)
     n = x.shape[0]
     f = cache.get("fisher") if cache is not None else None
     if f is None:
-        f = torch.ones_like(x)
-    f = f.to(x) + float(params["fisher_floor"])
-    w = per_model(params["weight"], n, x)
-    num = (w * f * x).sum(0)
-    return num / (w * f).sum(0)
+        raise ValueError("the fisher method needs each model's diagonal Fisher (compute them "
+                         "with `wsviz fisher MODEL --data FILE`)")
+    f = f.to(x)
+    floor = float(params["fisher_floor"])
+    if params["favor_target_model"]:
+        f = torch.cat([f[:1].clamp_min(floor), f[1:]])
+    else:
+        f = f.clamp_min(floor)
+    c = per_model(params["weight"], n, x)
+    if params["normalize_fishers"]:
+        st = cache.get("model_stats")
+        if st is None:
+            raise ValueError("normalize_fishers needs the whole-model Fisher norms: merge "
+                             "through wsviz.recipes, or set normalize_fishers: false")
+        c = c / st["fisher_norm"].to(x).view(n, *([1] * (x.dim() - 1)))
+    cf = c * f
+    return (cf * x).sum(0) / cf.sum(0)
 
 
 register(MethodSpec(
@@ -171,44 +273,98 @@ register(MethodSpec(
         ParamSpec("weight", float, 1.0, "model", "scale of this model's Fisher",
                   range=(0.0, None), ui_range=(0.0, 2.0)),
         ParamSpec("fisher_floor", float, 1e-6, "global",
-                  "added to every Fisher value (avoids 0/0)", range=(0.0, None),
-                  open_low=True)),
+                  "Fisher values are raised to at least this (avoids 0/0)", range=(0.0, None),
+                  open_low=True),
+        ParamSpec("favor_target_model", bool, True, "global",
+                  "floor only the first model's Fisher, so entries no model cares about "
+                  "keep the first model's value (reference default)"),
+        ParamSpec("normalize_fishers", bool, True, "global",
+                  "divide each model's weight by the L2 norm of its whole-model Fisher "
+                  "(reference default)")),
     needs_base=False, min_models=1, max_models=None, in_mergekit=False, fn=merge_fisher,
-    doc="Fisher-weighted averaging (diagonal Fisher from a data batch)",
-    reference="https://arxiv.org/abs/2111.09832", needs=("fisher",)))
-
-
-# --- greedy soup -----------------------------------------------------------------------------
-def merge_uniform(base, models, params, *, generator=None, cache=None) -> Tensor:
-    """Uniform average of ``models`` ``[n, *shape]`` (the soup of the selected models)."""
-    return get_models(base, models, cache).mean(0)
-
-
-register(MethodSpec(
-    name="greedy_soup", params=(), needs_base=False, min_models=1, max_models=None,
-    in_mergekit=False, fn=merge_uniform,
-    doc="greedy soup: add models (best first) while the evaluator's score does not drop; "
-        "the models listed are the soup (see wsviz.recipes.greedy_soup)",
-    reference="https://arxiv.org/abs/2203.05482", needs=("evaluator",)))
+    doc="Fisher-weighted averaging with each model's diagonal Fisher (wsviz fisher)",
+    reference="https://arxiv.org/abs/2111.09832", needs=("fisher",),
+    model_stats=_fisher_stats))
 
 
 # --- ComPEFT ---------------------------------------------------------------------------------
-def compeft_compress(deltas: Tensor, density, alpha, cache: dict | None = None) -> Tensor:
-    """ComPEFT (Yadav et al., 2023): keep the top-``density`` magnitudes of each task vector
-    ``[n, *shape]`` and replace them by ``alpha · std(δ_i) · sign(δ_i)`` (ternary values).
-    ``cache["ranks"]`` (magnitude ranks) is reused/filled when given."""
+def compeft_tensor_stats(d: Tensor, density) -> dict[str, Tensor]:
+    """ComPEFT statistics of one tensor's task vectors ``d`` ``[n, m]`` (``scope: tensor``):
+    ``threshold`` — the ``(m - int(m · density))``-th smallest ``|δ|`` (``-inf`` when all are
+    kept) — and ``std`` (unbiased), each ``[n, 1]``."""
+    n, m = d.shape
+    thr = []
+    for i, dens in enumerate(as_list(density, n)):
+        k = m - int(m * float(dens))
+        thr.append(d[i].abs().kthvalue(k).values if k > 0 else
+                   torch.tensor(-math.inf, device=d.device))
+    std = d.std(dim=1, keepdim=True) if m > 1 else torch.zeros(n, 1, device=d.device)
+    return {"threshold": torch.stack(thr).view(n, 1), "std": std}
+
+
+def compeft_compress(deltas: Tensor, density, alpha, stats: dict | None = None) -> Tensor:
+    """ComPEFT (Yadav et al., 2023) of task vectors ``[n, *shape]``: entries with
+    ``|δ_i| >= threshold_i`` become ``alpha_i · std(δ_i) · sign(δ_i)``, the rest 0 (ternary).
+    ``threshold`` is the reference's ``kthvalue`` cut, which keeps the
+    ``int(m · density) + 1`` largest magnitudes (and ties at the threshold) and ``std`` is the unbiased standard deviation of the
+    uncompressed task vector — over the whole model (``stats`` from :class:`CompeftStats`,
+    the reference code) or over this tensor (``stats=None``)."""
     n = deltas.shape[0]
-    dens = as_list(density, n)
-    kept = sp.magnitude(deltas, dens, False, cache=cache)
-    std = deltas.reshape(n, -1).std(dim=1, unbiased=False)
-    scale = per_model(as_list(alpha, n), n, deltas) * std.view(n, *([1] * (deltas.dim() - 1)))
-    return torch.sign(kept) * scale
+    d = deltas.reshape(n, -1).float()
+    st = stats if stats is not None else compeft_tensor_stats(d, density)
+    thr = st["threshold"].to(d.device, torch.float32).view(n, 1)
+    std = st["std"].to(d.device, torch.float32).view(n, 1)
+    a = torch.tensor([float(x) for x in as_list(alpha, n)], device=d.device).view(n, 1)
+    out = (a * std) * torch.sign(d * (d.abs() >= thr))
+    return out.reshape(deltas.shape).to(deltas.dtype)
+
+
+class CompeftStats(WholeModelStats):
+    """ComPEFT's per-model ``threshold`` (exact) and ``std`` over the whole model (2 passes)."""
+
+    passes = 2
+    uses = ("density",)
+
+    def __init__(self, n: int, params: dict):
+        self.n = n
+        self.density = [float(x) for x in as_list(params["density"], n)]
+        self._abs = RadixSelect(n)
+        self._mom = Moments(n)
+        self._keep_all: list[bool] = []
+
+    def update(self, pass_index: int, inputs: dict) -> None:
+        d = inputs["deltas"].reshape(self.n, -1).float()
+        if d.shape[1] == 0:
+            return
+        if pass_index == 0:
+            self._abs.add_high(d.abs())
+            self._mom.add(d)
+        else:
+            self._abs.add_low(d.abs())
+
+    def end_pass(self, pass_index: int) -> None:
+        if pass_index == 0:
+            m = self._abs.count
+            ks = [m - int(m * x) for x in self.density]
+            self._keep_all = [k <= 0 for k in ks]
+            self._abs.plan([[k - 1] if k > 0 else [] for k in ks])
+
+    def result(self) -> dict:
+        vals = self._abs.values()
+        thr = torch.stack([torch.tensor(-math.inf) if keep else v[0]
+                           for keep, v in zip(self._keep_all, vals)])
+        return {"threshold": thr.view(self.n, 1), "std": self._mom.std().float().view(self.n, 1)}
+
+
+def _compeft_stats(n: int, params: dict) -> CompeftStats | None:
+    return CompeftStats(n, params) if params.get("scope", "model") == "model" else None
 
 
 def merge_compeft(base, models, params, *, generator=None, cache=None) -> Tensor:
-    """base + lambda · Σ w_i · ComPEFT(δ_i)."""
+    """base + lambda · Σ w_i · ComPEFT(δ_i) (see :func:`compeft_compress`)."""
     d = get_deltas(base, models, cache)
-    c = compeft_compress(d, params["density"], params["alpha"], cache=cache)
+    c = compeft_compress(d, params["density"], params["alpha"],
+                         stats=_model_stats(cache, params, "compeft"))
     w = per_model(params["weight"], d.shape[0], d)
     return base + float(params["lambda"]) * (w * c).sum(0)
 
@@ -221,10 +377,10 @@ register(MethodSpec(
         ParamSpec("alpha", float, 1.0, "model",
                   "ternary magnitude in units of the task vector's std", range=(0.0, None),
                   ui_range=(0.0, 10.0)),
-        _LAMBDA),
+        _SCOPE, _LAMBDA),
     needs_base=True, min_models=1, max_models=None, in_mergekit=False, fn=merge_compeft,
     doc="ComPEFT: sparsify + ternary-quantise each task vector, then add",
-    reference="https://arxiv.org/abs/2311.13171"))
+    reference="https://arxiv.org/abs/2311.13171", model_stats=_compeft_stats))
 
 
 # --- PEFT magnitude prune ----------------------------------------------------------------------

@@ -98,7 +98,15 @@ class MethodSpec:
     ``needs_base``: a base model is required; ``min_models`` / ``max_models`` count the
     models besides the base; ``in_mergekit``: exported YAML reproduces the result;
     ``random``: draws from ``generator`` (set the recipe's ``seed``);
-    ``needs``: extra inputs the method needs (``"fisher"``, ``"evaluator"``).
+    ``needs``: extra inputs the method needs (``"fisher"``, ``"evaluator"``); the merge
+    engines refuse a recipe without them (:func:`wsviz.recipes.needs.check_needs`);
+    ``optional_base``: the method works with or without a base (mergekit's optional base:
+    with one, ``fn`` gets it and works on task vectors; without, ``base`` is ``None``);
+    ``check(params)``: optional rule on one tensor's resolved parameters, raising
+    ``ValueError`` with a short reason (the recipe validator probes it over layers/filters).
+    ``model_stats``: ``(n_models, params) -> WholeModelStats | None`` for methods that need
+    statistics over the whole model before merging a tensor (see
+    :mod:`wsviz.compute.merge.whole_model`); the engines pass ``cache["model_stats"]``.
     """
 
     name: str
@@ -112,6 +120,9 @@ class MethodSpec:
     reference: str = ""
     random: bool = False
     needs: tuple[str, ...] = field(default=())
+    optional_base: bool = False
+    check: Callable | None = None
+    model_stats: Callable | None = None
 
     def param(self, name: str) -> ParamSpec:
         for p in self.params:

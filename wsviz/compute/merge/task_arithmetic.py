@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from wsviz.compute import trim
 from wsviz.compute.merge import sparsify as sp
 from wsviz.compute.merge._util import as_list, get_deltas, per_model
 from wsviz.compute.merge.spec import REQUIRED, MethodSpec, ParamSpec, register
@@ -42,17 +43,16 @@ CHUNK = 1 << 15
 
 
 def _keep_intervals(sparsification, density, gamma, numel):
-    """Per model ``[lo, hi)`` interval of descending magnitude ranks that is kept."""
+    """Per model ``[lo, hi)`` interval of sorted magnitude positions that is kept:
+    descending positions for ``magnitude``, ascending ones for ``magnitude_outliers``."""
     out = []
     for i, d in enumerate(density):
         if sparsification is None or d >= 1:
             out.append((0, numel))
         elif sparsification == "magnitude":
-            out.append((0, 0 if d <= 0 or numel == 0 else max(1, int(d * numel))))
+            out.append((0, trim.keep_count(d, numel)))
         else:  # magnitude_outliers
-            target = int(d * numel)
-            n_bot = max(0, numel - target - int(gamma[i] * numel))
-            out.append((numel - n_bot - target, numel - n_bot))
+            out.append(sp.outlier_bounds(d, gamma[i], numel))
     return out
 
 
@@ -82,13 +82,6 @@ def gta_fused(base: Tensor, deltas: Tensor, ranks: Tensor | None, weights, inter
         hi_t = torch.tensor([hi for _, hi in intervals], dtype=ranks.dtype, device=dev).view(n, 1)
         need_lo = any(lo > 0 for lo, _ in intervals)
         R = ranks.reshape(n, N)
-    if consensus is None and not masked:  # plain weighted sum: one GEMV over the deltas
-        m = (w.view(1, n) @ D).view(N)
-        if normalize:
-            m = m / w.sum(0).where(w.sum(0).abs() >= 1e-8, torch.ones_like(w.sum(0)))
-        if lam != 1:
-            m = m * lam
-        return (B + m).view(shape)
     out = torch.empty(N, dtype=base.dtype, device=dev)
     C = min(chunk, max(N, 1))
     # float 0/1 masks throughout: comparisons written into float buffers and multiplied
@@ -168,12 +161,15 @@ def gta_merge(base: Tensor, deltas: Tensor, params: dict, *, sparsification: str
         iv = _keep_intervals(sparsification, density, gamma, numel)
         ranks = keep = None
         if any(lo > 0 or hi < numel for lo, hi in iv):
-            if cache is None and sparsification == "magnitude":
-                # one-shot merge: O(numel) selection instead of a sort
-                a = deltas.reshape(n, -1).abs()
-                keep = torch.stack([sp.topk_keep(a[i], hi) for i, (_, hi) in enumerate(iv)])
-            else:
+            if cache is None:  # one-shot merge: O(numel) selection instead of a sort
+                if sparsification == "magnitude":
+                    keep = trim.keep_top(deltas, [hi for _, hi in iv])
+                else:
+                    keep = trim.keep_slice(deltas, [lo for lo, _ in iv], [hi for _, hi in iv])
+            elif sparsification == "magnitude":
                 ranks = sp._cached(cache, "ranks", lambda: sp.magnitude_ranks(deltas))
+            else:
+                ranks = sp._cached(cache, "asc_ranks", lambda: sp.ascending_ranks(deltas))
         return gta_fused(base, deltas, ranks, as_list(params["weight"], n), iv, consensus,
                          bool(params.get("normalize", False)), float(params.get("lambda", 1.0)),
                          keep=keep)

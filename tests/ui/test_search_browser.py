@@ -1,0 +1,86 @@
+"""The Search tab in headless Chromium on the demo zoo: run a search, watch the front fill
+in, click a point, see its recipe loaded in the merge tuner and download it as mergekit YAML."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from tests.ui.browser import open_app, open_tab, pane_text, wait_pane_text
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
+
+STATUS = "wsviz-search-status"
+
+# Screen positions (viewport px) of the scatter points of the figure whose title starts with
+# the prefix: Bokeh's own scales map data to canvas pixels.
+POINTS_JS = """
+(prefix) => {
+  const seen = new Set();
+  const out = [];
+  function walk(v) {
+    if (!v || seen.has(v)) return;
+    seen.add(v);
+    const m = v.model;
+    if (m && m.title && m.title.text && m.title.text.startsWith(prefix) && v.frame && v.el) {
+      const r = v.el.getBoundingClientRect();
+      for (const rv of (v.renderer_views ? v.renderer_views.values() : [])) {
+        const g = rv.model.glyph;
+        if (!g || g.type === undefined && !g.marker) {}
+        const d = rv.model.data_source && rv.model.data_source.data;
+        if (!d || !d.x || !d.number || !rv.glyph || !rv.glyph.model.size) continue;
+        for (let i = 0; i < d.x.length; i++) {
+          out.push({number: d.number[i], x: d.x[i], y: d.y[i],
+                    px: r.left + v.frame.x_scale.compute(d.x[i]),
+                    py: r.top + v.frame.y_scale.compute(d.y[i])});
+        }
+      }
+    }
+    for (const k of (v.child_views || [])) walk(k);
+  }
+  for (const v of Object.values(Bokeh.index)) walk(v);
+  return out;
+}
+"""
+
+
+def points(page, prefix="Search:", n=1, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    pts = []
+    while time.monotonic() < deadline:
+        pts = page.evaluate(POINTS_JS, prefix)
+        if len(pts) >= n:
+            return pts
+        page.wait_for_timeout(200)
+    raise AssertionError(f"fewer than {n} points drawn: {pts}")
+
+
+def test_search_tab_runs_and_a_click_loads_the_recipe(page, demo_app, artifacts_dir):
+    from mergekit.config import MergeConfiguration
+
+    open_app(page, demo_app.url)
+    open_tab(page, "Search")
+    trials = page.locator(".bk-input-group").filter(has_text="Trials").locator("input")
+    trials.fill("8")
+    trials.press("Enter")
+    page.get_by_role("button", name="Run search").click()
+    wait_pane_text(page, STATUS, lambda t: "done" in t and "8/8" not in t and "8 trials" in t,
+                   timeout=180)
+    pts = points(page, n=8)
+    assert len({p["number"] for p in pts}) == 8
+    page.screenshot(path=str(artifacts_dir / "search_panel.png"), full_page=True)
+    target = max(pts, key=lambda p: p["x"] + p["y"])
+    page.mouse.click(target["px"], target["py"])
+    text = wait_pane_text(page, "wsviz-search-selected", lambda t: "trial" in t)
+    assert f"trial {target['number']}" in text and "loaded into the merge tuner" in text
+    with page.expect_download() as dl:
+        page.get_by_text("Download recipe").click()
+    cfg = MergeConfiguration.model_validate(yaml.safe_load(open(dl.value.path()).read()))
+    assert cfg.merge_method == "task_arithmetic"
+    open_tab(page, "Merge")
+    summary = wait_pane_text(page, "wsviz-merge-summary", lambda t: "eval #" in t)
+    assert "lambda=0.3" not in summary  # the tuner now holds the searched recipe
+    assert pane_text(page, "wsviz-merge-summary")
+    page.screenshot(path=str(artifacts_dir / "search_loaded_in_tuner.png"), full_page=True)
