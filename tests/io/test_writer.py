@@ -36,7 +36,8 @@ def test_sharded_with_index_and_copied_files(tmp_path):
     for f in files:
         got.update(load_file(str(out / f)))
     assert all(torch.equal(got[k], v) for k, v in ts.items())
-    assert (out / "config.json").read_text() == '{"model_type": "llama"}'
+    cfg = json.loads((out / "config.json").read_text())  # copied; the written dtype stated
+    assert cfg == {"model_type": "llama", "torch_dtype": "float32"}
     assert (out / "tokenizer.json").exists() and (out / "wsviz_recipe.json").exists()
     assert not [p for p in tmp_path.iterdir() if "wsviz-tmp" in p.name]
 

@@ -106,7 +106,7 @@ def check_output(out, inputs: Iterable = (), *, force: bool = False, kind: str =
         raise OutputError(f"output {out}: {e.strerror or e}; choose another path") from None
     if exists:
         if not force:
-            raise OutputError(f"{out} exists; {hint}")
+            raise OutputError(f"{out} already exists; {hint}")
         if kind == "file" and is_dir:
             raise OutputError(f"output {out} is a directory; give a file name")
         if kind == "dir" and is_dir and not out.is_symlink() and not _replaceable_dir(out):
