@@ -117,6 +117,7 @@ def test_outputs_follow_the_umask(models, tmp_path, umask):
         assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
 
 
+@pytest.mark.slow
 def test_analyze_disk_full_is_one_line_and_leaves_nothing(models, tmp_path):
     """A real write failure: the child's file-size limit makes every write past 4 KiB fail
     with EFBIG, as a full disk fails with ENOSPC."""
