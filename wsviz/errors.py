@@ -35,3 +35,8 @@ class RecipeError(WsvizError):
 
 class EvalError(WsvizError):
     """An evaluator failed or returned something that is not a metric."""
+
+
+class OutputError(WsvizError):
+    """An output path is unsafe or cannot be written (names the output and, when it
+    collides with one, the input)."""

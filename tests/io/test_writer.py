@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from wsviz.errors import CheckpointError
+from wsviz.errors import OutputError
 from wsviz.io.writer import HFDirWriter, parse_size
 
 
@@ -36,7 +36,8 @@ def test_sharded_with_index_and_copied_files(tmp_path):
     for f in files:
         got.update(load_file(str(out / f)))
     assert all(torch.equal(got[k], v) for k, v in ts.items())
-    assert (out / "config.json").read_text() == '{"model_type": "llama"}'
+    cfg = json.loads((out / "config.json").read_text())  # copied; the written dtype stated
+    assert cfg == {"model_type": "llama", "torch_dtype": "float32"}
     assert (out / "tokenizer.json").exists() and (out / "wsviz_recipe.json").exists()
     assert not [p for p in tmp_path.iterdir() if "wsviz-tmp" in p.name]
 
@@ -52,11 +53,21 @@ def test_refuses_existing_without_force_and_replaces_with_force(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(CheckpointError, match="exists.*--force"):
+    (out / "config.json").write_text("{}")  # a model directory: --force may replace it
+    with pytest.raises(OutputError, match="exists.*--force"):
         HFDirWriter(out)
     with HFDirWriter(out, force=True) as w:
         w.add("a", torch.ones(3))
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+
+
+def test_force_never_replaces_a_directory_without_a_model(tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    with pytest.raises(OutputError, match="holds no model.*even with --force"):
+        HFDirWriter(out, force=True)
+    assert (out / "thesis.tex").read_text() == "years of work"
 
 
 def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
@@ -65,12 +76,13 @@ def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
     out = tmp_path / "o"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / "model.safetensors").write_text("old weights")
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(st, "save_file", full)
-    with pytest.raises(CheckpointError, match="No space left.*nothing was written"):
+    with pytest.raises(OutputError, match="No space left.*nothing was written"):
         with HFDirWriter(out, force=True, max_shard_bytes=100) as w:
             for k, v in _tensors().items():
                 w.add(k, v)

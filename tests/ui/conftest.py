@@ -115,12 +115,15 @@ class ServedApp:
 
 
 @pytest.fixture(scope="session")
-def demo_app(artifacts_dir):
-    """The real app on the built-in demo zoo (the zoo is built first if not cached)."""
+def demo_app(artifacts_dir, tmp_path_factory):
+    """The real app on the built-in demo zoo (the zoo is built first if not cached); its
+    Export tab writes under ``app.export_root`` (a fresh temporary folder)."""
     from wsviz.zoo import ensure_zoo
 
     ensure_zoo()  # build/cache the zoo before the server so its first page is fast
-    app = ServedApp(["--demo"], artifacts_dir / "server_demo.log")
+    exports = tmp_path_factory.mktemp("exports")
+    app = ServedApp(["--demo", "--export-root", str(exports)], artifacts_dir / "server_demo.log")
+    app.export_root = exports
     yield app
     app.stop()
 

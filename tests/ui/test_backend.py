@@ -92,14 +92,18 @@ def test_demo_write_merged_and_overwrite_protection(demo, tmp_path):
     r = demo.make_recipe("task_arithmetic", {"lambda": 0.3},
                          {lab: {"weight": 1.0} for lab in demo.labels})
     out = tmp_path / "merged"
+    demo.export_root = tmp_path
     calls = []
     path = demo.write_merged(r, str(out), force=False, progress=lambda f, m: calls.append(f))
     assert (out / "wsviz_recipe.json").is_file() and calls[-1] == 1.0 and path
     with pytest.raises(WsvizError, match="exists"):
         demo.write_merged(r, str(out), force=False)
     demo.write_merged(r, str(out), force=True)
-    with pytest.raises(WsvizError, match="cannot write|not writable"):
+    with pytest.raises(WsvizError, match="outside the export folder"):
         demo.write_merged(r, "/proc/wsviz-no/merged", force=False)
+    demo.export_root = "/proc/wsviz-no"
+    with pytest.raises(WsvizError, match="cannot"):
+        demo.write_merged(r, "merged", force=False)
 
 
 def test_model_set_without_evaluator(llama_set):

@@ -134,7 +134,7 @@ def test_export_yaml_is_valid_mergekit_config(page, demo_app, artifacts_dir):
     page.screenshot(path=str(artifacts_dir / "export.png"), full_page=True)
 
 
-def test_bad_inputs_notify_and_session_continues(page, demo_app, artifacts_dir, tmp_path):
+def test_bad_inputs_notify_and_session_continues(page, demo_app, artifacts_dir):
     open_app(page, demo_app.url)
     open_tab(page, "Merge")
     n = eval_no(wait_eval(page, 1))
@@ -147,15 +147,15 @@ def test_bad_inputs_notify_and_session_continues(page, demo_app, artifacts_dir, 
     drag_handle(page, slider_handle(page, "lambda"), 40)
     assert eval_no(wait_eval(page, n + 1)) > n  # still evaluating after the error
     open_tab(page, "Export")
-    out = page.locator(".bk-input-group").filter(has_text="Output directory").locator("input")
-    out.fill("/proc/wsviz-cannot-write/merged")
+    out = page.locator(".bk-input-group").filter(has_text="Output folder").locator("input")
+    out.fill("/proc/wsviz-cannot-write/merged")  # outside the export root: refused
     out.press("Enter")
     page.get_by_role("button", name="Write merged weights").click()
-    wait_notification(page, "cannot write")
+    wait_notification(page, "outside the export folder")
     page.screenshot(path=str(artifacts_dir / "error_notification.png"), full_page=True)
-    # a writable directory then works, and an existing one is refused without overwrite
-    target = tmp_path / "merged"
-    out.fill(str(target))
+    # a name inside the export root then works, and an existing one is refused without overwrite
+    target = demo_app.export_root / "merged"
+    out.fill("merged")
     out.press("Enter")
     page.get_by_role("button", name="Write merged weights").click()
     wait_notification(page, "written to", timeout=120)

@@ -115,18 +115,22 @@ def test_export_yaml_json_and_unexpressible_reason(comps):
 
 def test_export_write_overwrite_protection_and_unwritable(comps, tmp_path):
     e, s = comps.export, comps.session
+    s.workspace.export_root = tmp_path
     out = tmp_path / "merged"
-    e.write(str(out))
+    e.write("merged")  # a name inside the export root
     assert e.written == str(out) and (out / "recipe.json").is_file()
     e.written = None
-    e.write(str(out))  # exists, no force
+    e.write(str(out))  # exists, no force (an absolute path inside the root is fine)
     assert "exists" in s.last_error and e.written is None
     e.write(str(out), force=True)
     assert e.written == str(out)
     e.write("/proc/wsviz-no-such/dir")
+    assert "outside the export folder" in s.last_error
+    s.workspace.export_root = "/proc/wsviz-no-such"
+    e.write("dir")
     assert "cannot write" in s.last_error
     e.write("")
-    assert "output directory" in s.last_error
+    assert "output folder" in s.last_error
 
 
 def test_sweep_and_prune(comps):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,49 +18,26 @@ from wsviz.analysis.detail import LayerDetail
 from wsviz.analysis.settings import AnalysisSettings
 from wsviz.analysis.tensor import analyze_tensor, load_deltas, merge_dtype
 from wsviz.compute import deltas as D
-from wsviz.errors import WsvizError
+from wsviz.compute.device import resolve_device  # noqa: F401 - re-exported
+from wsviz.errors import OutputError, WsvizError
+from wsviz.io.outputs import atomic_write, check_output
 
 COLUMNS = ["layer", "block", "kind", "group", "model", "metric", "value", "note"]
 
 ProgressArg = bool | Callable[[int, int, str], None]
 
 
-def resolve_device(device=None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available else CPU; otherwise ``torch.device(device)``.
-
-    Raises :class:`WsvizError` for an unknown or unavailable device.
-    """
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise WsvizError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WsvizError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return dev
-
-
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """Cache directory: ``cache_dir``, else ``$WSVIZ_CACHE_DIR``, else ``~/.cache/wsviz``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("WSVIZ_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path.home() / ".cache" / "wsviz"
+    from wsviz.io.filehash import cache_root as _root
+
+    return _root(cache_dir)
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Cache entries: atomic, umask modes, dead writers' temp files swept
+    (:func:`wsviz.io.outputs.atomic_write`)."""
+    atomic_write(path, write, force=True)
 
 
 @dataclass
@@ -179,25 +155,26 @@ class AnalysisResult:
         if path is not None:
             try:
                 _atomic_write(path, lambda p: torch.save(detail_to_dict(det), p))
-            except OSError:
+            except (OSError, OutputError):
                 pass
         return det
 
     # -- export ----------------------------------------------------------------------------
     def to_parquet(self, path, overwrite: bool = False) -> Path:
-        """Write ``table`` to a parquet file atomically; refuses to overwrite unless asked."""
+        """Write ``table`` to a parquet file atomically; refuses to overwrite unless asked
+        and refuses a path that is, contains or lies inside a checkpoint of the model set
+        (:class:`~wsviz.errors.OutputError`, also for disk full)."""
         return self._write(path, overwrite, lambda p: self.table.to_parquet(p, index=False))
 
     def to_csv(self, path, overwrite: bool = False) -> Path:
-        """Write ``table`` to a CSV file atomically; refuses to overwrite unless asked."""
+        """Write ``table`` to a CSV file atomically (same rules as :meth:`to_parquet`)."""
         return self._write(path, overwrite, lambda p: self.table.to_csv(p, index=False))
 
-    @staticmethod
-    def _write(path, overwrite, fn) -> Path:
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise WsvizError(f"{path} exists; pass overwrite=True (--force) to replace it")
-        _atomic_write(path, fn)
+    def _write(self, path, overwrite, fn) -> Path:
+        inputs = self.modelset.files() if self.modelset is not None else []
+        path = check_output(path, inputs, force=overwrite, kind="file",
+                            hint="pass overwrite=True (--force) to replace it")
+        atomic_write(path, fn, force=overwrite)
         return path
 
     def __repr__(self) -> str:
@@ -275,6 +252,9 @@ def analyze(
     - ``cache_dir``: cache root (else ``$WSVIZ_CACHE_DIR`` or ``~/.cache/wsviz``); results are
       keyed by ``modelset.fingerprint()`` + ``settings.key()`` (+ ``names``); with
       ``use_cache`` a hit returns immediately (``result.from_cache``) and a miss is stored.
+      The fingerprint hashes every byte of every checkpoint file (remembered per file
+      identity, :mod:`wsviz.io.filehash`), so an edited checkpoint is never served a stale
+      table; without ``use_cache`` nothing is hashed (``result.fingerprint`` is ``""``).
     - ``progress``: ``True`` for a tqdm bar, ``False`` for none, or ``callback(i, total, name)``.
     - ``names``: restrict to these tensor names (default: all aligned names).
 
@@ -295,10 +275,13 @@ def analyze(
     # integer buffers (position_ids, num_batches_tracked) are not weights: nothing to analyse
     todo = [x for x in todo if modelset.info(x).dtype.is_floating_point]
     labels = modelset.labels
-    fp = modelset.fingerprint()
-    key_src = f"{fp}|{settings.key()}|{','.join(todo) if names is not None else '*'}"
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
-    cpath = cache_root(cache_dir) / "analysis" / key if use_cache else None
+    cpath = None
+    fp = ""  # the full-content hash costs one read of every file: only for the cache
+    if use_cache:
+        fp = modelset.fingerprint()
+        key_src = f"{fp}|{settings.key()}|{','.join(todo) if names is not None else '*'}"
+        key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
+        cpath = cache_root(cache_dir) / "analysis" / key
 
     if cpath is not None and (cpath / "meta.json").is_file():
         try:
@@ -358,7 +341,7 @@ def analyze(
                     "seconds": time.perf_counter() - t0, "device": str(dev)}
             _atomic_write(cpath / "meta.json",
                           lambda p: p.write_text(json.dumps(meta, indent=1, default=str)))
-        except OSError:
+        except (OSError, OutputError):
             pass  # a read-only cache never fails the analysis
     return result
 

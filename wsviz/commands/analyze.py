@@ -61,6 +61,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from wsviz.analysis import AnalysisSettings, analyze
     from wsviz.io import ModelSet
+    from wsviz.io.outputs import check_output
 
     out: Path = args.output
     fmt = out.suffix.lower()
@@ -68,10 +69,9 @@ def run(args: argparse.Namespace) -> int:
         raise WsvizError(f"output {out}: use a .parquet or .csv file name")
     single = not args.finetuned
     pairs_out = out.with_name(out.stem + ".pairs" + fmt)
-    if not args.force:
-        for p in (out,) if single else (out, pairs_out):
-            if p.exists():
-                raise WsvizError(f"{p} exists; pass --force to overwrite it")
+    for p in (out,) if single else (out, pairs_out):  # before hours of analysis: exists /
+        check_output(p, [args.base, *args.finetuned], force=args.force,  # an input / a dir
+                     kind="file", hint="pass --force to overwrite it")
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     families = tuple(x.strip() for x in args.families.split(",") if x.strip())
     settings = AnalysisSettings(

@@ -3,8 +3,6 @@ for Fisher-weighted merging (``method: fisher`` with ``extra: {fisher: {MODEL: F
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from wsviz.errors import WsvizError
@@ -42,22 +40,17 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _save(tensors: dict, out: Path, metadata: dict, force: bool) -> None:
-    """Atomic safetensors write (temp file, then rename); refuses to overwrite unless forced."""
+def _save(tensors: dict, out: Path, metadata: dict, force: bool, inputs=()) -> None:
+    """Atomic safetensors write (:func:`wsviz.io.outputs.atomic_write`); refuses to overwrite
+    unless forced, and refuses an output that is, contains or lies inside an input."""
     from safetensors.torch import save_file
 
-    if out.exists() and not force:
-        raise WsvizError(f"{out} exists; pass --force to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
-                  metadata={k: str(v) for k, v in metadata.items()})
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from wsviz.io.outputs import atomic_write, check_output
+
+    check_output(out, inputs, force=force, kind="file", hint="pass --force to overwrite it")
+    atomic_write(out, lambda p: save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, p,
+        metadata={k: str(v) for k, v in metadata.items()}), force=force)
 
 
 def load_token_data(path: Path, model_dir: Path, seq_len: int):
@@ -109,8 +102,10 @@ def run(args) -> int:
         raise WsvizError("give MODEL and --data FILE (or --demo)")
     if args.output.suffix != ".safetensors":
         raise WsvizError(f"-o {args.output}: write the Fisher to a .safetensors file")
-    if args.output.exists() and not args.force:
-        raise WsvizError(f"{args.output} exists; pass --force to overwrite it")
+    from wsviz.io.outputs import check_output
+
+    check_output(args.output, [args.model, args.data], force=args.force, kind="file",
+                 hint="pass --force to overwrite it")
     if args.labels == "expected":
         raise WsvizError("--labels expected sums over every class; for a language model use "
                          "sample or empirical")
@@ -137,7 +132,7 @@ def run(args) -> int:
                            chunk=args.batch_size)
     _save(fisher, args.output, {"wsviz": "diagonal_fisher", "labels": args.labels,
                                 "examples": len(ids), "model": model_dir, "data": args.data},
-          args.force)
+          args.force, inputs=[model_dir, args.data])
     total = sum(float(v.sum()) for v in fisher.values())
     print(f"diagonal Fisher of {len(fisher)} tensors of {model_dir} on {len(ids)} examples "
           f"(labels: {args.labels}; sum {total:.4g}) -> {args.output}")
@@ -147,13 +142,14 @@ def run(args) -> int:
 
 def _run_demo(args) -> int:
     """Fishers of every demo-zoo task model, and a fisher recipe merging them."""
+    from wsviz.io.outputs import atomic_write, check_output
     from wsviz.recipes import Recipe
     from wsviz.zoo import ensure_zoo
 
     out: Path = args.output
-    if out.exists() and not args.force:
-        raise WsvizError(f"{out} exists; pass --force to overwrite it")
     zoo = ensure_zoo()
+    zoo_files = zoo.modelset().files()
+    check_output(out, zoo_files, force=args.force, hint="pass --force to overwrite it")
     ev = zoo.evaluator(device=args.device)
     files = {}
     for task in zoo.tasks:
@@ -161,11 +157,11 @@ def _run_demo(args) -> int:
                       max_examples=args.max_examples)
         path = out / f"{task}.safetensors"
         _save(f, path, {"wsviz": "diagonal_fisher", "labels": args.labels, "task": task},
-              force=True)
+              force=True, inputs=zoo_files)
         files[task] = str(path.resolve())
         print(f"  {task}: Fisher of {len(f)} tensors -> {path}")
     recipe = Recipe("fisher", models=list(files), extra={"fisher": files})
-    (out / "fisher_recipe.json").write_text(recipe.to_json())
+    atomic_write(out / "fisher_recipe.json", lambda p: p.write_text(recipe.to_json()))
     print(f"recipe over the zoo's task models: {out / 'fisher_recipe.json'} "
           f"(try: wsviz evaluate --demo {out / 'fisher_recipe.json'})")
     return 0

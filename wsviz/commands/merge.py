@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from wsviz.commands._types import size_arg
 from wsviz.errors import WsvizError
 
 
@@ -22,7 +23,8 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="compute device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of random methods (dare/della); same as mergekit's --random-seed")
-    p.add_argument("--shard-size", default="2GB", help="max bytes per output shard [2GB]")
+    p.add_argument("--shard-size", default="2GB", type=size_arg,
+                   help="max bytes per output shard, e.g. 500MB, 2GB [2GB]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--to-yaml", action="store_true",
                    help="print the recipe as a mergekit YAML and exit (no merge)")
@@ -47,6 +49,7 @@ def run(args) -> int:
     if not args.out:
         raise WsvizError("give the output directory with -o OUTDIR")
     out = merge_to_dir(recipe, args.out, force=args.force, device=args.device,
-                       progress=not args.no_progress, max_shard_bytes=args.shard_size)
+                       progress=not args.no_progress, max_shard_bytes=args.shard_size,
+                       inputs=[args.recipe])
     print(f"wrote {out}")
     return 0

@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+from wsviz.commands._types import size_arg
 from wsviz.errors import WsvizError
 
 METHODS = ("magnitude", "random", "2:4", "structured", "wanda")
@@ -46,7 +47,8 @@ def register(sub) -> None:
                    "a .txt file (one sample per line, tokenized with MODEL's tokenizer)")
     p.add_argument("--seed", type=int, default=0, help="random: seed [0]")
     p.add_argument("--device", default=None, help="compute device (cpu, cuda, ...)")
-    p.add_argument("--shard-size", default="2GB", help="max bytes per output shard [2GB]")
+    p.add_argument("--shard-size", default="2GB", type=size_arg,
+                   help="max bytes per output shard, e.g. 500MB, 2GB [2GB]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -120,6 +122,7 @@ def run(args) -> int:
 
     from wsviz.compute import masks
     from wsviz.io import open_source, parse_layer_name
+    from wsviz.io.outputs import check_output
     from wsviz.io.writer import HFDirWriter
     from wsviz.recipes.schedule import evaluate_setting, layer_positions
 
@@ -141,9 +144,8 @@ def run(args) -> int:
         setting = _schedule(args.schedule, args.sparsity)
     if method == "wanda" and not args.calib:
         raise WsvizError("wanda needs calibration data: --calib FILE (.pt token ids or .txt)")
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise WsvizError(f"{out} exists; pass --force to replace it")
+    inputs = [args.model, args.calib]
+    out = check_output(args.out, inputs, force=args.force)
     src = open_source(args.model)
     infos = src.infos()
     aliases = src.aliases()
@@ -168,7 +170,7 @@ def run(args) -> int:
     copy_from = path if path.is_dir() else None
     bar = tqdm(total=len(names), desc="prune", unit="tensor", disable=args.no_progress)
     with HFDirWriter(out, force=args.force, copy_from=copy_from,
-                     max_shard_bytes=args.shard_size) as w:
+                     max_shard_bytes=args.shard_size, inputs=inputs + src.files()) as w:
         for name in names:
             t = src.get(name)
             if selected(name) and t.is_floating_point():

@@ -117,9 +117,11 @@ def run(args) -> int:
     recipe.validate()
     storage = args.storage or f"{space_path.stem}.search.db"
     if args.best:
+        from wsviz.io.outputs import check_output
+
         best = Path(args.best)
-        if best.exists() and not args.force:
-            raise WsvizError(f"{best} already exists; pass --force to overwrite it")
+        check_output(best, [args.recipe, space_path, storage, *recipe.labels, recipe.base],
+                     force=args.force, kind="file", hint="pass --force to overwrite it")
         if best.suffix.lower() not in (".yml", ".yaml", ".json"):
             raise WsvizError(f"--best {best}: use a .yml (mergekit) or .json (wsviz) file name")
         if best.suffix.lower() != ".json" and not recipe.spec.in_mergekit:
@@ -234,12 +236,8 @@ def _write_best(result, args, probe) -> None:
         text = recipe.with_paths(probe.get("paths") or {}).to_json() + "\n"
     else:
         raise WsvizError(f"--best {out}: use a .yml (mergekit) or .json (wsviz) file name")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise WsvizError(f"cannot write {out}: {e.strerror or e}") from None
+    from wsviz.io.outputs import atomic_write
+
+    atomic_write(out, lambda p: p.write_text(text), force=args.force)
     print(f"\nwrote the best recipe by {args.by} (trial {int(best['number'])}, {args.by} "
           f"{_fmt(float(best[args.by]))}) to {out}")

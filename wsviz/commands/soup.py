@@ -41,8 +41,10 @@ def run(args) -> int:
     if args.output is not None:
         if args.output.suffix not in (".json", ".yml", ".yaml"):
             raise WsvizError(f"-o {args.output}: write a .json recipe or a .yml mergekit config")
-        if args.output.exists() and not args.force:
-            raise WsvizError(f"{args.output} exists; pass --force to overwrite it")
+        from wsviz.io.outputs import check_output
+
+        check_output(args.output, args.paths, force=args.force, kind="file",
+                     hint="pass --force to overwrite it")
     if args.demo:
         from wsviz.zoo import ensure_zoo
 
@@ -76,8 +78,8 @@ def run(args) -> int:
             text = recipe.with_paths(paths).to_json()
         else:
             text = recipe.to_mergekit_yaml(paths=paths)
-        tmp = args.output.with_name(f".{args.output.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(args.output)  # atomic: no half-written recipe
+        from wsviz.io.outputs import atomic_write
+
+        atomic_write(args.output, lambda p: p.write_text(text), force=args.force)
         print(f"  -> {args.output}")
     return 0

@@ -130,15 +130,11 @@ class PerplexityEvaluator:
 
         from wsviz.compute.fisher import diagonal_fisher
 
-        params = {}
-        for name, t in weights.items():
-            if tuple(t.shape) != self._shapes.get(name):
-                raise EvalError(f"tensor {name!r} is not a parameter of the model in "
-                                f"{self.model_dir} with shape {tuple(t.shape)}")
-            params[name] = t.to(device=self.device, dtype=torch.float32)
+        params = {k: v.float() for k, v in self.lm.params(weights).items()}
+        model = self.lm.model
 
         def logits(p, x):
-            return functional_call(self.model, p, (x,), strict=False).logits
+            return functional_call(model, p, (x,), {"use_cache": False}, strict=False).logits
 
         gen = torch.Generator(device=self.device).manual_seed(seed)
         batches = (b.to(self.device) for b in self._batches())

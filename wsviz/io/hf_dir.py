@@ -9,7 +9,7 @@ or read; safetensors shards cost just their header.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
@@ -37,21 +37,56 @@ _TIED_HEADS = {
 }
 
 
+def read_json_object(p: Path, what: str) -> dict:
+    """``p`` parsed as a JSON object; :class:`CheckpointError` naming ``p`` when it is
+    unreadable, not UTF-8 / JSON, or not an object."""
+    try:
+        obj = json.loads(p.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"{p}: cannot read it ({e.strerror or e}); check its permissions "
+                              "and symlinks") from None
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError
+        raise CheckpointError(f"{p}: not a valid {what} (invalid UTF-8 JSON: {e}); re-save "
+                              "or re-download it") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{p}: not a valid {what} (a JSON {type(obj).__name__}, not an "
+                              "object); re-save or re-download it")
+    return obj
+
+
+def _shard_name_ok(s) -> bool:
+    """A shard named by an index stays inside the model directory: a relative path with no
+    ``..`` (symlinks inside the directory are followed, as in the Hugging Face cache)."""
+    if not isinstance(s, str) or not s or "\x00" in s or "\\" in s:
+        return False
+    p = PurePosixPath(s)
+    return not p.is_absolute() and ".." not in p.parts and s == str(p)
+
+
 def find_weight_files(d: Path) -> tuple[str, list[Path], dict[str, str] | None]:
     """Return ``(format, shard paths, weight_map or None)`` for an HF directory.
 
-    Raises :class:`CheckpointError` naming the directory when no weights are found or
-    an index names a missing shard.
+    Raises :class:`CheckpointError` naming the directory when no weights are found, or the
+    index when it is not a ``{"weight_map": {tensor: shard file}}`` object, names a shard
+    outside the directory (absolute, ``..``) or a missing shard.
     """
     for fname in WEIGHT_FILES:
         p = d / fname
         if not p.is_file():
             continue
         if fname.endswith(".index.json"):
-            try:
-                weight_map = json.loads(p.read_text())["weight_map"]
-            except (ValueError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{p}: not a valid shard index ({e})") from None
+            weight_map = read_json_object(p, "shard index").get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(
+                    f"{p}: not a valid shard index ('weight_map' must be a non-empty object "
+                    "mapping tensor names to shard files); re-save the model")
+            suffix = ".safetensors" if "safetensors" in fname else ".bin"
+            for name, s in weight_map.items():
+                if not _shard_name_ok(s) or not s.endswith(suffix):
+                    raise CheckpointError(
+                        f"{p}: tensor {name!r} is mapped to {s!r}; an index may name only "
+                        f"{suffix} files inside {d} (no absolute paths or '..'); fix the "
+                        "index or re-save the model")
             shards = sorted({d / s for s in weight_map.values()})
             missing = [s.name for s in shards if not s.is_file()]
             if missing:
@@ -88,10 +123,7 @@ class HFDirSource(CheckpointSource):
         self._config = None
         cfg = self.path / "config.json"
         if cfg.is_file():
-            try:
-                self._config = json.loads(cfg.read_text())
-            except ValueError as e:
-                raise CheckpointError(f"{cfg}: invalid JSON ({e})") from None
+            self._config = read_json_object(cfg, "model config")
 
     def _shard(self, p: Path) -> CheckpointSource:
         if p not in self._shards:
@@ -119,6 +151,9 @@ class HFDirSource(CheckpointSource):
                     )
             self._infos = infos
         return self._infos
+
+    def files(self) -> list[Path]:
+        return [self.path, *self.shard_paths]
 
     def shard_of(self, name: str) -> Path:
         """Path of the shard file that holds tensor ``name``."""

@@ -14,6 +14,7 @@ import fnmatch
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -238,6 +239,13 @@ class ModelSet:
     def delta(self, label: str, name: str, device=None) -> torch.Tensor:
         """Task vector of one model: ``model - base`` for tensor ``name``."""
         return self.get(label, name, device) - self.get_base(name, device)
+
+    def files(self) -> list[Path]:
+        """Every path the set reads (see :meth:`CheckpointSource.files`), for output checks."""
+        out = list(self.base.files())
+        for src in self.models.values():
+            out.extend(p for p in src.files() if p not in out)
+        return out
 
     def fingerprint(self) -> str:
         """Content key of the whole set: base, models (with labels), exclusions, dtype."""

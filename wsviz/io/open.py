@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -39,8 +40,23 @@ def open_source(
             "or a dict of tensors"
         )
     path = Path(obj).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory")
+    try:
+        return _open_path(path, base, label)
+    except OSError as e:  # unreadable, symlink loop, vanished while opening, ...
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
+        raise CheckpointError(
+            f"{path}: cannot read it{where}: {e.strerror or e}; check that it exists, is "
+            "readable and is not a symlink loop") from None
+
+
+def _open_path(path: Path, base, label) -> CheckpointSource:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file or directory") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot open it ({e.strerror or e}); check that it is "
+                              "readable and not a symlink loop") from None
     if path.is_dir():
         if is_peft_adapter_dir(path):
             if base is not None:

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from wsviz.errors import CheckpointError
+from wsviz.io.hf_dir import read_json_object
 from wsviz.io.safetensors_source import SafetensorsFileSource
 from wsviz.io.source import CheckpointSource, TensorInfo
 from wsviz.io.torch_source import TorchFileSource
@@ -50,6 +51,45 @@ _VARIANTS = ("arrow_config", "use_bdlora", "alora_invocation_tokens", "velora_co
 def is_peft_adapter_dir(path: Path) -> bool:
     """True when ``path`` is a directory holding ``adapter_config.json``."""
     return path.is_dir() and (path / "adapter_config.json").is_file()
+
+
+def _check_lora_config(cfg: dict, where: Path) -> None:
+    """Types and ranges of the fields the dense delta uses: ``r`` (and ``rank_pattern``
+    values) positive integers, ``lora_alpha`` (and ``alpha_pattern`` values) finite numbers,
+    the flags booleans. Raises :class:`CheckpointError` naming the field."""
+    def bad(field, v, want):
+        return CheckpointError(f"{where}: {field} is {v!r}; it must be {want}; fix the adapter "
+                               "config")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if "r" in cfg and not (is_int(cfg["r"]) and cfg["r"] > 0):
+        raise bad("r", cfg["r"], "a positive integer")
+    if "lora_alpha" in cfg and not is_num(cfg["lora_alpha"]):
+        raise bad("lora_alpha", cfg["lora_alpha"], "a finite number")
+    for key, ok, want in (("rank_pattern", lambda v: is_int(v) and v > 0, "positive integers"),
+                          ("alpha_pattern", is_num, "finite numbers")):
+        pat = cfg.get(key)
+        if pat is None:
+            continue
+        if not isinstance(pat, dict):
+            raise bad(key, pat, f"an object mapping module patterns to {want}")
+        for k, v in pat.items():
+            if not ok(v):
+                raise bad(f"{key}[{k!r}]", v, want[:-1])
+            try:
+                re.compile(k)
+            except re.error as e:
+                raise bad(f"{key} key", k, f"a valid regular expression ({e})") from None
+    for flag in ("use_rslora", "fan_in_fan_out"):
+        if cfg.get(flag) is not None and not isinstance(cfg[flag], bool):
+            raise bad(flag, cfg[flag], "true or false")
+    if "peft_type" in cfg and not isinstance(cfg["peft_type"], str):
+        raise bad("peft_type", cfg["peft_type"], "a string such as \"LORA\"")
 
 
 def _pattern_value(patterns: dict, module: str, default):
@@ -90,10 +130,8 @@ class LoraAdapter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         cfg_path = self.path / "adapter_config.json"
-        try:
-            self.config = json.loads(cfg_path.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{cfg_path}: cannot read adapter config ({e})") from None
+        self.config = read_json_object(cfg_path, "adapter config")
+        _check_lora_config(self.config, cfg_path)
         peft_type = str(self.config.get("peft_type", "LORA")).upper()
         if peft_type != "LORA":
             raise CheckpointError(
@@ -159,6 +197,17 @@ class LoraAdapter:
             raise CheckpointError(
                 f"{cfg_path}: use_dora is set but the adapter holds no lora_magnitude_vector; "
                 "the file is incomplete")
+        for name, mod in self.modules.items():
+            a, b = self._file.info(mod.A).shape, self._file.info(mod.B).shape
+            if len(b) != 2 or a[0] != b[1] or a[0] == 0:
+                raise CheckpointError(
+                    f"{self._file.where()}: LoRA module {name!r} has lora_A {list(a)} and "
+                    f"lora_B {list(b)}; expected A [r, in] and B [out, r] with the same r > 0 "
+                    "(the adapter is corrupt)")
+
+    def files(self) -> list[Path]:
+        """The adapter directory and its weights file."""
+        return [self.path, *self._file.files()]
 
     @property
     def is_dora(self) -> bool:
@@ -302,6 +351,9 @@ class LoraFinetunedSource(CheckpointSource):
     def infos(self) -> dict[str, TensorInfo]:
         return self.base.infos()
 
+    def files(self) -> list[Path]:
+        return [*self.adapter.files(), *self.base.files()]
+
     def aliases(self) -> dict[str, str]:
         return self.base.aliases()
 
@@ -343,6 +395,9 @@ class LoraDeltaSource(CheckpointSource):
 
     def infos(self) -> dict[str, TensorInfo]:
         return self._infos
+
+    def files(self) -> list[Path]:
+        return self.adapter.files()
 
     def _read(self, name: str) -> torch.Tensor:
         return self.adapter.delta(name)

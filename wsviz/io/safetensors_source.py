@@ -38,50 +38,107 @@ for _code, _name in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
 _MAX_HEADER = 100 << 20
 
 
+def _no_constant(name: str):
+    """JSON has no NaN / Infinity: a header using them is not valid (the reference
+    implementation refuses it too)."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _is_count(x) -> bool:
+    """A JSON non-negative integer (``true``/``2.0``/``-1`` are not)."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
 def read_safetensors_header(path: Path) -> tuple[int, dict]:
     """Return ``(data_start, header)`` of a safetensors file, validating every entry.
 
-    Raises :class:`CheckpointError` naming the file when it is truncated or corrupt
-    (header length past the end of file, bad JSON, offsets outside the data,
-    a byte count that does not match shape x dtype, unknown dtype).
+    Checks what the format specifies: the header is a JSON object; ``__metadata__`` maps
+    strings to strings; each tensor has a known ``dtype`` string, a ``shape`` list of
+    non-negative integers and ``data_offsets`` ``[begin, end]`` with ``end - begin`` =
+    elements x dtype size; the tensors' byte ranges neither overlap nor leave holes and
+    cover the data exactly (as the reference implementation requires, so no two tensors
+    share bytes and nothing hides in the file).
+
+    Raises :class:`CheckpointError` naming the file (and tensor) otherwise, and when it is
+    unreadable or truncated.
     """
-    size = path.stat().st_size
     fix = "re-download or re-save the checkpoint"
-    if size < 8:
-        raise CheckpointError(f"{path}: not a safetensors file ({size} bytes; truncated?); {fix}")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > min(size - 8, _MAX_HEADER):
-            raise CheckpointError(
-                f"{path}: corrupt or truncated safetensors file (header claims {n} bytes, "
-                f"file has {size}); {fix}"
-            )
-        raw = f.read(n)
     try:
-        header = json.loads(raw)
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(
+                    f"{path}: not a safetensors file ({size} bytes; truncated?); {fix}")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, _MAX_HEADER):
+                raise CheckpointError(
+                    f"{path}: corrupt or truncated safetensors file (header claims {n} bytes, "
+                    f"file has {size}); {fix}"
+                )
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e}); check that it is "
+                              "a readable file and not a broken or looping symlink") from None
+    try:
+        header = json.loads(raw, parse_constant=_no_constant)
         if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-    except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path}: corrupt safetensors header ({e}); {fix}") from None
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(
+            isinstance(v, str) for v in meta.values())):
+        raise CheckpointError(f"{path}: corrupt safetensors header (__metadata__ must map "
+                              f"strings to strings); {fix}")
     data_len = size - 8 - n
+    spans = []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except KeyError as e:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has an unsupported or missing field ({e}); {fix}"
-            ) from None
-        expected = math.prod(shape) * dtype_size(dtype)
-        if end > data_len or begin < 0 or end - begin != expected:
+
+        def bad(what: str, name=name) -> CheckpointError:
+            return CheckpointError(f"{path}: tensor {name!r} {what}; the header is corrupt; "
+                                   f"{fix}")
+
+        if not isinstance(entry, dict):
+            raise bad(f"is a JSON {type(entry).__name__}, not an object with dtype, shape "
+                      "and data_offsets")
+        missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
+        if missing:
+            raise bad(f"has no {missing[0]!r} field")
+        code, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(code, str) or code not in SAFETENSORS_DTYPES:
+            raise bad(f"has an unsupported dtype {code!r} (supported: "
+                      f"{', '.join(SAFETENSORS_DTYPES)})")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise bad(f"has shape {shape!r}; a shape is a list of non-negative integers")
+        if (not isinstance(offs, list) or len(offs) != 2 or not all(_is_count(o) for o in offs)
+                or offs[0] > offs[1]):
+            raise bad(f"has data_offsets {offs!r}; they are [begin, end] with "
+                      "0 <= begin <= end")
+        begin, end = offs
+        expected = math.prod(shape) * dtype_size(SAFETENSORS_DTYPES[code])
+        if end > data_len or end - begin != expected:
             raise CheckpointError(
                 f"{path}: tensor {name!r} lies outside the file or has the wrong size "
                 f"(bytes {begin}..{end} of {data_len}, expected {expected}); the file is "
                 f"truncated or corrupt; {fix}"
             )
+        spans.append((begin, end, name))
+    spans.sort()
+    pos, prev = 0, None
+    for begin, end, name in spans:
+        if begin < pos:
+            raise CheckpointError(f"{path}: tensor {name!r} (bytes {begin}..{end}) overlaps "
+                                  f"tensor {prev!r}; the file is corrupt or crafted; {fix}")
+        if begin > pos:
+            raise CheckpointError(f"{path}: bytes {pos}..{begin} of the data belong to no "
+                                  f"tensor; the file is corrupt or crafted; {fix}")
+        pos, prev = end, name
+    if pos != data_len:
+        raise CheckpointError(f"{path}: {data_len - pos} bytes after the last tensor belong to "
+                              f"no tensor; the file is corrupt or crafted; {fix}")
     return 8 + n, header
 
 

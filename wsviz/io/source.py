@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from wsviz.errors import NonFiniteError, WsvizError
+from wsviz.errors import CheckpointError, NonFiniteError, WsvizError
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,12 @@ class CheckpointSource(ABC):
         """The model's ``config.json`` as a dict when the source has one."""
         return None
 
+    def files(self) -> list[Path]:
+        """Every path this source reads (its file or directory and, for directories, the
+        weight files in it, which may be symlinks elsewhere); an output may be none of
+        these nor contain or lie inside one (see :mod:`wsviz.io.outputs`)."""
+        return [self.path] if self.path is not None else []
+
     def where(self) -> str:
         """Human-readable location used in error messages."""
         return str(self.path) if self.path is not None else f"<{self.label}>"
@@ -115,7 +121,12 @@ class CheckpointSource(ABC):
         aliases = self.aliases()
         canonical = aliases.get(name, name)
         self.info(canonical)
-        t = self._read(canonical)
+        try:
+            t = self._read(canonical)
+        except OSError as e:
+            raise CheckpointError(
+                f"{self.where()}: cannot read tensor {name!r} ({e.strerror or e}); check that "
+                "the file is readable and was not moved or truncated") from None
         if check_finite and t.is_floating_point() and not _sum_is_finite(t):
             finite = torch.isfinite(t)
             if not bool(finite.all()):
@@ -138,11 +149,10 @@ class CheckpointSource(ABC):
         """Byte strings that identify the content (see :meth:`fingerprint`)."""
 
     def fingerprint(self) -> str:
-        """Hex digest identifying the content: names, shapes, dtypes and tensor bytes.
-
-        Files up to 64 MiB are hashed whole; larger files by size plus 32 blocks of
-        64 KiB spread evenly over the file (a cheap key that changes with any re-save).
-        """
+        """Hex digest identifying the content: names, shapes, dtypes and every byte of the
+        files read (:func:`wsviz.io.filehash.file_digest`: a full SHA-256, remembered by
+        file identity so an unchanged file is not hashed twice). Any edit changes it.
+        Raises :class:`CheckpointError` when a file cannot be read."""
         if getattr(self, "_fp", None) is None:
             h = hashlib.sha256()
             for name, i in self.infos().items():
@@ -162,25 +172,12 @@ def _sum_is_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else None)))
 
 
-_WHOLE_LIMIT = 64 << 20
-_BLOCK = 64 << 10
-_NBLOCKS = 32
-
-
 def file_fingerprint(path: Path) -> bytes:
-    """Content hash of one file (whole if <= 64 MiB, else size + 32 sampled 64 KiB blocks)."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        if size <= _WHOLE_LIMIT:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        else:
-            step = (size - _BLOCK) // (_NBLOCKS - 1)
-            for k in range(_NBLOCKS):
-                f.seek(k * step)
-                h.update(f.read(_BLOCK))
-    return h.digest()
+    """Hash of every byte of one file, remembered by file identity
+    (:func:`wsviz.io.filehash.file_digest`): any edit changes it."""
+    from wsviz.io.filehash import file_digest
+
+    return file_digest(path)
 
 
 def tensor_bytes_fingerprint(t: torch.Tensor) -> bytes:

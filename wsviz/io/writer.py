@@ -6,13 +6,16 @@
 ...     w.write_text("wsviz_recipe.json", recipe.to_json())
 # on success: everything is renamed into place at once; on any error: nothing is left
 
-Tensors go to a temporary sibling directory (``.OUT.wsviz-tmp-XXXX``) in shards of at most
-``max_shard_bytes``; ``config.json``, ``generation_config.json`` and tokenizer files are
-copied from ``copy_from``; the copied ``config.json``'s ``torch_dtype`` / ``dtype`` is set to the
-dtype of the floating tensors written (when they share one). Only at the end is the temporary directory renamed to ``OUT``
-(an existing ``OUT`` is refused unless ``force``; with ``force`` it is replaced only after
-the new one is complete). A write error (disk full) removes the temporary directory and
-raises :class:`~wsviz.errors.CheckpointError`; ``OUT`` is untouched.
+Tensors go to a temporary sibling directory (``.OUT.wsviz-tmp-PID-XXXX``, locked while this
+process lives, swept by a later run if it dies: see :mod:`wsviz.io.outputs`) in shards of at
+most ``max_shard_bytes``; ``config.json``, ``generation_config.json`` and tokenizer files are
+copied from ``copy_from``; the copied ``config.json``'s ``torch_dtype`` / ``dtype`` is set to
+the dtype of the floating tensors written (when they share one). Only at the end is the
+temporary directory swapped into place as ``OUT`` (an existing ``OUT`` is refused unless
+``force``; with ``force`` it is replaced only after the new one is complete). ``inputs`` are
+the paths the run reads: an ``OUT`` that is, contains or lies inside one of them is refused
+(:func:`~wsviz.io.outputs.check_output`). A write error (disk full) removes the temporary
+directory and raises :class:`~wsviz.errors.OutputError`; ``OUT`` is untouched.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
-from wsviz.errors import CheckpointError
+from wsviz.errors import CheckpointError, OutputError
+from wsviz.io.outputs import TempOutput, check_output, parse_size  # noqa: F401 - re-exported
 
 COPY_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -34,32 +38,18 @@ COPY_FILES = (
 )
 
 
-def parse_size(s: str | int) -> int:
-    """``"2GB"``/``"500MB"``/``"5e9"``/int → bytes."""
-    if isinstance(s, int):
-        return s
-    t = str(s).strip().upper()
-    for suf, mul in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9),
-                     ("MB", 10**6), ("KB", 10**3), ("B", 1)):
-        if t.endswith(suf):
-            return int(float(t[: -len(suf)]) * mul)
-    return int(float(t))
-
-
 class HFDirWriter:
     """Context manager writing one HF directory atomically (see the module docstring)."""
 
     def __init__(self, outdir, *, force: bool = False, copy_from=None,
-                 max_shard_bytes: int | str = "2GB"):
-        self.out = Path(outdir)
+                 max_shard_bytes: int | str = "2GB", inputs: Iterable = ()):
         self.force = force
         self.copy_from = Path(copy_from) if copy_from else None
         self.max_shard = parse_size(max_shard_bytes)
-        if self.out.exists() and not force:
-            raise CheckpointError(f"{self.out} exists; pass --force (force=True) to replace it")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.wsviz-tmp-",
-                                         dir=self.out.parent))
+        self.out = check_output(outdir, [*inputs, self.copy_from], force=force, kind="dir",
+                                hint="pass --force (force=True) to replace it")
+        self._tmp = TempOutput(self.out, kind="dir")
+        self.tmp = self._tmp.path
         self._buf: dict[str, torch.Tensor] = {}
         self._buf_bytes = 0
         self._shards: list[tuple[str, list[str]]] = []
@@ -103,8 +93,8 @@ class HFDirWriter:
             save_file(self._buf, str(self.tmp / fname), metadata={"format": "pt"})
         except Exception as e:  # disk full, permissions, ...
             self.abort()
-            raise CheckpointError(f"writing {self.out} failed ({e}); nothing was written "
-                                  f"to {self.out}") from None
+            raise OutputError(f"writing {self.out} failed ({e}); nothing was written "
+                              f"to {self.out}") from None
         self._shards.append((fname, list(self._buf)))
         self._buf, self._buf_bytes = {}, 0
 
@@ -117,8 +107,8 @@ class HFDirWriter:
             return fn()
         except OSError as e:
             self.abort()
-            raise CheckpointError(f"writing {self.out} failed ({e}); nothing was written "
-                                  f"to {self.out}") from None
+            raise OutputError(f"writing {self.out} failed ({e.strerror or e}); nothing was "
+                              f"written to {self.out}") from None
 
     def finish(self) -> Path:
         """Write the last shard, the index and copied files, then rename into place."""
@@ -141,21 +131,11 @@ class HFDirWriter:
                 for f in COPY_FILES:
                     src = self.copy_from / f
                     if src.is_file() and not (self.tmp / f).exists():
-                        shutil.copy2(src, self.tmp / f)
+                        shutil.copyfile(src, self.tmp / f)  # content only: modes follow umask
             self._set_config_dtype()
-            os.chmod(self.tmp, 0o755)
 
         self._guard(_final)
-        old = None
-        if self.out.exists():
-            if not self.force:
-                self.abort()
-                raise CheckpointError(f"{self.out} appeared while writing; pass --force")
-            old = self.out.parent / f".{self.out.name}.wsviz-old-{os.getpid()}"
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        self._tmp.commit(force=self.force)
         self._done = True
         return self.out
 
@@ -183,4 +163,4 @@ class HFDirWriter:
     def abort(self) -> None:
         """Remove the temporary directory (idempotent)."""
         self._done = True
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._tmp.abort()

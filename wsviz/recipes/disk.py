@@ -58,7 +58,7 @@ def _prepass(recipe, ms, labels, names, tpos, dev, fisher):
 
 
 def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: bool = True,
-                 max_shard_bytes: int | str = "2GB") -> Path:
+                 max_shard_bytes: int | str = "2GB", inputs=()) -> Path:
     """Merge the checkpoints named by ``recipe`` (paths) into the HF directory ``outdir``.
 
     Streams per tensor (sorted by name, as mergekit walks them): reads that tensor from
@@ -75,22 +75,27 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
 
     A recipe with ``slices`` goes to :func:`wsviz.recipes.slices.merge_slices_to_dir`.
 
+    ``outdir`` may not be, contain or lie inside any input (the recipe's models, Fisher
+    files, the extra ``inputs`` such as the recipe file), checked on resolved paths.
+
     Raises RecipeError (invalid recipe, a needed input such as Fishers not given),
-    AlignmentError (models do not align), CheckpointError (unreadable input, existing ``outdir`` without ``force``, disk full).
+    AlignmentError (models do not align), CheckpointError (unreadable input), OutputError
+    (``outdir`` exists without ``force``, is or holds an input, disk full).
     """
+    from wsviz.io.outputs import check_output
     from wsviz.io.writer import HFDirWriter
 
     if recipe.slices is not None:  # layer ranges (frankenmerges): their own planner
         from wsviz.recipes.slices import merge_slices_to_dir
 
         return merge_slices_to_dir(recipe, outdir, force=force, device=device,
-                                   progress=progress, max_shard_bytes=max_shard_bytes)
+                                   progress=progress, max_shard_bytes=max_shard_bytes,
+                                   inputs=inputs)
     recipe.validate()
-    out = Path(outdir)
-    if out.exists() and not force:
-        from wsviz.errors import CheckpointError
-
-        raise CheckpointError(f"{out} exists; pass --force to replace it")
+    fisher_paths = list((recipe.extra.get("fisher") or {}).values()) if isinstance(
+        recipe.extra.get("fisher"), dict) else []
+    inputs = [*inputs, recipe.base, *recipe.labels, *fisher_paths]
+    out = check_output(outdir, inputs, force=force)
     ms, labels = _open_set(recipe)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     names = sorted(ms.names)
@@ -126,8 +131,9 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
 
     from concurrent.futures import ThreadPoolExecutor
 
-    with HFDirWriter(out, force=force, copy_from=base_dir,
-                     max_shard_bytes=max_shard_bytes) as w, ThreadPoolExecutor(1) as pool:
+    inputs += ms.files() + [p for f in fisher or [] for p in f.files()]
+    with HFDirWriter(out, force=force, copy_from=base_dir, max_shard_bytes=max_shard_bytes,
+                     inputs=inputs) as w, ThreadPoolExecutor(1) as pool:
         nxt = pool.submit(load, names[0]) if names else None
         for i, name in enumerate(names):
             copied, base, models, cache = nxt.result()

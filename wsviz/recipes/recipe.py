@@ -38,7 +38,9 @@ from wsviz.recipes.slices import OutputSlice, as_slices, validate_slices
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 MERGEKIT_TOP_KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype",
                      "out_dtype", "tokenizer_source", "tokenizer", "chat_template")
-_SEED_RE = re.compile(r"--random-seed\s+(-?\d+)")
+#: keys of ``Recipe.extra``: mergekit top-level keys passed through, Fisher file paths
+EXTRA_KEYS = ("tokenizer_source", "tokenizer", "chat_template", "fisher")
+_SEED_RE = re.compile(r"--random-seed\s+(-?\d{1,30})\b")
 
 
 @dataclass
@@ -79,8 +81,18 @@ class Recipe:
     out_dtype: str | None = None
     extra: dict = field(default_factory=dict)
     slices: list[OutputSlice] | None = None
+    #: the file the recipe was loaded from (error messages name it); not part of equality
+    source: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
+        if not isinstance(self.method, str):
+            raise RecipeError(f"method must be a merge method name (a string), got "
+                              f"{_kind(self.method)}")
+        if self.base is not None and not isinstance(self.base, str):
+            raise RecipeError(f"base must be a model path or label (a string), got "
+                              f"{_kind(self.base)}")
+        if not isinstance(self.models, (list, tuple)):
+            raise RecipeError(f"models must be a list of model entries, got {_kind(self.models)}")
         ms = []
         for m in self.models:
             if isinstance(m, ModelEntry):
@@ -91,14 +103,28 @@ class Recipe:
                 unknown = set(m) - {"model", "params"}
                 if unknown or "model" not in m:
                     raise RecipeError(f"a model entry has keys 'model' and 'params'; got "
-                                      f"{sorted(m)}")
-                ms.append(ModelEntry(str(m["model"]), dict(m.get("params") or {})))
+                                      f"{sorted(map(str, m))}")
+                if not isinstance(m["model"], str):
+                    raise RecipeError(f"a model entry's 'model' must be a path or label "
+                                      f"(a string), got {_kind(m['model'])}")
+                params = {} if m.get("params") is None else m["params"]
+                _need_mapping(params, f"params of model {m['model']!r}")
+                ms.append(ModelEntry(m["model"], dict(params)))
             else:
-                raise RecipeError(f"cannot read model entry {m!r}")
+                raise RecipeError(f"a model entry is a path string or {{model, params}}; got "
+                                  f"{_kind(m)}")
         self.models = ms
-        self.params = dict(self.params or {})
-        if self.base is not None:
-            self.base = str(self.base)
+        self.params = {} if self.params is None else self.params
+        _need_mapping(self.params, "params")
+        self.params = dict(self.params)
+        self.extra = {} if self.extra is None else self.extra
+        _need_mapping(self.extra, "extra")
+        self.extra = dict(self.extra)
+        fisher = self.extra.get("fisher")
+        if fisher is not None and not (isinstance(fisher, Mapping) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in fisher.items())):
+            raise RecipeError("extra.fisher must map each model path to its Fisher file path "
+                              "(strings)")
         self.slices = as_slices(self.slices)
 
     # ------------------------------------------------------------------------------------
@@ -150,15 +176,28 @@ class Recipe:
         DELLA ``density ± epsilon`` outside (0, 1); unknown dtype; bad seed; a method's own
         ``check`` rule. Recipes with ``slices`` get the per-slice checks of
         :func:`wsviz.recipes.slices.validate_slices`.
+        Messages start with :attr:`source` (the recipe file) when there is one.
         """
+        try:
+            return self._validate()
+        except RecipeError as e:
+            if self.source and not str(e).startswith(f"{self.source}: "):
+                raise RecipeError(f"{self.source}: {e}") from None
+            raise
+
+    def _validate(self) -> Recipe:
         spec = self.spec
+        unknown = sorted(set(self.extra) - set(EXTRA_KEYS))
+        if unknown:
+            raise RecipeError(f"unknown extra key(s) {unknown}; valid: {', '.join(EXTRA_KEYS)}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise RecipeError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
         if self.out_dtype is not None and self.out_dtype not in DTYPES:
             raise RecipeError(f"out_dtype {self.out_dtype!r} is not one of {list(DTYPES)}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(
-                self.seed, bool)):
-            raise RecipeError(f"seed must be an integer, got {self.seed!r}")
+                self.seed, bool) or not -2**63 <= self.seed < 2**64):
+            raise RecipeError(f"seed must be an integer in [-2**63, 2**64), got "
+                              f"{_kind(self.seed)}")
         if self.slices is not None:
             validate_slices(self)
             return self
@@ -286,19 +325,30 @@ class Recipe:
     def from_dict(cls, d: Mapping) -> Recipe:
         """Inverse of :meth:`to_dict`; unknown keys raise RecipeError listing the valid ones."""
         if not isinstance(d, Mapping):
-            raise RecipeError(f"a recipe is a mapping, got {type(d).__name__}")
+            raise RecipeError(f"a recipe is a mapping, got {_kind(d)}")
+        _check_size(d)
         valid = ("wsviz_recipe", "method", "base", "models", "params", "dtype", "seed",
                  "out_dtype", "extra", "slices")
-        unknown = set(d) - set(valid)
+        unknown = set(map(str, d)) - set(valid)
         if unknown:
             raise RecipeError(f"unknown recipe key(s) {sorted(unknown)}; valid keys: "
                               f"{', '.join(valid)}")
         if "method" not in d:
             raise RecipeError("the recipe has no 'method'")
-        return cls(method=d["method"], base=d.get("base"), models=list(d.get("models") or []),
-                   params=dict(d.get("params") or {}), dtype=d.get("dtype") or None,
-                   seed=d.get("seed"), out_dtype=d.get("out_dtype"),
-                   extra=dict(d.get("extra") or {}), slices=d.get("slices"))
+        if d.get("wsviz_recipe", 1) != 1 or isinstance(d.get("wsviz_recipe"), bool):
+            raise RecipeError(f"wsviz_recipe {d.get('wsviz_recipe')!r} is not a recipe format "
+                              "this wsviz reads (1)")
+        for key in ("dtype", "out_dtype"):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                raise RecipeError(f"{key} must be one of {list(DTYPES)}, got {_kind(d[key])}")
+
+        def given(key, default):
+            return default if d.get(key) is None else d[key]
+
+        return cls(method=d["method"], base=d.get("base"), models=given("models", []),
+                   params=given("params", {}), dtype=d.get("dtype") or None,
+                   seed=d.get("seed"), out_dtype=d.get("out_dtype"), extra=given("extra", {}),
+                   slices=d.get("slices"))
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -309,6 +359,8 @@ class Recipe:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise RecipeError(f"not a JSON recipe: {e}") from None
+        except RecursionError:
+            raise RecipeError("not a JSON recipe: nested too deeply") from None
         return cls.from_dict(d)
 
     # ------------------------------------------------------------------------------------
@@ -375,21 +427,28 @@ class Recipe:
         try:
             d = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise RecipeError(f"not valid YAML: {e}") from None
+            first = " ".join(str(e).split())  # one line
+            raise RecipeError(f"not valid YAML: {first}") from None
+        except RecursionError:
+            raise RecipeError("not valid YAML: nested too deeply") from None
         if not isinstance(d, Mapping):
             raise RecipeError("a mergekit config is a YAML mapping")
+        _check_size(d)
+        for key in ("dtype", "out_dtype"):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                raise RecipeError(f"{key} must be one of {list(DTYPES)}, got {_kind(d[key])}")
         if "modules" in d:
             raise RecipeError("mergekit 'modules:' configs (per-module merges of multimodal "
                               "models) are not supported by wsviz; write the merge with "
                               "'models:' or 'slices:'")
         if ("slices" in d) == ("models" in d):
             raise RecipeError("a mergekit config has exactly one of 'models:' or 'slices:'")
-        unknown = set(d) - set(MERGEKIT_TOP_KEYS)
+        unknown = set(map(str, d)) - set(MERGEKIT_TOP_KEYS)
         if unknown:
             raise RecipeError(f"unknown mergekit key(s) {sorted(unknown)}; valid keys: "
                               f"{', '.join(MERGEKIT_TOP_KEYS)}")
         method = d.get("merge_method")
-        if method not in METHODS or not METHODS[method].in_mergekit:
+        if not isinstance(method, str) or method not in METHODS or not METHODS[method].in_mergekit:
             mk = sorted(k for k, s in METHODS.items() if s.in_mergekit)
             raise RecipeError(f"unknown or unsupported merge_method {method!r}; wsviz reads "
                               f"these mergekit methods: {', '.join(mk)}")
@@ -402,12 +461,15 @@ class Recipe:
         if m:
             seed = int(m.group(1))
         extra = {k: d[k] for k in ("tokenizer_source", "tokenizer", "chat_template") if k in d}
+        gp = {} if d.get("parameters") is None else d["parameters"]
+        _need_mapping(gp, "parameters")
+        gp = dict(gp)
         if "slices" in d:
             raw = d["slices"]
             if not isinstance(raw, list) or not raw:
                 raise RecipeError("'slices:' must be a non-empty list")
             slices = [OutputSlice.from_mergekit(s, i) for i, s in enumerate(raw)]
-            return cls(method=method, base=base, params=dict(d.get("parameters") or {}),
+            return cls(method=method, base=base, params=gp,
                        dtype=d.get("dtype") or None, seed=seed,
                        out_dtype=d.get("out_dtype"), extra=extra, slices=slices).validate()
         raw_models = d.get("models")
@@ -419,18 +481,20 @@ class Recipe:
                 e = {"model": e}
             if not isinstance(e, Mapping) or "model" not in e:
                 raise RecipeError(f"each model entry needs 'model:'; got {e!r}")
-            bad = set(e) - {"model", "parameters"}
+            bad = set(map(str, e)) - {"model", "parameters"}
             if bad:
                 raise RecipeError(f"unknown key(s) {sorted(bad)} in model entry "
                                   f"{e.get('model')!r}; valid keys: model, parameters")
             if not isinstance(e["model"], str):
                 raise RecipeError(f"model must be a path string, got {e['model']!r}")
-            models.append(ModelEntry(e["model"], dict(e.get("parameters") or {})))
+            mp = {} if e.get("parameters") is None else e["parameters"]
+            _need_mapping(mp, f"parameters of model {e['model']!r}")
+            models.append(ModelEntry(e["model"], dict(mp)))
         if spec.needs_base or spec.optional_base:
             models = [m for m in models if m.model != base]
         elif base is not None and base not in [m.model for m in models]:
             models.append(ModelEntry(base, {}))
-        r = cls(method=method, base=base, models=models, params=dict(d.get("parameters") or {}),
+        r = cls(method=method, base=base, models=models, params=gp,
                 dtype=d.get("dtype") or None, seed=seed, out_dtype=d.get("out_dtype"),
                 extra=extra)
         return r.validate()
@@ -442,14 +506,63 @@ class Recipe:
         from pathlib import Path
 
         p = Path(path)
-        if not p.is_file():
-            raise RecipeError(f"{p}: no such recipe file")
-        text = p.read_text()
-        if p.suffix.lower() == ".json":
-            return cls.from_json(text)
-        if p.suffix.lower() in (".yml", ".yaml"):
-            return cls.from_mergekit_yaml(text)
-        raise RecipeError(f"{p}: a recipe is a .json (wsviz) or .yml/.yaml (mergekit) file")
+        suffix = p.suffix.lower()
+        if suffix not in (".json", ".yml", ".yaml"):
+            raise RecipeError(f"{p}: a recipe is a .json (wsviz) or .yml/.yaml (mergekit) file")
+        try:
+            if not p.is_file():
+                raise RecipeError(f"{p}: no such recipe file")
+            if p.stat().st_size > MAX_RECIPE_BYTES:
+                raise RecipeError(f"{p}: {p.stat().st_size} bytes is too large for a recipe "
+                                  f"(at most {MAX_RECIPE_BYTES}); is this the right file?")
+            text = p.read_bytes().decode("utf-8")
+        except OSError as e:
+            raise RecipeError(f"{p}: cannot read it ({e.strerror or e}); check its permissions "
+                              "and symlinks") from None
+        except UnicodeDecodeError as e:
+            raise RecipeError(f"{p}: not UTF-8 text (byte {e.start}); save the recipe as "
+                              "UTF-8") from None
+        try:
+            r = cls.from_json(text) if suffix == ".json" else cls.from_mergekit_yaml(text)
+        except RecipeError as e:
+            raise RecipeError(f"{p}: {e}") from None
+        r.source = str(p)
+        return r
+
+
+#: recipes are small text files; a bigger file is a mistake (or an attack on the parser)
+MAX_RECIPE_BYTES = 4 << 20
+#: at most this many values after YAML aliases are expanded ("billion laughs" stops here)
+MAX_RECIPE_NODES = 200_000
+
+
+def _kind(x) -> str:
+    """``x`` described for an error message: its JSON/YAML kind and a short repr."""
+    r = repr(x)
+    return f"{type(x).__name__} {r[:60] + '...' if len(r) > 60 else r}"
+
+
+def _need_mapping(x, where: str) -> None:
+    if not isinstance(x, Mapping) or not all(isinstance(k, str) for k in x):
+        raise RecipeError(f"{where} must be a mapping of parameter names to values, got "
+                          f"{_kind(x)}")
+
+
+def _check_size(d) -> None:
+    """RecipeError when ``d`` expands to more than :data:`MAX_RECIPE_NODES` values (YAML
+    aliases can make a tiny file expand exponentially); stops counting at the limit."""
+    budget = MAX_RECIPE_NODES
+    stack = [d]
+    while stack:
+        x = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise RecipeError(f"the recipe expands to more than {MAX_RECIPE_NODES} values "
+                              "(YAML aliases?); write it out plainly")
+        if isinstance(x, Mapping):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
 
 
 def _plain(x):

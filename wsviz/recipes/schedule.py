@@ -162,10 +162,10 @@ def check_setting_shape(setting: Any, where: str) -> None:
     if _is_scalar(setting):
         return
     if isinstance(setting, Mapping):
-        extra = set(setting) - {"filter", "value"}
+        extra = set(map(str, setting)) - {"filter", "value"}
         if extra or "value" not in setting:
             raise RecipeError(f"{where}: a filter entry has keys 'filter' and 'value' "
-                              f"(got {sorted(setting)})")
+                              f"(got {sorted(map(str, setting))})")
         if setting.get("filter") is not None and not isinstance(setting["filter"], str):
             raise RecipeError(f"{where}: filter must be a string")
         v = setting["value"]
@@ -183,4 +183,6 @@ def check_setting_shape(setting: Any, where: str) -> None:
                 check_setting_shape(e, where)
             return
         raise RecipeError(f"{where}: cannot mix filter entries and plain values")
-    raise RecipeError(f"{where}: unsupported value {setting!r}")
+    r = repr(setting)
+    raise RecipeError(f"{where}: unsupported value {r[:80] + '...' if len(r) > 80 else r} "
+                      "(a number, true/false, a string, a gradient list or filter entries)")

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from wsviz.errors import CheckpointError, RecipeError
+from wsviz.errors import RecipeError
 from wsviz.recipes.schedule import evaluate_setting
 
 #: config.json keys holding the number of blocks, first match is updated
@@ -66,8 +66,10 @@ class SliceSource:
             raise RecipeError(f"source {self.model!r}: layer_range must be [start, end] with "
                               f"integers 0 <= start < end, got {lr!r}")
         self.layer_range = (int(lr[0]), int(lr[1]))
-        self.params = dict(self.params or {})
-        self.model = str(self.model)
+        self.params = _mapping(self.params, f"source {self.model!r}: params")
+        if not isinstance(self.model, str):
+            raise RecipeError(f"a slice source's model must be a path string, got "
+                              f"{self.model!r}")
 
     @property
     def length(self) -> int:
@@ -88,21 +90,23 @@ class OutputSlice:
 
     def __post_init__(self):
         srcs = []
-        for s in self.sources or []:
+        if not isinstance(self.sources, (list, tuple)):
+            raise RecipeError(f"a slice's sources must be a list, got {self.sources!r}")
+        for s in self.sources:
             if isinstance(s, SliceSource):
                 srcs.append(s)
             elif isinstance(s, Mapping):
-                bad = set(s) - {"model", "layer_range", "params"}
+                bad = set(map(str, s)) - {"model", "layer_range", "params"}
                 if bad or "model" not in s or "layer_range" not in s:
                     raise RecipeError(f"a slice source has keys model, layer_range, params; "
-                                      f"got {sorted(s)}")
-                srcs.append(SliceSource(s["model"], s["layer_range"], s.get("params") or {}))
+                                      f"got {sorted(map(str, s))}")
+                srcs.append(SliceSource(s["model"], s["layer_range"], s.get("params")))
             else:
                 raise RecipeError(f"cannot read slice source {s!r}")
         self.sources = srcs
-        self.params = dict(self.params or {})
-        if self.base is not None:
-            self.base = str(self.base)
+        self.params = _mapping(self.params, "a slice's params")
+        if self.base is not None and not isinstance(self.base, str):
+            raise RecipeError(f"a slice's base must be a path string, got {self.base!r}")
 
     @property
     def length(self) -> int:
@@ -141,7 +145,7 @@ class OutputSlice:
         if "residual_weight" in d:
             raise RecipeError(f"slices[{i}]: residual_weight has no effect in mergekit 0.1.5 "
                               f"(it is read and ignored); remove it")
-        bad = set(d) - {"sources", "base_model", "parameters"}
+        bad = set(map(str, d)) - {"sources", "base_model", "parameters"}
         if bad:
             raise RecipeError(f"unknown key(s) {sorted(bad)} in slices[{i}]; valid keys: "
                               f"sources, base_model, parameters")
@@ -153,18 +157,29 @@ class OutputSlice:
             if not isinstance(e, Mapping) or "model" not in e or "layer_range" not in e:
                 raise RecipeError(f"slices[{i}]: each source needs 'model:' and "
                                   f"'layer_range:'; got {e!r}")
-            bad = set(e) - {"model", "layer_range", "parameters"}
+            bad = set(map(str, e)) - {"model", "layer_range", "parameters"}
             if bad:
                 raise RecipeError(f"unknown key(s) {sorted(bad)} in a source of slices[{i}]; "
                                   f"valid keys: model, layer_range, parameters")
             if not isinstance(e["model"], str):
                 raise RecipeError(f"slices[{i}]: model must be a path string, got "
                                   f"{e['model']!r}")
-            srcs.append(SliceSource(e["model"], e["layer_range"], dict(e.get("parameters") or {})))
+            srcs.append(SliceSource(e["model"], e["layer_range"],
+                                    _mapping(e.get("parameters"), f"slices[{i}] parameters")))
         base = d.get("base_model")
         if base is not None and not isinstance(base, str):
             raise RecipeError(f"slices[{i}]: base_model must be a path string, got {base!r}")
-        return cls(srcs, base, dict(d.get("parameters") or {}))
+        return cls(srcs, base, _mapping(d.get("parameters"), f"slices[{i}] parameters"))
+
+
+def _mapping(x, where: str) -> dict:
+    """``x`` as a parameter dict (None -> {}); RecipeError unless a mapping of names."""
+    if x is None:
+        return {}
+    if not isinstance(x, Mapping) or not all(isinstance(k, str) for k in x):
+        raise RecipeError(f"{where} must be a mapping of parameter names to values, got "
+                          f"{x!r:.80}")
+    return dict(x)
 
 
 def as_slices(x) -> list[OutputSlice] | None:
@@ -178,12 +193,12 @@ def as_slices(x) -> list[OutputSlice] | None:
         if isinstance(s, OutputSlice):
             out.append(s)
         elif isinstance(s, Mapping):
-            bad = set(s) - {"sources", "base", "params"}
+            bad = set(map(str, s)) - {"sources", "base", "params"}
             if bad:
                 raise RecipeError(f"slices[{i}]: a slice has keys sources, base, params; got "
-                                  f"{sorted(s)}")
-            out.append(OutputSlice(list(s.get("sources") or []), s.get("base"),
-                                   dict(s.get("params") or {})))
+                                  f"{sorted(map(str, s))}")
+            out.append(OutputSlice(s.get("sources") or [], s.get("base"),
+                                   _mapping(s.get("params"), f"slices[{i}] params")))
         else:
             raise RecipeError(f"cannot read slices[{i}]: {s!r}")
     return out
@@ -438,7 +453,8 @@ def _out_config(recipe, sources, n_layers: int) -> dict | None:
 
 
 def merge_slices_to_dir(recipe, outdir, force: bool = False, device=None,
-                        progress: bool = True, max_shard_bytes: int | str = "2GB") -> Path:
+                        progress: bool = True, max_shard_bytes: int | str = "2GB",
+                        inputs=()) -> Path:
     """Merge a slices recipe (paths) into the HF directory ``outdir``, tensor by tensor
     (see the module docstring; same output files, atomicity and errors as
     :func:`wsviz.recipes.merge_to_dir`). Each tensor's inputs are cast to the compute dtype
@@ -446,19 +462,20 @@ def merge_slices_to_dir(recipe, outdir, force: bool = False, device=None,
     :func:`~wsviz.recipes.engine.merge_one` returns it; non-floating tensors are copied from
     the first source."""
     from wsviz.io import open_source
+    from wsviz.io.outputs import check_output
     from wsviz.io.writer import HFDirWriter
     from wsviz.recipes.engine import compute_dtype, make_generator, merge_one
 
     recipe.validate()
-    out = Path(outdir)
-    if out.exists() and not force:
-        raise CheckpointError(f"{out} exists; pass --force to replace it")
     models = []
     for sl in recipe.slices:
         models += [s.model for s in sl.sources]
     if recipe.base:
         models.append(recipe.base)
+    read = [*inputs, *models]  # never an output (see wsviz.io.outputs)
+    out = check_output(outdir, read, force=force)
     sources = {m: open_source(m) for m in dict.fromkeys(models)}
+    read += [p for src in sources.values() for p in src.files()]
     plans, n_layers = plan_slices(recipe, sources)
     plans.sort(key=lambda p: p.order_key)
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -473,7 +490,7 @@ def merge_slices_to_dir(recipe, outdir, force: bool = False, device=None,
 
         bar = tqdm(total=len(plans), desc="merge", unit="tensor")
     with HFDirWriter(out, force=force, copy_from=copy_from,
-                     max_shard_bytes=max_shard_bytes) as w:
+                     max_shard_bytes=max_shard_bytes, inputs=read) as w:
         for plan in plans:
             sl = recipe.slices[plan.slice]
             base_m, inputs = slice_roles(spec, sl, recipe.base)

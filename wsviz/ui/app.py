@@ -1,10 +1,15 @@
-"""Compose the components into one page (server) or return them for a notebook."""
+"""Compose the components into one page (server) or return them for a notebook.
+
+The served page requests nothing outside its own server: Panel/Bokeh serve their scripts
+and stylesheets locally (server mode), and the template uses :class:`Fast`, Panel's Fast design
+without its Google-Fonts stylesheet, with a system font stack instead."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import panel as pn
+from panel.theme.fast import Fast as _PanelFast
 
 from wsviz.ui.export import Export
 from wsviz.ui.layer_detail import LayerDetail
@@ -17,6 +22,18 @@ from wsviz.ui.task_map import TaskMap
 from wsviz.ui.workspace import Workspace
 
 EXTENSIONS = ("tabulator", "codeeditor")
+#: fonts every OS has (the Fast design would fetch Open Sans from fonts.googleapis.com)
+SYSTEM_FONT = ("system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, "
+               "'Noto Sans', 'Liberation Sans', sans-serif")
+
+
+
+
+class Fast(_PanelFast):
+    """Panel's Fast design minus its web-font stylesheet (fonts.googleapis.com). The class
+    keeps the name ``Fast``: Panel derives the local paths of a design's scripts from it."""
+
+    _resources = {k: v for k, v in _PanelFast._resources.items() if k != "font"}
 
 
 def extension(**kwargs) -> None:
@@ -96,6 +113,9 @@ def build_page(workspace: Workspace, background: bool = True):
         main=[tabs],
         accent="#4c78a8",
         theme_toggle=False,
+        design=Fast,
+        font=SYSTEM_FONT,
+        font_url="",
     )
     template.wsviz = c  # handy for debugging from the server console
     return template

@@ -579,23 +579,21 @@ class ApiWorkspace(Workspace):
         except WsvizError:
             return recipe.to_json()
 
+    def input_files(self) -> list[Path]:
+        """Every path the served model set reads (never an export target)."""
+        return self.ms.files()
+
     def write_merged(self, recipe, outdir: str, force: bool, progress: Progress | None = None
                      ) -> str:
+        """Merge ``recipe`` to the HF directory ``outdir``, which must lie inside
+        :attr:`export_root` (a relative name is taken inside it) and may not be, contain or
+        lie inside a served model (:func:`wsviz.io.outputs.check_output`)."""
+        from wsviz.io.outputs import check_output, resolve_under
         from wsviz.recipes import merge_to_dir
 
-        out = Path(outdir)
-        if out.exists() and not force:
-            raise WsvizError(f"{out} already exists; tick 'overwrite' to replace it or choose "
-                             "another directory")
-        parent = out.parent if out.parent != Path("") else Path(".")
-        probe = parent
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        import os
-
-        if not os.access(probe, os.W_OK):
-            raise WsvizError(f"cannot write to {out}: {probe} is not writable; choose another "
-                             "directory")
+        out = resolve_under(self.export_root, str(outdir))
+        check_output(out, self.input_files(), force=force,
+                     hint="tick 'overwrite' to replace it or choose another name")
         if progress:
             progress(0.05, "merging")
         disk_recipe = self._path_recipe(recipe)

@@ -1,11 +1,14 @@
 """Export: the merge tuner's current recipe as mergekit YAML (validated; the reason shown when
 a method cannot be expressed in mergekit) and JSON, download buttons, and writing the merged
-weights to a directory with progress and overwrite protection."""
+weights to a directory with progress and overwrite protection.
+
+The browser names only a folder *inside* the workspace's export root (set at launch with
+``--export-root``): ``..``, absolute paths elsewhere and symlinks leading out are refused, and
+so is any name that is, contains or lies inside a served model, overwrite or not."""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import panel as pn
 import param
@@ -41,8 +44,9 @@ class Export(Viewer):
         self._dl_json = pn.widgets.FileDownload(callback=self._json_file,
                                                 filename="recipe.json",
                                                 label="Download JSON recipe", width=240)
-        self._outdir = pn.widgets.TextInput(name="Output directory",
-                                            placeholder="/path/to/merged-model", width=420)
+        root = session.workspace.export_root
+        self._outdir = pn.widgets.TextInput(name=f"Output folder (inside {root})",
+                                            placeholder="merged-model", width=420)
         self._force = pn.widgets.Checkbox(name="overwrite if it exists", value=False)
         self._write_btn = pn.widgets.Button(name="Write merged weights", button_type="success",
                                             width=200)
@@ -93,20 +97,28 @@ class Export(Viewer):
             self.session.notify_error("No valid recipe to write yet.")
             return
         if not outdir:
-            self.session.notify_error("Type an output directory first.")
+            self.session.notify_error("Type an output folder name first.")
+            return
+        from wsviz.io.outputs import resolve_under
+
+        try:
+            target = resolve_under(self.session.workspace.export_root, outdir)
+        except Exception as exc:  # noqa: BLE001 - OutputError: shown, nothing written
+            self.session.notify_error(exc)
+            self._write_msg.object = "**Nothing written** (see the notification)."
             return
         runner = self.session.runner
         self._progress.value = 0
         self._progress.visible = True
         self._write_btn.disabled = True
-        self._write_msg.object = f"writing `{outdir}`…"
+        self._write_msg.object = f"writing `{target}`…"
 
         def progress(frac, msg):
             runner.call_soon(lambda: setattr(self._progress, "value", int(100 * frac)))
 
         def work():
-            return self.session.workspace.write_merged(recipe, str(Path(outdir).expanduser()),
-                                                       force, progress=progress)
+            return self.session.workspace.write_merged(recipe, str(target), force,
+                                                       progress=progress)
 
         def done(path):
             self._progress.visible = False

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import threading
+from pathlib import Path
 
 from wsviz.commands._model_args import add_model_args, eval_options
 from wsviz.errors import WsvizError
-from wsviz.ui.workspace import Workspace
+from wsviz.ui.workspace import DEFAULT_EXPORT_DIR, Workspace
 
 _CACHE: dict[tuple, Workspace] = {}
 _LOCK = threading.Lock()
@@ -22,15 +23,33 @@ def parse_app_args(argv: list[str]) -> argparse.Namespace:
 
 
 def workspace_from_args(ns: argparse.Namespace) -> Workspace:
-    """The (process-wide cached) workspace the arguments describe; WsvizError if none."""
+    """The (process-wide cached) workspace the arguments describe, its :attr:`export_root`
+    set from ``--export-root`` (default ``./wsviz-exports``); WsvizError if none, or if the
+    export root is or lies inside a served model."""
     key = (bool(ns.demo), tuple(ns.paths), ns.eval, ns.device, ns.workspace,
            getattr(ns, "metric", None), tuple(sorted(eval_options(ns).items())))
     with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        ws = _make(ns)
-        _CACHE[key] = ws
+        ws = _CACHE.get(key)
+        if ws is None:
+            ws = _make(ns)
+            _CACHE[key] = ws
+        root = getattr(ns, "export_root", None)
+        ws.export_root = root if root else Path.cwd() / DEFAULT_EXPORT_DIR
+        _check_export_root(ws)
         return ws
+
+
+def _check_export_root(ws: Workspace) -> None:
+    from wsviz.io.outputs import resolved
+
+    root = ws.export_root
+    for f in ws.input_files():
+        r = resolved(f)
+        if root == r or root.is_relative_to(r):
+            raise WsvizError(f"--export-root {root} is or lies inside the served model {f}; "
+                             "choose a folder outside the models")
+    if root.exists() and not root.is_dir():
+        raise WsvizError(f"--export-root {root} is not a directory; choose a folder")
 
 
 def _make(ns: argparse.Namespace) -> Workspace:

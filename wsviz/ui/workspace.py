@@ -13,12 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from wsviz.eval.metrics import KNOWN, MetricSpec
+
+#: the export root's name in the working directory when ``--export-root`` is not given
+DEFAULT_EXPORT_DIR = "wsviz-exports"
 
 Progress = Callable[[float, str], None]
 """``progress(fraction_in_0_1, message)``."""
@@ -105,6 +109,22 @@ class Workspace:
     #: The metric :meth:`evaluate_recipe` returns per task (name, direction, unit); views
     #: label axes, pick "best"/"worst" and orient Pareto fronts by it.
     metric_spec: MetricSpec = KNOWN["accuracy"]
+
+    _export_root: Path | None = None
+
+    @property
+    def export_root(self) -> Path:
+        """The only directory the dashboard writes into (``--export-root`` at launch; by
+        default ``wsviz-exports`` in the working directory), resolved."""
+        from wsviz.io.outputs import resolved
+
+        return self._export_root or resolved(Path.cwd() / DEFAULT_EXPORT_DIR)
+
+    @export_root.setter
+    def export_root(self, path) -> None:
+        from wsviz.io.outputs import resolved
+
+        self._export_root = resolved(path) if path is not None else None
 
     # -- analysis ----------------------------------------------------------------------------
     def layers(self) -> list[str]:
@@ -201,8 +221,13 @@ class Workspace:
     def recipe_json(self, recipe) -> str:
         raise NotImplementedError
 
+    def input_files(self) -> list[Path]:
+        """Paths of the served models (an export may never be, contain or lie in one)."""
+        return []
+
     def write_merged(self, recipe, outdir: str, force: bool, progress: Progress | None = None
                      ) -> str:
-        """Write the merged model as an HF directory; returns its path. Refuses to overwrite
-        unless ``force``."""
+        """Write the merged model as an HF directory ``outdir`` (inside :attr:`export_root`);
+        returns its path. Refuses to overwrite unless ``force``, and refuses any path that
+        is, contains or lies inside a served model."""
         raise NotImplementedError

@@ -6,6 +6,7 @@ ranges against them; export to mergekit uses ``in_mergekit`` and the parameter n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,8 @@ class ParamSpec:
     def check(self, value: Any) -> Any:
         """Coerce a scalar ``value`` to ``type`` and check its range.
 
+        Numbers must be finite (NaN and ±inf are refused whatever the range: a NaN compares
+        false with every bound and would turn a whole merge into NaN).
         Raises ``ValueError`` (with a short reason) when it is invalid.
         """
         t = self.type
@@ -54,6 +57,8 @@ class ParamSpec:
         if t in (float, int):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{self.name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{self.name} must be a finite number, got {value!r}")
             v = t(value)
             if t is int and v != value:
                 raise ValueError(f"{self.name} must be an integer, got {value!r}")
