@@ -23,7 +23,8 @@ def test_local_cluster_two_workers_match_in_process(lm_set):
         lm_recipe(s, "ties"), oc.merger.names, oc.merger.modelset.names)
     with DaskBackend(ctx, n_workers=2) as backend:
         client = backend.client
-        assert backend.slots == 2
+        assert len(client.nthreads()) == 2
+        assert backend.slots == 4  # two trials in flight per worker
         assert all(a.startswith("tcp://127.0.0.1:") for a in client.nthreads())
         res = Search(space, backend, sampler="random", seed=3).run(8)
     assert client.status == "closed"

@@ -314,8 +314,9 @@ class DaskBackend:
 
     @property
     def slots(self) -> int:
-        """Worker threads in the cluster (trials kept in flight)."""
-        return max(1, sum(self.client.nthreads().values()))
+        """Trials kept in flight: two per worker thread, so each worker has the next trial
+        queued while the driver records the last one (no idle gap between trials)."""
+        return 2 * max(1, sum(self.client.nthreads().values()))
 
     def probe(self) -> dict:
         """Open the context on every worker at once (each reads the checkpoints in
