@@ -136,7 +136,7 @@ def parse_method(method: str) -> tuple[str, int | None, int | None]:
         return "nm", int(m.group(1)), int(m.group(2))
     name = method.strip().lower()
     if name not in METHODS:
-        raise RecipeError(f"prune recipe: unknown method {method!r}; choose one of "
+        raise RecipeError(f"prune recipe: unknown prune method {method!r}; choose one of "
                           f"{', '.join(METHODS)} (or N:M such as 2:4)")
     return name, None, None
 
