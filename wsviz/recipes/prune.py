@@ -32,7 +32,7 @@ applies, and with no ``sparsity`` either the tensor is left dense (0).
 **Masks** (:mod:`wsviz.compute.masks`, computed in the tensor's stored dtype): magnitude
 keeps the largest ``|w|`` of the tensor (``row``: of every output row; ``global``: one
 threshold over all selected tensors, ties at it kept); random keeps a uniform subset drawn
-from a CPU generator seeded with ``seed`` and the CRC32 of the tensor name (so one tensor's
+from a CPU generator seeded with the CRC32 of ``seed`` and the tensor name (so one tensor's
 mask does not depend on which others are pruned, and is the same on every device);
 structured drops whole rows (``dim: 0``) or columns (``dim: 1``) of least L2 norm; wanda
 keeps per output row the largest ``|W_ij|·||X_j||_2`` (input-feature norms from a
@@ -246,6 +246,9 @@ class PruneRecipe:
         allowed = set(COMMON_KEYS) | set(METHOD_KEYS[method])
         for k in d:
             if k not in allowed:
+                if method == "nm" and k in ("sparsity", "schedule"):
+                    raise RecipeError("prune recipe: nm has a fixed sparsity of 1 - n/m; drop "
+                                      f"{k}")
                 if k in ALL_KEYS:
                     raise RecipeError(f"prune recipe: {k!r} does not apply to {method}; "
                                       "drop it")
@@ -524,8 +527,9 @@ class PrunePlan:
 
 
 def _tensor_seed(seed: int, name: str) -> int:
-    """Per-tensor seed of random masks: ``seed * 2**32 + crc32(name)``."""
-    return (int(seed) << 32) + zlib.crc32(name.encode())
+    """Per-tensor seed of random masks: ``crc32("<seed>:<name>")`` (32 bits: torch's CPU
+    generator keeps only the low 32 bits of a seed, so both parts are hashed together)."""
+    return zlib.crc32(f"{int(seed)}:{name}".encode())
 
 
 # -- writing ----------------------------------------------------------------------------------------
