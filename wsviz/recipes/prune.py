@@ -339,7 +339,7 @@ def selected_names(recipe: PruneRecipe, shapes: Mapping[str, tuple[tuple[int, ..
         for g in recipe.include:
             if not any(fnmatch.fnmatchcase(n, g) for n in shapes):
                 raise RecipeError(f"prune recipe: include glob {g!r} matches no tensor of the "
-                                  "model; check the names with `wsviz info MODEL`")
+                                  "model; check the names with `wsviz info --tensors MODEL`")
     out = []
     for name, (shape, dtype) in shapes.items():
         if len(shape) != 2 or not dtype.is_floating_point:
