@@ -190,3 +190,22 @@ def test_cli_recipe_flags_and_save_recipe(llama_set, tmp_path):
     assert_user_error(run_cli(["prune", base, "--recipe", bad, "-o", tmp_path / "z"]),
                       "bad.yml", "unknown key 'incldue'")
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+
+
+def test_serve_calib_enables_wanda(llama_set, tmp_path):
+    from wsviz.ui.launch import parse_app_args, workspace_from_args
+
+    ids = tmp_path / "ids.pt"
+    torch.save(torch.randint(0, 128, (1, 8)), ids)
+    ns = parse_app_args([str(llama_set.base), *map(str, llama_set.fts), "--calib", str(ids),
+                         "--export-root", str(tmp_path / "x")])
+    ws = workspace_from_args(ns)
+    assert "wanda" in ws.prune_methods()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    m = ws.prune_mask(name, "base", "wanda", {"sparsity": 0.25})
+    assert (m.sum(1) == m.shape[1] * 3 // 4).all()
+    with pytest.raises(WsvizError, match="drop --calib"):
+        workspace_from_args(parse_app_args(["--demo", "--calib", str(ids)]))
+    with pytest.raises(WsvizError, match="no such file"):
+        workspace_from_args(parse_app_args([str(llama_set.base), str(llama_set.fts[0]),
+                                            "--calib", str(tmp_path / "none.pt")]))
