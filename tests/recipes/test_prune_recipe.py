@@ -42,6 +42,7 @@ from wsviz.recipes.prune import (
     ({"method": "nm", "n": 5, "m": 4}, "n must be <= m"),
     ({"method": "2:4", "sparsity": 0.5}, "fixed sparsity"),
     ({"method": "nm", "n": 0}, "n=0 must be >= 1"),
+    ({"method": "2:4", "n": 1}, "already sets n and m"),
     ({"method": "magnitude", "sparsity": 0.5, "include": [""]}, "include must be a list"),
     ({"method": "magnitude", "sparsity": 0.5, "exclude": 3}, "exclude must be a list"),
     ({"method": "magnitude", "sparsity": 0.5, "calib": "x.pt"}, "'calib' does not apply"),

@@ -93,6 +93,34 @@ def test_wanda_cli_and_ui_identical_and_per_row(llama_set, tmp_path):
     assert ((cli[name] == 0).sum(1) == w.shape[1] // 2).all()
     # differs from plain magnitude (the activations matter)
     assert not torch.equal(want, masks.magnitude_mask(w, 0.5, scope="row"))
+    # the exported recipe names the calibration file: `wsviz prune --recipe` reproduces it
+    ws.export_root = tmp_path / "exports"
+    ws.write_pruned("ft0", "wanda", {"sparsity": 0.5}, "w", force=False)
+    exported = ws.export_root / "w"
+    assert PruneRecipe.load(exported / "wsviz_prune.yml").calib == str(ids)
+    rc, _, err = run_cli(["prune", llama_set.fts[0], "--recipe", exported / "wsviz_prune.yml",
+                          "-o", tmp_path / "again", "--no-progress"])
+    assert rc == 0, err
+    again = _weights(tmp_path / "again")
+    assert all(torch.equal(again[n], cli[n]) for n in cli)
+
+
+def test_wanda_on_the_current_merge_equals_cli_on_the_merged_dir(llama_set, tmp_path):
+    ids = tmp_path / "calib.pt"
+    torch.save(torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1)), ids)
+    ws = open_workspace(llama_set.base, llama_set.fts, calib=str(ids))
+    merge = ws.make_recipe("task_arithmetic", {"lambda": 0.7},
+                           {lab: {"weight": 1.0} for lab in ws.labels})
+    rjson = tmp_path / "merge.json"
+    rjson.write_text(ws.recipe_json(merge))
+    assert run_cli(["merge", rjson, "-o", tmp_path / "merged", "--no-progress"])[0] == 0
+    cli = _cli_prune(tmp_path / "merged", {"method": "wanda", "sparsity": 0.4}, tmp_path,
+                     extra=["--calib", ids])
+    ui = ws.prune_weights(MERGE_TARGET, "wanda", {"sparsity": 0.4}, merge=merge)
+    _assert_same(ui, cli, ws.ms.names)
+    base = ws.prune_weights("base", "wanda", {"sparsity": 0.4})
+    name = "model.layers.3.mlp.up_proj.weight"
+    assert not torch.equal(base[name] != 0, ui[name] != 0)  # the merge's own activations
 
 
 @pytest.mark.parametrize("fixture", ["llama_set", "llama_set_bf16"])

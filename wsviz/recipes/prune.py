@@ -242,7 +242,10 @@ class PruneRecipe:
         if "method" not in d:
             raise RecipeError("prune recipe: 'method' is missing; add method: magnitude "
                               f"(or one of {', '.join(METHODS)})")
-        method, _, _ = parse_method(d["method"])
+        method, n, _ = parse_method(d["method"])
+        if n is not None and ("n" in d or "m" in d):
+            raise RecipeError(f"prune recipe: method {d['method']!r} already sets n and m; "
+                              "drop them (or write method: nm)")
         allowed = set(COMMON_KEYS) | set(METHOD_KEYS[method])
         for k in d:
             if k not in allowed:

@@ -2,7 +2,7 @@
 
 Adapters only: analysis (:func:`wsviz.analysis.analyze`), merging
 (:class:`wsviz.recipes.Recipe`, :class:`~wsviz.recipes.InMemoryMerger`,
-:func:`~wsviz.recipes.merge_to_dir`), pruning masks (:mod:`wsviz.compute.masks`), evaluation
+:func:`~wsviz.recipes.merge_to_dir`), pruning (:mod:`wsviz.recipes.prune`, the code ``wsviz prune`` runs), evaluation
 (:mod:`wsviz.eval`) and the demo zoo (:mod:`wsviz.zoo`). Tensors are turned into numpy /
 pandas here, so the views never see torch.
 
@@ -126,6 +126,8 @@ class ApiWorkspace(Workspace):
         self._taskmaps: dict = {}
         self._groups = None
         self._input_norms = input_norms
+        #: Wanda calibration file (``--calib``), written into exported wanda prune recipes
+        self.calib: str | None = None
         self._norms: dict = {}
         self._merged_cache = None
         self._plan_cache = None
@@ -502,8 +504,12 @@ class ApiWorkspace(Workspace):
         if name == "nm":
             kw.pop("sparsity", None)
             kw.pop("schedule", None)
-        kw = {k: v for k, v in kw.items() if k in ("sparsity", "schedule", "scope", "seed",
-                                                    "dim", "n", "m", "include", "exclude")}
+        unknown = sorted(set(kw) - {"sparsity", "schedule", "scope", "seed", "dim", "n", "m",
+                                     "include", "exclude"})
+        if unknown:
+            raise RecipeError(f"prune: unknown parameter(s) {unknown} for {name}")
+        if name == "wanda" and self.calib is not None:
+            kw["calib"] = self.calib  # the exported recipe names the calibration file
         return PruneRecipe(method=name, **kw).validate()
 
     def _check_target(self, target: str, merge) -> str:
@@ -915,5 +921,7 @@ def open_workspace(base, models, eval_spec: str | None = None, device=None,
             raise WsvizError(f"--calib {calib}: no such file")
         paths = {"base": str(base), **dict(zip(ms.labels, map(str, models)))}
         norms = partial(_hf_input_norms, paths, str(calib), device)
-    return ApiWorkspace(ms, evaluator, title=f"{Path(str(base)).name} + {len(ms.labels)}",
-                        device=device, metric=metric, input_norms=norms)
+    ws = ApiWorkspace(ms, evaluator, title=f"{Path(str(base)).name} + {len(ms.labels)}",
+                      device=device, metric=metric, input_norms=norms)
+    ws.calib = str(calib) if calib is not None else None
+    return ws
