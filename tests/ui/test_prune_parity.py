@@ -23,7 +23,7 @@ RECIPES = [
     {"method": "magnitude", "schedule": [0.2, 0.8], "exclude": ["*.o_proj.*"]},
     {"method": "magnitude", "sparsity": 0.3, "scope": "row",
      "schedule": [{"filter": "mlp", "value": 0.6}]},
-    {"method": "random", "sparsity": 0.3, "seed": 5},
+    {"method": "random", "sparsity": 0.3, "seed": 5, "include": ["*embed*", "*.mlp.*"]},
     {"method": "structured", "sparsity": 0.25, "dim": 1},
     {"method": "nm", "n": 2, "m": 4},
 ]

@@ -45,9 +45,11 @@ def test_prune_current_merge_follows_the_merge_tuner(tmp_path):
     # schedule and exclude globs reach the workspace's parameters
     p.set("schedule", "mlp: 0.7")
     p.set("exclude", "*.0.*, enc.1.bias")
+    p.set("include", "enc.*")
     params = p._params(p.state)
     assert params["schedule"] == [{"filter": "mlp", "value": 0.7}]
     assert params["exclude"] == ["*.0.*", "enc.1.bias"] and params["sparsity"] == 0.5
+    assert params["include"] == ["enc.*"]
     p.set("schedule", "half")
     assert "not understood" in s.last_error
 

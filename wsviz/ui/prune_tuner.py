@@ -1,5 +1,5 @@
 """Prune tuner: target (the base, a fine-tune or the merge tuner's current merge), method,
-sparsity, per-layer schedule and exclude globs; live metrics, the keep-mask of the selected
+sparsity, per-layer schedule and include / exclude globs; live metrics, the keep-mask of the selected
 layer, and export of the prune recipe (YAML) and of the pruned weights.
 
 Every number comes from :mod:`wsviz.recipes.prune` through the workspace, the code
@@ -57,11 +57,15 @@ class PruneTuner(Viewer):
         self._box = pn.Column()
         self._sched = pn.widgets.TextInput(name="sparsity per layer group",
                                            placeholder="e.g. attn: 0.3, mlp: 0.7", width=260)
+        self._include = pn.widgets.TextInput(name="prune only (globs; default: every 2-D "
+                                             "weight but embeddings and heads)",
+                                             placeholder="e.g. *.mlp.*", width=260)
         self._exclude = pn.widgets.TextInput(name="never prune (globs)",
                                              placeholder="e.g. *.layers.0.*, *.o_proj.*",
                                              width=260)
         watch_widget(self._sched, self.request)
         watch_widget(self._exclude, self.request)
+        watch_widget(self._include, self.request)
         self._summary = pn.pane.Markdown("*no evaluation yet*",
                                          css_classes=["wsviz-prune-summary"])
         self._live = LiveBars(lambda: self.refs, label="pruned",
@@ -120,7 +124,8 @@ class PruneTuner(Viewer):
     def state(self) -> dict:
         params = {k: widget_value(w) for k, w in self._widgets.items()}
         return {"target": self.target, "method": self.method, "params": params,
-                "schedule": self._sched.value, "exclude": self._exclude.value}
+                "schedule": self._sched.value, "exclude": self._exclude.value,
+                "include": self._include.value}
 
     def _params(self, state: dict) -> dict:
         """Workspace parameters of ``state``: the widgets' values, the schedule (tensors it
@@ -130,9 +135,10 @@ class PruneTuner(Viewer):
             sched = parse_schedule(state.get("schedule", ""))
             if sched is not None:
                 params["schedule"] = sched
-        globs = [g.strip() for g in (state.get("exclude") or "").split(",") if g.strip()]
-        if globs:
-            params["exclude"] = globs
+        for key in ("include", "exclude"):
+            globs = [g.strip() for g in (state.get(key) or "").split(",") if g.strip()]
+            if globs:
+                params[key] = globs
         return params
 
     def _merge(self, state: dict):
@@ -142,8 +148,8 @@ class PruneTuner(Viewer):
         if name == "schedule":
             self._sched.value = value
             return
-        if name == "exclude":
-            self._exclude.value = value
+        if name in ("include", "exclude"):
+            getattr(self, f"_{name}").value = value
             return
         set_widget(self._widgets[name], value)
 
@@ -279,7 +285,8 @@ class PruneTuner(Viewer):
                                                         width=200), self._busy),
                     pn.widgets.Select.from_param(self.param.target, name="Model to prune",
                                                  width=200),
-                    self._doc, self._box, self._sched, self._exclude, width=420),
+                    self._doc, self._box, self._sched, self._include, self._exclude,
+                    width=420),
                 pn.Column(self._summary, self._bars, self._mask, sizing_mode="stretch_width"),
                 sizing_mode="stretch_width"),
             export, sizing_mode="stretch_width")
