@@ -264,7 +264,7 @@ class PruneRecipe:
         import yaml
 
         return ("# wsviz prune recipe: wsviz prune MODEL --recipe THIS.yml -o OUT\n"
-                + yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None))
+                + yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False))
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)

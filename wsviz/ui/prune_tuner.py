@@ -57,9 +57,9 @@ class PruneTuner(Viewer):
         self._box = pn.Column()
         self._sched = pn.widgets.TextInput(name="sparsity per layer group",
                                            placeholder="e.g. attn: 0.3, mlp: 0.7", width=260)
-        self._include = pn.widgets.TextInput(name="prune only (globs; default: every 2-D "
-                                             "weight but embeddings and heads)",
-                                             placeholder="e.g. *.mlp.*", width=260)
+        self._include = pn.widgets.TextInput(name="prune only (globs)",
+                                             placeholder="default: 2-D weights, no embeddings "
+                                             "or heads", width=260)
         self._exclude = pn.widgets.TextInput(name="never prune (globs)",
                                              placeholder="e.g. *.layers.0.*, *.o_proj.*",
                                              width=260)
@@ -84,7 +84,7 @@ class PruneTuner(Viewer):
                                            width=220, css_classes=["wsviz-dl-prune"])
         root = ws.export_root
         self._outdir = pn.widgets.TextInput(name=f"Output folder (inside {root})",
-                                            placeholder="pruned-model", width=300)
+                                            placeholder="pruned-model", width=420)
         self._force = pn.widgets.Checkbox(name="overwrite if it exists", value=False)
         self._write_btn = pn.widgets.Button(name="Write pruned weights",
                                             button_type="success", width=200)
