@@ -116,7 +116,7 @@ def recipe_from_args(args):
     except RecipeError as e:
         msg = str(e).removeprefix("prune recipe: ")
         for k in RECIPE_FLAGS:
-            if msg.startswith((f"{k}=", f"{k} ")):
+            if msg.startswith((f"{k}=", f"{k} ", f"{k}:")):
                 msg = "--" + msg
                 break
         raise RecipeError(msg) from None
@@ -140,18 +140,21 @@ def run(args) -> int:
         print(f"wrote {args.save_recipe}")
     if args.out is None:
         return 0
-    bar = tqdm(desc="prune", unit="tensor", disable=args.no_progress)
+    bars = []
 
-    def progress(i, total):
-        bar.total = total
-        bar.update(1)
+    def progress(i, total):  # the bar starts with the first tensor (after all checks)
+        if not bars:
+            bars.append(tqdm(total=total, desc="prune", unit="tensor",
+                             disable=args.no_progress))
+        bars[0].update(1)
 
     try:
         out, report = prune_to_dir(recipe, args.model, args.out, force=args.force,
                                    device=args.device, max_shard_bytes=args.shard_size,
                                    inputs=[args.recipe, args.save_recipe], progress=progress)
     finally:
-        bar.close()
+        for b in bars:
+            b.close()
     if not report:
         print(f"wrote {out} (warning: no tensor was selected for pruning)")
         return 0
