@@ -74,7 +74,7 @@ def test_cli_and_ui_prune_bit_identical(request, fixture, recipe, tmp_path):
 
 def test_wanda_cli_and_ui_identical_and_per_row(llama_set, tmp_path):
     from wsviz.compute import masks
-    from wsviz.recipes.prune import calibration_norms
+    from wsviz.recipes.calibration import calibration_norms
 
     ids = tmp_path / "calib.pt"
     torch.save(torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0)), ids)

@@ -36,7 +36,8 @@ from a CPU generator seeded with the CRC32 of ``seed`` and the tensor name (so o
 mask does not depend on which others are pruned, and is the same on every device);
 structured drops whole rows (``dim: 0``) or columns (``dim: 1``) of least L2 norm; wanda
 keeps per output row the largest ``|W_ij|·||X_j||_2`` (input-feature norms from a
-calibration run, matched to tensor names by :func:`norm_for`); nm keeps the ``n`` largest
+calibration run, :mod:`wsviz.recipes.calibration`, matched to tensor names by
+:func:`norm_for`); nm keeps the ``n`` largest
 ``|w|`` of every ``m`` consecutive entries along the input dimension.
 """
 
@@ -85,8 +86,8 @@ _NM = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
 #: a prune recipe is a small text file
 MAX_RECIPE_BYTES = 1 << 20
 
-__all__ = ["METHODS", "PrunePlan", "PruneRecipe", "calibration_norms", "norm_for",
-           "prune_to_dir", "selected_names", "write_pruned"]
+__all__ = ["METHODS", "PrunePlan", "PruneRecipe", "norm_for", "prune_to_dir",
+           "selected_names", "write_pruned"]
 
 
 def _number(v, key: str, lo: float, hi: float) -> float:
@@ -384,64 +385,6 @@ def norm_for(name: str, norms: Mapping[str, Tensor]) -> Tensor | None:
     return norms[hits[0]] if hits else None
 
 
-def calibration_batch(calib: str, tokenizer_path: str | None, device=None) -> dict:
-    """``{"input_ids": [batch, seq], ...}`` from ``calib``: a ``.pt``/``.pth`` integer tensor
-    of token ids, or a ``.txt`` file (one sample per line) tokenized with the tokenizer at
-    ``tokenizer_path``. WsvizError naming the file otherwise."""
-    p = Path(calib)
-    if not p.is_file():
-        raise WsvizError(f"--calib {calib}: no such file")
-    dev = device or "cpu"
-    if p.suffix in (".pt", ".pth"):
-        try:
-            ids = torch.load(p, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file
-            raise WsvizError(f"--calib {calib}: not a torch tensor file ({e})") from None
-        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
-            raise WsvizError(f"--calib {calib}: expected an integer tensor of token ids")
-        return {"input_ids": ids.long().reshape(-1, ids.shape[-1]).to(dev)}
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(tokenizer_path)
-    except Exception as e:  # noqa: BLE001
-        raise WsvizError(f"--calib text needs MODEL's tokenizer ({e}); give token ids as a "
-                         ".pt tensor instead") from None
-    lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
-    if not lines:
-        raise WsvizError(f"--calib {calib}: the file holds no text")
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    batch = dict(tok(lines, return_tensors="pt", padding=True, truncation=True))
-    return {k: v.to(dev) for k, v in batch.items()}
-
-
-def calibration_norms(model_path, calib: str, device=None,
-                      weights: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
-    """``{module_name: ||X_j||_2 [in]}`` of every ``nn.Linear`` of the transformers model at
-    ``model_path`` (its architecture; ``weights`` replace its tensors, e.g. a merged model
-    held in memory) run in fp32 on ``calib`` (see :func:`calibration_batch`)."""
-    from wsviz.compute.masks import collect_input_norms
-
-    try:
-        from transformers import AutoModel, AutoModelForCausalLM
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
-        except Exception:  # noqa: BLE001 - not a causal LM: the bare model
-            model = AutoModel.from_pretrained(str(model_path), dtype=torch.float32)
-    except Exception as e:  # noqa: BLE001
-        raise WsvizError(f"wanda needs MODEL loadable by transformers ({e})") from None
-    if weights is not None:
-        sd = model.state_dict()
-        with torch.no_grad():
-            for k, v in weights.items():
-                if k in sd:
-                    sd[k].copy_(v.to(sd[k].dtype))
-    model.eval().to(device or "cpu")
-    batch = calibration_batch(calib, str(model_path), device)
-    return collect_input_norms(model, batch)
-
-
 # -- the plan -------------------------------------------------------------------------------------
 class PrunePlan:
     """``recipe`` applied to one model: which tensors, at which sparsity, and their masks.
@@ -610,6 +553,8 @@ def prune_to_dir(recipe: PruneRecipe, model, out, *, force: bool = False, device
                              ".txt) or calib: in the recipe")
         if path is None:
             raise WsvizError("wanda with calib needs MODEL on disk (a transformers model dir)")
+        from wsviz.recipes.calibration import calibration_norms
+
         norms = calibration_norms(path, recipe.calib, device)
     shapes = source_shapes(src)
     plan = PrunePlan(recipe, shapes, norms=norms, load=src.get)

@@ -886,7 +886,7 @@ def _hf_input_norms(paths: dict, calib: str, device, target: str, weights=None) 
     (``paths[target]``; with ``weights``, the base's architecture holding them) on the
     ``calib`` file, exactly as ``wsviz prune --calib`` computes them
     (:func:`wsviz.recipes.prune.calibration_norms`)."""
-    from wsviz.recipes.prune import calibration_norms
+    from wsviz.recipes.calibration import calibration_norms
 
     path = paths["base"] if weights is not None or target == "base" else paths[target]
     return calibration_norms(path, calib, device, weights=weights)
