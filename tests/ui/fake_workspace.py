@@ -105,14 +105,36 @@ class FakeWorkspace(Workspace):
             raise EvalError("evaluator failed: boom")
         return {t: round(min(1.0, 0.5 + 0.1 * i + 0.2 * lam), 6) for i, t in enumerate(TASKS)}
 
-    def evaluate_prune(self, target, method, params):
+    def evaluate_prune(self, target, method, params, merge=None):
         s = params["sparsity"] if isinstance(params["sparsity"], float) else 0.5
+        if merge is not None:  # the current merge: its lambda shifts the numbers
+            s += 0.1 * float(merge["params"].get("lambda", 1.0))
         return {t: round(0.9 - 0.5 * s, 6) for t in TASKS}
 
-    def prune_mask(self, layer, target, method, params):
+    def prune_mask(self, layer, target, method, params, merge=None):
         if layer.endswith("bias"):
             return None
         return np.arange(64).reshape(8, 8) % 2 == 0
+
+    def prune_recipe_text(self, method, params, fmt="yaml"):
+        if not 0 <= params.get("sparsity", 0.5) <= 1:
+            raise RecipeError(f"prune recipe: sparsity={params['sparsity']} is outside [0, 1]")
+        return f"method: {method}\nsparsity: {params.get('sparsity')}\n"
+
+    def write_pruned(self, target, method, params, outdir, force, merge=None, progress=None):
+        from pathlib import Path
+
+        from wsviz.errors import WsvizError
+
+        p = Path(outdir)
+        if p.exists() and not force:
+            raise WsvizError(f"{p} exists; tick overwrite to replace it")
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "wsviz_prune.yml").write_text(self.prune_recipe_text(method, params))
+        (p / "target.txt").write_text(target if merge is None else json.dumps(merge))
+        if progress:
+            progress(1.0, "done")
+        return str(p)
 
     def references(self):
         return {"pretrained": dict.fromkeys(TASKS, 0.5), "individual": dict.fromkeys(TASKS, 0.95)}
@@ -161,7 +183,7 @@ class PerplexityFakeWorkspace(FakeWorkspace):
         lam = float(lam) if isinstance(lam, (int, float)) else 1.0
         return {t: round(10.0 + i + 5 * abs(lam - 0.5), 6) for i, t in enumerate(TASKS)}
 
-    def evaluate_prune(self, target, method, params):
+    def evaluate_prune(self, target, method, params, merge=None):
         s = params["sparsity"] if isinstance(params["sparsity"], float) else 0.5
         return {t: round(10.0 + 20 * s, 6) for t in TASKS}
 

@@ -194,7 +194,7 @@ def test_prune_and_task_map_tabs(page, demo_app, artifacts_dir):
     open_app(page, demo_app.url)
     open_tab(page, "Prune")
     first = wait_pane_text(page, "wsviz-prune-summary", lambda t: "eval #1" in t)
-    assert "magnitude(sparsity=0.5)" in first
+    assert "magnitude(sparsity=0.5," in first
     drag_handle(page, slider_handle(page, "sparsity"), 60)
     second = wait_pane_text(page, "wsviz-prune-summary", lambda t: "eval #2" in t)
     assert "sparsity=0.5)" not in second

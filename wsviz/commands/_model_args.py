@@ -20,9 +20,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "harness) or module:function (called with the merged state dict, "
                         "returns {task: {metric: value}})")
     add_eval_options(p)
+    p.add_argument("--calib", default=None, metavar="FILE",
+                   help="Wanda calibration input for the prune tuner (transformers models): "
+                        "a .pt tensor of token ids [batch, seq] or a .txt file, as for "
+                        "`wsviz prune --calib`")
     p.add_argument("--device", default=None, help="torch device for analysis and merging")
     p.add_argument("--export-root", default=None, metavar="DIR",
-                   help="the only folder the dashboard writes merged weights into (default: "
+                   help="the only folder the dashboard writes merged or pruned weights into (default: "
                         "./wsviz-exports); names typed in the browser are resolved inside it")
     p.add_argument("--workspace", default=None, metavar="MODULE:CALLABLE",
                    help="advanced: a callable returning a wsviz.ui.Workspace")

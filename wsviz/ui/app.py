@@ -65,6 +65,9 @@ def build_components(workspace: Workspace, background: bool = False,
     overview = Overview(session)
     detail = LayerDetail(session)
     merge = MergeTuner(session)
+    # the merge tuner's recipe is session state: the prune tuner prunes the current merge
+    merge.param.watch(lambda e: setattr(session, "merge_recipe", e.new), "recipe")
+    session.merge_recipe = merge.recipe
     comps = Components(session, overview, detail, TaskMap(session, autostart=not background),
                        merge,
                        PruneTuner(session), Export(session, merge), SearchPanel(session, merge))

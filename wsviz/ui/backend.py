@@ -2,7 +2,7 @@
 
 Adapters only: analysis (:func:`wsviz.analysis.analyze`), merging
 (:class:`wsviz.recipes.Recipe`, :class:`~wsviz.recipes.InMemoryMerger`,
-:func:`~wsviz.recipes.merge_to_dir`), pruning masks (:mod:`wsviz.compute.masks`), evaluation
+:func:`~wsviz.recipes.merge_to_dir`), pruning (:mod:`wsviz.recipes.prune`, the code ``wsviz prune`` runs), evaluation
 (:mod:`wsviz.eval`) and the demo zoo (:mod:`wsviz.zoo`). Tensors are turned into numpy /
 pandas here, so the views never see torch.
 
@@ -24,7 +24,14 @@ import pandas as pd
 import torch
 
 from wsviz.errors import EvalError, RecipeError, WsvizError
-from wsviz.ui.workspace import LayerDetailView, MethodView, ParamView, Progress, Workspace
+from wsviz.ui.workspace import (
+    MERGE_TARGET,
+    LayerDetailView,
+    MethodView,
+    ParamView,
+    Progress,
+    Workspace,
+)
 
 #: Largest matrix side sent to the matrix image (bigger ones are strided down first;
 #: datashader then rasterises to screen resolution).
@@ -46,17 +53,10 @@ UI_START: dict[str, dict] = {
     "passthrough": {"scale": 1.0},
 }
 
-PRUNE_METHODS = {
-    "magnitude": "keep the largest |w| of each layer (per-layer threshold)",
-    "random": "keep a uniformly random subset (seeded)",
-    "2:4": "N:M semi-structured: keep the 2 largest |w| of every 4 along the input dim",
-    "structured": "drop whole output rows with the smallest L2 norm",
-    "wanda": "keep the largest |w|·||x|| per output row (||x||: input-feature norms from a "
-             "calibration batch run through the model)",
-}
-
-InputNorms = Callable[[str], dict]
-"""``input_norms(target) -> {tensor_name: ||X||_2 per input feature}`` for Wanda."""
+InputNorms = Callable[..., dict]
+"""``input_norms(target, weights=None) -> {tensor or module name: ||X||_2 per input
+feature}`` for Wanda (``target``: a label, ``"base"``, or :data:`MERGE_TARGET` with the
+merged ``weights``)."""
 
 
 def _param_view(p, method: str) -> ParamView:
@@ -126,7 +126,11 @@ class ApiWorkspace(Workspace):
         self._taskmaps: dict = {}
         self._groups = None
         self._input_norms = input_norms
-        self._norms: dict[str, dict] = {}
+        #: Wanda calibration file (``--calib``), written into exported wanda prune recipes
+        self.calib: str | None = None
+        self._norms: dict = {}
+        self._merged_cache = None
+        self._plan_cache = None
 
     @property
     def can_evaluate(self) -> bool:
@@ -454,93 +458,225 @@ class ApiWorkspace(Workspace):
         return df
 
     # -- pruning ----------------------------------------------------------------------------
+    # Everything here runs wsviz.recipes.prune (the code `wsviz prune` runs): the same
+    # PruneRecipe, tensor selection and masks, so the tuner shows what the CLI writes.
     def prune_methods(self) -> dict[str, MethodView]:
+        from wsviz.recipes.prune import METHODS
+
         sp = ParamView("sparsity", "float", 0.5, 0.0, 0.95, 0.05,
                        doc="fraction of entries pruned")
+        extra = {
+            "magnitude": (ParamView("scope", "choice", "layer", choices=("layer", "row",
+                                                                          "global"),
+                                    doc="rank within each layer, each output row, or one "
+                                        "threshold over all pruned layers"),),
+            "random": (ParamView("seed", "int", 0, 0, 100, 1, doc="random seed"),),
+            "structured": (ParamView("dim", "int", 0, 0, 1, 1,
+                                     doc="0 drops output rows, 1 input columns"),),
+            "wanda": (),
+        }
         out = {}
-        for name, doc in PRUNE_METHODS.items():
+        for name, doc in METHODS.items():
             if name == "wanda" and self._input_norms is None:
                 continue  # no calibration data for this model set
-            params: tuple[ParamView, ...] = (sp,)
-            if name == "2:4":
-                params = ()
-            elif name == "random":
-                params = (sp, ParamView("seed", "int", 0, 0, 100, 1, doc="random seed"))
+            if name == "nm":
+                params: tuple[ParamView, ...] = (
+                    ParamView("n", "int", 2, 1, 8, 1, doc="entries kept per group"),
+                    ParamView("m", "int", 4, 1, 8, 1, doc="group size along the input dim"))
+            else:
+                params = (sp, *extra[name])
             out[name] = MethodView(name, doc, params, mergekit=False)
         return out
 
-    def _weight(self, target: str, name: str) -> torch.Tensor:
+    def prune_recipe(self, method: str, params: dict):
+        """The :class:`wsviz.recipes.prune.PruneRecipe` of the tuner's ``method`` and
+        ``params`` (``sparsity``, ``schedule``, ``scope``, ``seed``, ``dim``, ``n``, ``m``,
+        ``include``, ``exclude``; a list/dict ``sparsity`` is taken as the schedule).
+        RecipeError naming the bad parameter."""
+        from wsviz.recipes.prune import PruneRecipe, parse_method
+
+        name, n, m = parse_method(method)
+        kw = {k: v for k, v in params.items() if v is not None and v != ""}
+        if isinstance(kw.get("sparsity"), (list, dict)):
+            kw.setdefault("schedule", kw.pop("sparsity"))
+        if n is not None:
+            kw.update(n=n, m=m)
+        if name == "nm":
+            kw.pop("sparsity", None)
+            kw.pop("schedule", None)
+        unknown = sorted(set(kw) - {"sparsity", "schedule", "scope", "seed", "dim", "n", "m",
+                                     "include", "exclude"})
+        if unknown:
+            raise RecipeError(f"prune: unknown parameter(s) {unknown} for {name}")
+        if name == "wanda" and self.calib is not None:
+            kw["calib"] = self.calib  # the exported recipe names the calibration file
+        return PruneRecipe(method=name, **kw).validate()
+
+    def _check_target(self, target: str, merge) -> str:
+        if target == MERGE_TARGET:
+            if merge is None:
+                raise WsvizError("no current merge to prune: set up a valid recipe in the "
+                                 "Merge tab first")
+            return target
         if target in ("base", self.base_label):
-            return self.ms.get_base(name, device=self.device)
-        return self.ms.get(target, name, device=self.device)
+            return "base"
+        if target not in self.labels:
+            raise WsvizError(f"unknown model {target!r}; choose base, {MERGE_TARGET!r} or one "
+                             f"of {self.labels}")
+        return target
 
-    def _mask(self, w: torch.Tensor, name: str, method: str, params: dict, target: str):
-        from wsviz.compute import masks
-        from wsviz.recipes import evaluate_setting, layer_positions
+    def _merged(self, merge) -> dict[str, torch.Tensor]:
+        """The current merge's tensors (every cached floating tensor), cached for the
+        latest recipe (the tuner asks for masks and metrics of the same merge)."""
+        key = merge.to_json()
+        with self._lock:
+            hit = self._merged_cache
+            if hit is not None and hit[0] == key:
+                return hit[1]
+        with self._eval_lock:
+            self._ensure_fishers(merge)
+            weights = self.merger().merge(merge)
+        with self._lock:
+            self._merged_cache = (key, weights)
+        return weights
 
-        if w.dim() < 2:
-            return None
-        s = params.get("sparsity", 0.5)
-        if isinstance(s, (list, dict)):
-            t = layer_positions(self.ms.names).get(name, 0.0)
-            s = evaluate_setting(s, name, t, float)
-            s = 0.0 if s is None else s
-        s = float(s)
-        w2 = w.reshape(w.shape[0], -1)
-        if method == "random":
-            g = torch.Generator(device=w.device).manual_seed(int(params.get("seed", 0)))
-            m = masks.random_mask(w2, s, generator=g)
-        elif method == "2:4":
-            m = masks.nm_mask(w2, 2, 4)
-        elif method == "structured":
-            m = masks.structured_mask(w2, s, dim=0)
-        elif method == "wanda":
-            norm = self._wanda_norms(target).get(name)
-            if norm is None:
-                raise WsvizError(f"Wanda: no calibration input norms for {name!r}; prune it "
-                                 "with another method")
-            m = masks.wanda_mask(w2, norm.to(w2.device), s)
+    def _prune_source(self, target: str, merge):
+        """``(shapes, get)`` of the model pruned: ``shapes`` ``{name: (shape, stored
+        dtype)}`` over the aligned tensors, ``get(name)`` reads one as stored (the merge: in
+        its output dtype, non-floating tensors from the base) on the workspace device."""
+        names = list(self.ms.names)
+        if target == MERGE_TARGET:
+            weights = self._merged(merge)
+
+            def get(n):
+                w = weights.get(n)
+                return w if w is not None else self.ms.base.get(n, device=self.device)
         else:
-            m = masks.magnitude_mask(w2, s)
-        return m.reshape(w.shape)
+            lab = None if target == "base" else target
 
-    def _wanda_norms(self, target: str) -> dict:
+            def get(n):
+                return self.ms.source(lab, n).get(n, device=self.device)
+        shapes = {}
+        for n in names:
+            if target == MERGE_TARGET and n in weights:
+                shapes[n] = (tuple(weights[n].shape), weights[n].dtype)
+            else:
+                i = self.ms.source(None if target in ("base", MERGE_TARGET) else target,
+                                   n).info(n)
+                shapes[n] = (tuple(i.shape), i.dtype)
+        return shapes, get
+
+    def _prune_plan(self, target: str, recipe, merge=None):
+        """``(plan, get)``: :class:`wsviz.recipes.prune.PrunePlan` of ``recipe`` on ``target``
+        (the latest plan is cached: a global threshold or Wanda norms are computed once)."""
+        from wsviz.recipes.prune import PrunePlan
+
+        target = self._check_target(target, merge)
+        key = (target, recipe.to_json(), merge.to_json() if merge is not None else None)
+        with self._lock:
+            hit = self._plan_cache
+            if hit is not None and hit[0] == key:
+                return hit[1], hit[2]
+        shapes, get = self._prune_source(target, merge)
+        norms = self._wanda_norms(target, merge) if recipe.method == "wanda" else None
+        plan = PrunePlan(recipe, shapes, norms=norms, load=get)
+        with self._lock:
+            self._plan_cache = (key, plan, get)
+        return plan, get
+
+    def _wanda_norms(self, target: str, merge=None) -> dict:
         if self._input_norms is None:
             raise WsvizError("Wanda needs calibration activations, which this model set has "
-                             "none of; use magnitude, random, 2:4 or structured")
+                             "none of; use magnitude, random, nm or structured")
+        key = target if target != MERGE_TARGET else (target, merge.to_json())
         with self._lock:
-            if target not in self._norms:
-                self._norms[target] = self._input_norms(target)
-            return self._norms[target]
+            if key in self._norms:
+                return self._norms[key]
+        if target == MERGE_TARGET:
+            norms = self._input_norms(target, self._merged(merge))
+            with self._lock:  # keep one merge's norms at a time
+                for k in [k for k in self._norms if isinstance(k, tuple)]:
+                    del self._norms[k]
+        else:
+            norms = self._input_norms(target)
+        with self._lock:
+            self._norms[key] = norms
+        return norms
 
-    def prune_weights(self, target: str, method: str, params: dict,
-                      names=None) -> dict[str, torch.Tensor]:
-        """Pruned tensors of ``target`` (``names`` default: all)."""
-        if method not in PRUNE_METHODS:
-            raise WsvizError(f"unknown pruning method {method!r}; choose one of "
-                             f"{list(PRUNE_METHODS)}")
-        if target not in self.labels and target not in ("base", self.base_label):
-            raise WsvizError(f"unknown model {target!r}; choose base or one of {self.labels}")
-        out = {}
-        for name in names or self.ms.names:
-            w = self._weight(target, name)
-            m = self._mask(w, name, method, params, target)
-            out[name] = w if m is None else torch.where(m, w, torch.zeros_like(w))
-        return out
+    def prune_weights(self, target: str, method: str, params: dict, names=None,
+                      merge=None) -> dict[str, torch.Tensor]:
+        """Pruned tensors of ``target`` (a label, ``"base"`` or :data:`MERGE_TARGET` with
+        ``merge`` the merge Recipe), ``names`` default: all aligned tensors; bit-identical
+        to what ``wsviz prune`` writes for that model."""
+        plan, get = self._prune_plan(target, self.prune_recipe(method, params), merge)
+        return {n: plan.apply(n, get(n))[0] for n in (names or plan.names)}
 
-    def evaluate_prune(self, target: str, method: str, params: dict) -> dict[str, float]:
+    def evaluate_prune(self, target: str, method: str, params: dict,
+                       merge=None) -> dict[str, float]:
+        names = getattr(self.evaluator, "names", None)
+        weights = self.prune_weights(target, method, params, names, merge=merge)
         with self._eval_lock:
-            names = getattr(self.evaluator, "names", None)
-            return self._evaluate_weights(self.prune_weights(target, method, params, names))
+            return self._evaluate_weights(weights)
 
-    def prune_mask(self, layer: str, target: str, method: str, params: dict):
-        m = self._mask(self._weight(target, layer), layer, method, params, target)
+    def prune_mask(self, layer: str, target: str, method: str, params: dict, merge=None):
+        plan, get = self._prune_plan(target, self.prune_recipe(method, params), merge)
+        if layer not in plan.names:
+            raise WsvizError(f"no tensor {layer!r} in this model set")
+        m = plan.mask(layer, get(layer))
         if m is None:
             return None
         m = m.reshape(m.shape[0], -1)
         sr = max(1, -(-m.shape[0] // MAX_IMAGE_SIDE))
         sc = max(1, -(-m.shape[1] // MAX_IMAGE_SIDE))
         return m[::sr, ::sc].cpu().numpy()
+
+    def prune_recipe_text(self, method: str, params: dict, fmt: str = "yaml") -> str:
+        """The prune recipe as YAML (``wsviz prune MODEL --recipe``) or JSON text."""
+        r = self.prune_recipe(method, params)
+        return r.to_yaml() if fmt == "yaml" else r.to_json()
+
+    def write_pruned(self, target: str, method: str, params: dict, outdir: str, force: bool,
+                     merge=None, progress: Progress | None = None) -> str:
+        """Write the pruned ``target`` to the HF directory ``outdir`` inside
+        :attr:`export_root` (same rules as :meth:`write_merged`), with ``wsviz_prune.yml``
+        beside the weights (and, for the current merge, its ``wsviz_recipe.json`` with
+        checkpoint paths): ``wsviz merge`` + ``wsviz prune --recipe`` reproduce it."""
+        from wsviz.io.outputs import check_output, resolve_under
+        from wsviz.recipes.prune import prune_to_dir, write_pruned
+
+        recipe = self.prune_recipe(method, params)
+        target = self._check_target(target, merge)
+        out = resolve_under(self.export_root, str(outdir))
+        check_output(out, self.input_files(), force=force,
+                     hint="tick 'overwrite' to replace it or choose another name")
+
+        def step(i, total):
+            if progress:
+                progress(0.1 + 0.9 * i / max(1, total), f"{i}/{total}")
+
+        if progress:
+            progress(0.05, "pruning")
+        norms = self._wanda_norms(target, merge) if recipe.method == "wanda" else None
+        try:
+            if target == MERGE_TARGET:
+                plan, get = self._prune_plan(target, recipe, merge)
+                base_dir = self.ms.base.path
+                base_dir = base_dir if base_dir is not None and Path(base_dir).is_dir() \
+                    else None
+                path, _ = write_pruned(
+                    plan, get, out, force=force, copy_from=base_dir,
+                    inputs=self.input_files(), device=self.device, progress=step,
+                    model="current merge",
+                    extra_files={"wsviz_recipe.json": self.recipe_json(merge)})
+            else:
+                src = self.ms.base if target == "base" else self.ms.models[target]
+                path, _ = prune_to_dir(recipe, src, out, force=force, device=self.device,
+                                       norms=norms, inputs=self.input_files(), progress=step)
+        except OSError as exc:
+            raise WsvizError(f"cannot write {out}: {exc.strerror or exc}") from None
+        if progress:
+            progress(1.0, "done")
+        return str(path)
 
     # -- export -----------------------------------------------------------------------------
     def _paths(self) -> dict[str, str]:
@@ -712,17 +848,24 @@ def demo_workspace(device=None, metric=None) -> ApiWorkspace:
                         metric=metric, input_norms=partial(_zoo_input_norms, zoo))
 
 
-def _zoo_input_norms(zoo, target: str) -> dict:
+def _zoo_input_norms(zoo, target: str, weights=None) -> dict:
     """Wanda calibration for the demo zoo: input-feature norms of every encoder layer of
-    ``target`` (a task or "base") on the zoo's training images
+    ``target`` (a task or "base"; with ``weights``, the base architecture holding those
+    tensors, e.g. the current merge) on the zoo's training images
     (:func:`wsviz.compute.masks.collect_input_norms` on :class:`wsviz.zoo.ZooClassifier`)."""
     from torch import nn
 
     from wsviz.compute.masks import collect_input_norms
     from wsviz.zoo import ZooClassifier, load_digits_split
 
-    model = ZooClassifier.from_pretrained(zoo.base_dir if target == "base"
+    model = ZooClassifier.from_pretrained(zoo.base_dir if target == "base" or weights is not None
                                           else zoo.task_dirs[target])
+    if weights is not None:
+        sd = model.state_dict()
+        with torch.no_grad():
+            for k, v in weights.items():
+                if k in sd:
+                    sd[k].copy_(v.to(sd[k].dtype))
 
     class Features(nn.Module):
         def __init__(self, m):
@@ -738,6 +881,17 @@ def _zoo_input_norms(zoo, target: str) -> dict:
     return {f"{k.removeprefix('m.')}.weight": v for k, v in norms.items()}
 
 
+def _hf_input_norms(paths: dict, calib: str, device, target: str, weights=None) -> dict:
+    """Wanda calibration for a transformers model set: module input norms of ``target``
+    (``paths[target]``; with ``weights``, the base's architecture holding them) on the
+    ``calib`` file, exactly as ``wsviz prune --calib`` computes them
+    (:func:`wsviz.recipes.prune.calibration_norms`)."""
+    from wsviz.recipes.calibration import calibration_norms
+
+    path = paths["base"] if weights is not None or target == "base" else paths[target]
+    return calibration_norms(path, calib, device, weights=weights)
+
+
 def load_evaluator(spec: str | None, modelset=None, device=None, **options):
     """An evaluator from ``--eval`` (see :func:`wsviz.eval.factory.make_evaluator`, which
     takes ``options``: tokenizer, lm_eval_include, lm_eval_limit, metric): ``zoo``,
@@ -750,13 +904,24 @@ def load_evaluator(spec: str | None, modelset=None, device=None, **options):
 
 
 def open_workspace(base, models, eval_spec: str | None = None, device=None,
-                   labels=None, metric=None, **eval_options) -> ApiWorkspace:
+                   labels=None, metric=None, calib: str | None = None,
+                   **eval_options) -> ApiWorkspace:
     """A workspace over checkpoint paths ``base`` and ``models``; ``eval_spec`` and
     ``eval_options`` (tokenizer, lm_eval_include, lm_eval_limit) as for
-    :func:`load_evaluator`; ``metric``: ``"NAME"`` or ``"NAME:min|max"`` to plot."""
+    :func:`load_evaluator`; ``metric``: ``"NAME"`` or ``"NAME:min|max"`` to plot;
+    ``calib``: Wanda calibration file (``.pt`` token ids or ``.txt``) for transformers
+    models, as ``wsviz prune --calib`` takes it (enables the tuner's wanda method)."""
     from wsviz.io import ModelSet
 
     ms = ModelSet.open(str(base), [str(m) for m in models], labels=labels)
     evaluator = load_evaluator(eval_spec, ms, device=device, metric=metric, **eval_options)
-    return ApiWorkspace(ms, evaluator, title=f"{Path(str(base)).name} + {len(ms.labels)}",
-                        device=device, metric=metric)
+    norms = None
+    if calib is not None:
+        if not Path(calib).is_file():
+            raise WsvizError(f"--calib {calib}: no such file")
+        paths = {"base": str(base), **dict(zip(ms.labels, map(str, models)))}
+        norms = partial(_hf_input_norms, paths, str(calib), device)
+    ws = ApiWorkspace(ms, evaluator, title=f"{Path(str(base)).name} + {len(ms.labels)}",
+                      device=device, metric=metric, input_norms=norms)
+    ws.calib = str(calib) if calib is not None else None
+    return ws

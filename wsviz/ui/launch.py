@@ -27,7 +27,8 @@ def workspace_from_args(ns: argparse.Namespace) -> Workspace:
     set from ``--export-root`` (default ``./wsviz-exports``); WsvizError if none, or if the
     export root is or lies inside a served model."""
     key = (bool(ns.demo), tuple(ns.paths), ns.eval, ns.device, ns.workspace,
-           getattr(ns, "metric", None), tuple(sorted(eval_options(ns).items())))
+           getattr(ns, "metric", None), tuple(sorted(eval_options(ns).items())),
+           getattr(ns, "calib", None))
     with _LOCK:
         ws = _CACHE.get(key)
         if ws is None:
@@ -70,10 +71,12 @@ def _make(ns: argparse.Namespace) -> Workspace:
         if ns.eval not in (None, "zoo"):
             raise WsvizError("--demo uses the zoo's own evaluator; drop --eval (or serve your "
                              "checkpoints: BASE FT [FT...] --eval SPEC)")
+        if getattr(ns, "calib", None):
+            raise WsvizError("--demo calibrates Wanda on the zoo's own images; drop --calib")
         return backend.demo_workspace(device=ns.device, metric=getattr(ns, "metric", None))
     if len(ns.paths) < 2:
         raise WsvizError("give a BASE checkpoint and at least one fine-tuned checkpoint "
                          "(or --demo for the built-in zoo)")
     return backend.open_workspace(ns.paths[0], ns.paths[1:], eval_spec=ns.eval,
                                   device=ns.device, metric=getattr(ns, "metric", None),
-                                  **eval_options(ns))
+                                  calib=getattr(ns, "calib", None), **eval_options(ns))

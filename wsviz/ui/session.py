@@ -50,6 +50,9 @@ class Session(param.Parameterized):
     analysis_progress = param.Number(default=0.0, bounds=(0, 1),
                                      doc="Fraction of the analysis done.")
     last_error = param.String(default="", doc="Last error shown to the user.")
+    merge_recipe = param.Parameter(default=None, doc="The merge tuner's current valid recipe "
+                                   "(None until valid); the prune tuner prunes it as its "
+                                   "'current merge' target.")
 
     def __init__(self, workspace: Workspace, background: bool = False, **params):
         super().__init__(**params)

@@ -23,6 +23,8 @@ from wsviz.eval.metrics import KNOWN, MetricSpec
 
 #: the export root's name in the working directory when ``--export-root`` is not given
 DEFAULT_EXPORT_DIR = "wsviz-exports"
+#: the prune tuner's target naming the merge tuner's current recipe
+MERGE_TARGET = "current merge"
 
 Progress = Callable[[float, str], None]
 """``progress(fraction_in_0_1, message)``."""
@@ -166,11 +168,27 @@ class Workspace:
         """Per-task value of :attr:`metric_spec` for the merged model."""
         raise NotImplementedError
 
-    def evaluate_prune(self, target: str, method: str, params: dict) -> dict[str, float]:
+    def evaluate_prune(self, target: str, method: str, params: dict, merge=None
+                       ) -> dict[str, float]:
+        """Per-task metric of ``target`` (a model label, ``"base"``, or ``"current merge"``
+        with ``merge`` the merge tuner's recipe) pruned by ``method`` / ``params``."""
         raise NotImplementedError
 
-    def prune_mask(self, layer: str, target: str, method: str, params: dict) -> np.ndarray | None:
-        """Boolean keep-mask of one layer (True = keep), or None for 1-D tensors."""
+    def prune_mask(self, layer: str, target: str, method: str, params: dict, merge=None
+                   ) -> np.ndarray | None:
+        """Boolean keep-mask of one layer (True = keep), or None when the layer is not
+        pruned (1-D tensors, embeddings, excluded ones)."""
+        raise NotImplementedError
+
+    def prune_recipe_text(self, method: str, params: dict, fmt: str = "yaml") -> str:
+        """The prune recipe as YAML (for ``wsviz prune --recipe``) or JSON; RecipeError for
+        bad parameters."""
+        raise NotImplementedError
+
+    def write_pruned(self, target: str, method: str, params: dict, outdir: str, force: bool,
+                     merge=None, progress: Progress | None = None) -> str:
+        """Write the pruned ``target`` as an HF directory ``outdir`` inside
+        :attr:`export_root` (same refusal rules as :meth:`write_merged`); returns its path."""
         raise NotImplementedError
 
     def references(self) -> dict[str, dict[str, float]]:

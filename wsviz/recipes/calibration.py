@@ -1,0 +1,74 @@
+"""Wanda calibration: input-feature norms ``||X_j||_2`` of every ``nn.Linear`` of a
+transformers model run on a calibration file (token ids or text), as ``wsviz prune --calib``
+and the dashboard's ``--calib`` compute them. The norms are keyed by module name; pruning
+matches them to tensor names with :func:`wsviz.recipes.prune.norm_for`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from wsviz.errors import WsvizError
+
+__all__ = ["calibration_batch", "calibration_norms"]
+
+
+def calibration_batch(calib: str, tokenizer_path: str | None, device=None) -> dict:
+    """``{"input_ids": [batch, seq], ...}`` from ``calib``: a ``.pt``/``.pth`` integer tensor
+    of token ids, or a ``.txt`` file (one sample per line) tokenized with the tokenizer at
+    ``tokenizer_path``. WsvizError naming the file otherwise."""
+    p = Path(calib)
+    if not p.is_file():
+        raise WsvizError(f"--calib {calib}: no such file")
+    dev = device or "cpu"
+    if p.suffix in (".pt", ".pth"):
+        try:
+            ids = torch.load(p, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file
+            raise WsvizError(f"--calib {calib}: not a torch tensor file ({e})") from None
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
+            raise WsvizError(f"--calib {calib}: expected an integer tensor of token ids")
+        return {"input_ids": ids.long().reshape(-1, ids.shape[-1]).to(dev)}
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    except Exception as e:  # noqa: BLE001
+        raise WsvizError(f"--calib text needs MODEL's tokenizer ({e}); give token ids as a "
+                         ".pt tensor instead") from None
+    lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise WsvizError(f"--calib {calib}: the file holds no text")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    batch = dict(tok(lines, return_tensors="pt", padding=True, truncation=True))
+    return {k: v.to(dev) for k, v in batch.items()}
+
+
+def calibration_norms(model_path, calib: str, device=None,
+                      weights: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """``{module_name: ||X_j||_2 [in]}`` of every ``nn.Linear`` of the transformers model at
+    ``model_path`` (its architecture; ``weights`` replace its tensors, e.g. a merged model
+    held in memory) run in fp32 on ``calib`` (see :func:`calibration_batch`)."""
+    from wsviz.compute.masks import collect_input_norms
+
+    try:
+        from transformers import AutoModel, AutoModelForCausalLM
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+        except Exception:  # noqa: BLE001 - not a causal LM: the bare model
+            model = AutoModel.from_pretrained(str(model_path), dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001
+        raise WsvizError(f"wanda needs MODEL loadable by transformers ({e})") from None
+    if weights is not None:
+        sd = model.state_dict()
+        with torch.no_grad():
+            for k, v in weights.items():
+                if k in sd:
+                    sd[k].copy_(v.to(sd[k].dtype))
+    model.eval().to(device or "cpu")
+    batch = calibration_batch(calib, str(model_path), device)
+    return collect_input_norms(model, batch)
