@@ -67,22 +67,23 @@ def _param_view(p, method: str) -> ParamView:
         default = 1.0
     kind = {float: "float", int: "int", bool: "bool", str: "choice" if p.choices else "str"
             }.get(p.type, "str")
-    lo = hi = None
-    if kind in ("float", "int"):
+    lo = hi = step = None
+    if kind in ("float", "int"):  # a slider on round numbers (see wsviz.ui.param_grid)
+        from wsviz.ui.param_grid import slider_grid
+
         rng = p.ui_range or p.range or (0.0, 1.0)
         lo, hi = rng
         lo = 0.0 if lo is None else lo
         hi = max(lo + 1.0, 2.0 * abs(default or 1.0)) if hi is None else hi
-        if p.open_low and p.range and p.range[0] == lo:
-            lo = lo + (hi - lo) / 100
-    step = None
-    if kind == "float":
-        step = (hi - lo) / 100
+        open_low = bool(p.open_low and p.range and p.range[0] == lo)
+        grid = slider_grid(lo, hi, integer=kind == "int", open_low=open_low)
+        lo, hi, step = grid.start, grid.end, grid.step
     # mergekit "model" scope: one value per model, or a global fallback
     scope = "model" if p.name == "weight" else ("both" if p.scope == "model" else "global")
     return ParamView(name=p.name, kind=kind, default=default, lo=lo, hi=hi, step=step,
                      choices=tuple(p.choices or ()), scope=scope, doc=p.doc,
-                     required=p.required)
+                     required=p.required, valid=p.range, open_low=p.open_low,
+                     open_high=p.open_high)
 
 
 def _np(t) -> np.ndarray:

@@ -33,7 +33,10 @@ class ParamView:
     """One method parameter as a widget sees it.
 
     ``kind``: "float" | "int" | "bool" | "choice" | "str"; ``scope``: "global", "model"
-    (per-model only) or "both"; ``lo``/``hi`` the slider range; ``choices`` for "choice".
+    (per-model only) or "both" (a global value each model may override); ``lo``/``hi``
+    the slider range, ``step`` its step; ``choices`` for "choice"; ``valid`` the range a
+    typed value must lie in (``(lo, hi)``, None sides unbounded; None = any number) with
+    ``open_low`` / ``open_high`` excluding a bound; ``doc`` shown as the tooltip.
     """
 
     name: str
@@ -46,6 +49,9 @@ class ParamView:
     scope: str = "global"
     doc: str = ""
     required: bool = False
+    valid: tuple | None = None
+    open_low: bool = False
+    open_high: bool = False
 
 
 @dataclass(frozen=True)
