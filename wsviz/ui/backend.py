@@ -649,13 +649,14 @@ def _choose_metric(evaluator, metric):
 def tuner_state(recipe, methods: dict[str, MethodView], labels=()) -> dict | None:
     """The merge tuner's state (``method``, ``params``, ``model_params``, ``schedules``) that
     rebuilds ``recipe``, or None when the tuner's widgets cannot express it (a per-model
-    parameter other than ``weight`` that differs between models or has a schedule, a
-    gradient list, a filter list without a catch-all value). ``labels``: every model of the
+    schedule, a gradient list, a filter list without a catch-all value). Per-model numbers
+    go to the models' own entries. ``labels``: every model of the
     workspace (those the recipe leaves out are unticked)."""
     view = methods.get(recipe.method)
     if view is None:
         return None
     widgets = {p.name for p in view.params if p.scope in ("global", "both")}
+    per_model = {p.name for p in view.params if p.scope in ("model", "both")}
     params: dict = {}
     schedules: dict = {}
 
@@ -682,10 +683,10 @@ def tuner_state(recipe, methods: dict[str, MethodView], labels=()) -> dict | Non
     for m in recipe.models:
         mp = {"include": True}
         for k, v in m.params.items():
-            if k == "weight":
-                if not isinstance(v, (int, float)):
-                    return None
-                mp["weight"] = v
+            if k in per_model and isinstance(v, (int, float)) and not isinstance(v, bool):
+                mp[k] = v  # the model's own entry (an override of the global value)
+            elif k == "weight":
+                return None
             elif k in shared and shared[k] != v:
                 return None
             else:

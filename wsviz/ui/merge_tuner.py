@@ -191,7 +191,7 @@ class MergeTuner(Viewer):
                 self._model_widgets[label] = ws_
                 rows.append(pn.Row(ws_["include"], pn.pane.Markdown(f"`{label}`", width=90),
                                    pn.FlexBox(*[w for k, w in ws_.items() if k != "include"],
-                                              width=520)))
+                                              min_width=260, max_width=520)))
             self._sched_widgets = {}
             for p in spec.params:
                 if p.kind == "float" and p.scope != "model":
