@@ -153,3 +153,37 @@ def anatomy_summary(table: pd.DataFrame) -> pd.DataFrame:
             "merged_norm": merged_norm,
         })
     return pd.DataFrame(out, columns=["model", "kept", "elected_away", "cos", "merged_norm"])
+
+
+def anatomy_by_block(table: pd.DataFrame) -> pd.DataFrame:
+    """The :func:`recipe_anatomy` table aggregated per transformer block (for LLMs with
+    hundreds of tensors): one row per ``block`` (``-1``: tensors before the first block,
+    ``L``: after the last) and ``model`` with mass-weighted ``kept`` / ``elected_away``
+    (Σ kept_mass / Σ mass), ``cos`` = ``Σ dot / (‖δ_i‖ ‖Δ‖)`` over the block's tensors,
+    ``merged_norm`` = ``‖Δ‖`` over them, and ``order`` (the block's first tensor)."""
+    t = table.copy()
+    blocks = t["block"].dropna()
+    last = int(blocks.max()) + 1 if len(blocks) else 0
+    start = _first_block_order(table)
+    t["block"] = [int(b) if pd.notna(b) else (-1 if o < start else last)
+                  for o, b in zip(t["order"], t["block"])]
+    mn2 = t.drop_duplicates("layer").groupby("block")["merged_norm"].apply(
+        lambda s: math.sqrt(float((s ** 2).sum())))
+    rows = []
+    for (b, model), g in t.groupby(["block", "model"], sort=True):
+        mass = g["mass"].sum()
+        tn = math.sqrt(float((g["task_norm"] ** 2).sum()))
+        mn = float(mn2[b])
+        rows.append({"block": b, "order": int(g["order"].min()), "model": model,
+                     "kept": g["kept_mass"].sum(skipna=False) / mass if mass > 0 else math.nan,
+                     "elected_away": g["elected_mass"].sum(skipna=False) / mass if mass > 0
+                     else math.nan,
+                     "cos": g["dot"].sum() / (tn * mn) if tn * mn > 0 else math.nan,
+                     "merged_norm": mn})
+    return pd.DataFrame(rows, columns=["block", "order", "model", "kept", "elected_away",
+                                       "cos", "merged_norm"])
+
+
+def _first_block_order(table: pd.DataFrame) -> float:
+    o = table.loc[table["block"].notna(), "order"]
+    return float(o.min()) if len(o) else math.inf

@@ -365,6 +365,19 @@ class ApiWorkspace(Workspace):
             weights = self.merger().merge(recipe, names=list(names) if names else None)
             return self._evaluate_weights(weights)
 
+    def merge_anatomy(self, recipe, progress: Progress | None = None) -> pd.DataFrame:
+        """:func:`wsviz.analysis.anatomy.recipe_anatomy` of ``recipe`` over the merger's
+        tensors, read from its cache (recipes without ``dtype``) or streamed from disk."""
+        from wsviz.analysis.anatomy import recipe_anatomy
+
+        mg = self.merger()
+        load = None
+        if recipe.dtype is None:
+            def load(n):
+                return mg.base(n), mg.deltas(n)
+        return recipe_anatomy(self.ms, recipe, names=mg.names, device=self.device, load=load,
+                              progress=progress)
+
     def references(self) -> dict[str, dict[str, float]]:
         """Reference rows of :attr:`metric` (computed once, see
         :mod:`wsviz.eval.references`): ``pretrained`` (the base's weights), ``individual``

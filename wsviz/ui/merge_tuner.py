@@ -142,6 +142,9 @@ class MergeTuner(Viewer):
         self._sweep_plot = pn.pane.HoloViews(None, sizing_mode="stretch_width")
         self.sweep_result: pd.DataFrame | None = None
 
+        from wsviz.ui.why_panel import WhyPanel
+
+        self.why = WhyPanel(session, self)  # follows self.recipe
         self.param.watch(self._on_method, "method")
         if ws.can_evaluate:
             load_references(session, self._set_refs, "merge-references")
@@ -450,7 +453,7 @@ class MergeTuner(Viewer):
         return pn.Row(
             self.controls(),
             pn.Column(
-                self._summary, self._bars, self._history_pane,
+                self._summary, self._bars, self._history_pane, self.why,
                 pn.Row(self._sweep_param, self._sweep_from, self._sweep_to, self._sweep_steps,
                        self._sweep_btn),
                 self._sweep_progress, self._sweep_plot,

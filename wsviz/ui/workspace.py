@@ -172,6 +172,15 @@ class Workspace:
         """Per-task value of :attr:`metric_spec` for the merged model."""
         raise NotImplementedError
 
+    def merge_anatomy(self, recipe, progress: Progress | None = None) -> pd.DataFrame:
+        """"Why this merge" (no evaluator needed): the tidy per-tensor table of
+        :func:`wsviz.analysis.anatomy.recipe_anatomy` (``layer, order, block, kind, model,
+        kept, elected_away, cos, task_norm, merged_norm, mass, kept_mass, elected_mass,
+        dot``). WsvizError when this workspace or method cannot give it."""
+        from wsviz.errors import WsvizError
+
+        raise WsvizError("this workspace cannot show the merge anatomy")
+
     def evaluate_prune(self, target: str, method: str, params: dict) -> dict[str, float]:
         raise NotImplementedError
 

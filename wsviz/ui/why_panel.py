@@ -1,0 +1,181 @@
+""""Why this merge": a live view of what the current recipe does to each layer.
+
+Follows the merge tuner's ``recipe``; after every parameter change it fetches
+:meth:`Workspace.merge_anatomy` off the event loop (spinner + progress bar, coalesced to the
+latest recipe) and shows, per tensor sorted by depth (or per block), the share of each
+model's |delta| mass the trim keeps, the share the sign election discards, the cosine of the
+merged delta with each task vector and the merged delta's norm — plus whole-model totals and
+a table. No evaluator is needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import holoviews as hv
+import pandas as pd
+import panel as pn
+import param
+from panel.viewable import Viewer
+
+from wsviz.ui.session import Session
+from wsviz.ui.widgets import FT_PALETTE
+
+#: (column, plot title, y label) of the per-layer plots
+PANELS = (
+    ("kept", "Kept by the trim (share of each model's |Δ| mass)", "kept"),
+    ("elected_away", "Discarded by the sign election (share of |Δ| mass)", "elected away"),
+    ("cos", "Cosine of the merged delta with each task vector", "cos"),
+    ("merged_norm", "Norm of the merged delta ‖merged − base‖", "‖Δ‖"),
+)
+TABLE_COLUMNS = ["layer", "model", "kept", "elected_away", "cos", "task_norm", "merged_norm"]
+
+
+def summary_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """Whole-model totals per model (see :func:`wsviz.analysis.anatomy.anatomy_summary`)."""
+    from wsviz.analysis.anatomy import anatomy_summary
+
+    return anatomy_summary(table)
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
+
+
+def _num(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
+
+
+def summary_markdown(table: pd.DataFrame, method: str) -> str:
+    """One paragraph: per model kept / elected-away mass and cosine, merged norm."""
+    s = summary_frame(table)
+    if s.empty:
+        return "*no tensors*"
+    parts = [f"`{r.model}`: kept **{_pct(r.kept)}**, elected away **{_pct(r.elected_away)}**, "
+             f"cos **{_num(r.cos)}**" for r in s.itertuples()]
+    return (f"**{method}** over {table['layer'].nunique()} tensors — merged ‖Δ‖ "
+            f"**{_num(float(s['merged_norm'].iloc[0]))}**  \n" + " · ".join(parts))
+
+
+def layer_plots(frame: pd.DataFrame, x: str = "order", xlabel: str = "tensor (by depth)"):
+    """Four stacked plots (:data:`PANELS`) over ``x``: one line + markers per model (one
+    series for the merged norm), hover giving the layer (or block) and the value — readable
+    from a handful of tensors to hundreds. ``frame`` has ``x``, ``model``, ``layer`` (or
+    ``block``) and the metric columns."""
+    key = "layer" if "layer" in frame else "block"
+    models = list(dict.fromkeys(frame["model"]))
+    colors = {m: FT_PALETTE[i % len(FT_PALETTE)] for i, m in enumerate(models)}
+    plots = []
+    for col, title, ylabel in PANELS:
+        if col == "merged_norm":
+            series = [("merged", frame.drop_duplicates(x), "black")]
+        else:
+            series = [(str(m), frame[frame["model"] == m], colors[m]) for m in models]
+        layers = []
+        for label, d, color in series:
+            vdims = [col] if key == x else [col, key]
+            d = d[[x, *vdims]]
+            layers.append(hv.Curve(d, x, vdims, label=label).opts(
+                color=color, line_width=1.5))
+            layers.append(hv.Scatter(d, x, vdims, label=label).opts(
+                color=color, size=5, tools=["hover"]))
+        plots.append(hv.Overlay(layers).opts(
+            title=title, ylabel=ylabel, xlabel=xlabel, responsive=True, height=200,
+            show_legend=col == "kept", legend_position="right"))
+    return hv.Layout(plots).cols(1).opts(shared_axes=False)
+
+
+class WhyPanel(Viewer):
+    """"Why this merge" for ``tuner.recipe`` (see the module docstring)."""
+
+    table = param.DataFrame(default=None, allow_None=True,
+                            doc="The anatomy table of the last recipe shown.")
+    n_updates = param.Integer(default=0, doc="Anatomies shown in this session.")
+    group = param.Selector(default="tensor", objects=["tensor", "block"],
+                           doc="Plot per tensor (sorted by depth) or per block.")
+
+    def __init__(self, session: Session, tuner, **params):
+        super().__init__(**params)
+        self.session = session
+        self.tuner = tuner
+        self._summary = pn.pane.Markdown("*waiting for a valid recipe…*",
+                                         css_classes=["wsviz-why-summary"],
+                                         sizing_mode="stretch_width")
+        self._busy = pn.indicators.LoadingSpinner(value=False, size=20)
+        self._progress = pn.indicators.Progress(value=0, max=100, width=200, visible=False)
+        self._group_w = pn.widgets.RadioButtonGroup.from_param(self.param.group,
+                                                               button_type="light")
+        self._plots = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._table = pn.widgets.Tabulator(pd.DataFrame(columns=TABLE_COLUMNS),
+                                           pagination="remote", page_size=12,
+                                           sizing_mode="stretch_width", disabled=True,
+                                           show_index=False)
+        self._pending = None
+        tuner.param.watch(self.update, "recipe")
+        self.param.watch(lambda e: self._draw(), "group")
+        self.update()
+
+    def update(self, *_) -> None:
+        """Compute the anatomy of the tuner's current recipe (off the event loop)."""
+        recipe = self.tuner.recipe
+        if recipe is None:
+            return
+        runner = self.session.runner
+        ws = self.session.workspace
+        method = getattr(recipe, "method", None) or recipe.get("method", "")
+
+        def progress(frac, msg):
+            runner.call_soon(lambda: setattr(self._progress, "value", int(100 * frac)))
+
+        def work():
+            return method, ws.merge_anatomy(recipe, progress=progress)
+
+        def done(result):
+            self._busy.value = False
+            self._progress.visible = False
+            self._show(*result)
+
+        def error(exc):
+            self._busy.value = False
+            self._progress.visible = False
+            self._summary.object = f"*No anatomy for this recipe: {exc}*"
+
+        self._busy.value = True
+        self._progress.value = 0
+        self._progress.visible = True
+        runner.submit("why", work, done, error)
+
+    def _show(self, method: str, table: pd.DataFrame) -> None:
+        with pn.io.hold():
+            self.n_updates += 1
+            self.table = table
+            self._method = method
+            self._draw()
+
+    def _draw(self) -> None:
+        table = self.table
+        if table is None:
+            return
+        self._summary.object = (f"*update #{self.n_updates}* · "
+                                + summary_markdown(table, self._method))
+        if self.group == "block":
+            from wsviz.analysis.anatomy import anatomy_by_block
+
+            frame = anatomy_by_block(table)
+            self._plots.object = layer_plots(frame, x="block", xlabel="block")
+        else:
+            self._plots.object = layer_plots(table)
+        self._table.value = table[TABLE_COLUMNS].round(4)
+
+    def __panel__(self):
+        return pn.Column(
+            pn.Row(pn.pane.Markdown("### Why this merge", margin=(0, 10)), self._busy,
+                   self._progress, self._group_w),
+            pn.pane.Markdown(
+                "Per tensor (sorted by depth): the share of each model's |delta| mass the "
+                "trim keeps, the share the sign election throws away, how well the merged "
+                "delta lines up with each task vector, and its size. No evaluator needed.",
+                styles={"color": "#555"}, sizing_mode="stretch_width"),
+            self._summary, self._plots, self._table,
+            sizing_mode="stretch_width",
+        )
