@@ -28,7 +28,7 @@ def test_why_panel_follows_every_parameter_change_fake():
     m.set("include", False, model="c")
     assert set(why.table["model"]) == {"a", "b"}
     why.group = "block"  # per-block view: blocks 0 and 1
-    assert why._plots.object is not None
+    assert all(p.object is not None for p in why._panes)
     assert len(why._table.value) == len(why.table)
 
 

@@ -57,8 +57,9 @@ def summary_markdown(table: pd.DataFrame, method: str) -> str:
             f"**{_num(float(s['merged_norm'].iloc[0]))}**  \n" + " · ".join(parts))
 
 
-def layer_plots(frame: pd.DataFrame, x: str = "order", xlabel: str = "tensor (by depth)"):
-    """Four stacked plots (:data:`PANELS`) over ``x``: one line + markers per model (one
+def layer_plots(frame: pd.DataFrame, x: str = "order", xlabel: str = "tensor (by depth)"
+                ) -> list:
+    """Four plots (:data:`PANELS`) over ``x``: one line + markers per model (one
     series for the merged norm), hover giving the layer (or block) and the value — readable
     from a handful of tensors to hundreds. ``frame`` has ``x``, ``model``, ``layer`` (or
     ``block``) and the metric columns."""
@@ -82,7 +83,7 @@ def layer_plots(frame: pd.DataFrame, x: str = "order", xlabel: str = "tensor (by
         plots.append(hv.Overlay(layers).opts(
             title=title, ylabel=ylabel, xlabel=xlabel, responsive=True, height=200,
             show_legend=col == "kept", legend_position="right"))
-    return hv.Layout(plots).cols(1).opts(shared_axes=False)
+    return plots
 
 
 class WhyPanel(Viewer):
@@ -105,7 +106,8 @@ class WhyPanel(Viewer):
         self._progress = pn.indicators.Progress(value=0, max=100, width=200, visible=False)
         self._group_w = pn.widgets.RadioButtonGroup.from_param(self.param.group,
                                                                button_type="light")
-        self._plots = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._panes = [pn.pane.HoloViews(None, sizing_mode="stretch_width") for _ in PANELS]
+        self._plots = pn.Column(*self._panes, sizing_mode="stretch_width")
         self._table = pn.widgets.Tabulator(pd.DataFrame(columns=TABLE_COLUMNS),
                                            pagination="remote", page_size=12,
                                            sizing_mode="stretch_width", disabled=True,
@@ -161,10 +163,11 @@ class WhyPanel(Viewer):
         if self.group == "block":
             from wsviz.analysis.anatomy import anatomy_by_block
 
-            frame = anatomy_by_block(table)
-            self._plots.object = layer_plots(frame, x="block", xlabel="block")
+            plots = layer_plots(anatomy_by_block(table), x="block", xlabel="block")
         else:
-            self._plots.object = layer_plots(table)
+            plots = layer_plots(table)
+        for pane, plot in zip(self._panes, plots):
+            pane.object = plot
         self._table.value = table[TABLE_COLUMNS].round(4)
 
     def __panel__(self):
