@@ -132,7 +132,7 @@ def recipe_anatomy(modelset, recipe, names: Sequence[str] | None = None, device=
         if progress is not None:
             progress((k + 1) / len(order), f"{k + 1}/{len(order)} {name}")
     df = pd.DataFrame(rows, columns=COLUMNS)
-    return df.sort_values(["order", "model"], kind="stable").reset_index(drop=True)
+    return df.sort_values("order", kind="stable").reset_index(drop=True)  # recipe model order
 
 
 def anatomy_summary(table: pd.DataFrame) -> pd.DataFrame:

@@ -150,3 +150,13 @@ def test_recipe_anatomy_on_demo_zoo_per_model_density(zoo):
         d2 = recipe_anatomy(ms, r2)
         assert d2["kept"].isna().all() and d2["cos"].notna().any()
         assert not math.isnan(float(d2["merged_norm"].iloc[0]))
+
+
+def test_tables_keep_the_recipe_model_order(zoo):
+    ms = zoo.modelset()
+    labels = list(reversed(ms.labels))[:3]
+    recipe = Recipe(method="ties", base="base", params={"density": 0.3},
+                    models=[{"model": lab, "params": {"weight": 1.0}} for lab in labels])
+    df = recipe_anatomy(ms, recipe)
+    assert list(df["model"].iloc[:3]) == labels
+    assert list(anatomy_summary(df)["model"]) == labels
