@@ -3,8 +3,6 @@ code itself: TIES norms/cosines equal the merged tensors, kept mass equals the t
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -139,17 +137,10 @@ def test_recipe_anatomy_on_demo_zoo_per_model_density(zoo):
     summ = anatomy_summary(df).set_index("model")
     assert summ.loc[labels[0], "kept"] < summ.loc[labels[1], "kept"]
     assert (summ["elected_away"] > 0).all() and (summ["cos"] > 0).all()
-    # slerp-like methods outside the family still give cosines and norms
-    other = next((m for m in ("sce", "karcher", "model_stock") if m in METHODS), None)
-    if other is not None:
-        r2 = Recipe(method=other, base="base", models=list(labels), params={})
-        try:
-            r2.validate()
-        except Exception:  # noqa: BLE001 - a method this set cannot take
-            return
-        d2 = recipe_anatomy(ms, r2)
-        assert d2["kept"].isna().all() and d2["cos"].notna().any()
-        assert not math.isnan(float(d2["merged_norm"].iloc[0]))
+    # methods outside the task-arithmetic family (sce) still give cosines and norms
+    d2 = recipe_anatomy(ms, Recipe(method="sce", base="base", models=list(labels), params={}))
+    assert d2["kept"].isna().all() and d2["elected_away"].isna().all()
+    assert d2["cos"].notna().all() and (d2["merged_norm"] > 0).all()
 
 
 def test_tables_keep_the_recipe_model_order(zoo):
