@@ -474,6 +474,10 @@ def _short(state: dict) -> str:
     weights = [mp.get("weight") for mp in state["model_params"].values()]
     if weights and any(w not in (None, 1.0) for w in weights):
         ps += ", w=[" + ", ".join(_fmt(w) for w in weights) + "]"
+    overrides = [f"{k}@{lab}={_fmt(v)}" for lab, mp in state["model_params"].items()
+                 for k, v in mp.items() if k not in ("include", "weight") and v is not None]
+    if overrides:
+        ps += ", " + ", ".join(overrides)
     sched = state.get("schedules") or {}
     if sched:
         ps += ", " + ", ".join(f"{k}~[{v}]" for k, v in sched.items())
