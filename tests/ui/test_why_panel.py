@@ -3,6 +3,7 @@ the demo zoo (real anatomy through the workspace)."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 import wsviz.ui  # noqa: F401 - loads the bokeh plotting backend
@@ -64,3 +65,19 @@ def test_why_panel_on_demo_zoo_tracks_density(demo_ws):
     m.method = "task_arithmetic"
     assert (why.table["elected_away"] == 0).all()
     assert not c.session.errors
+
+
+def test_workspace_anatomy_from_merger_cache_equals_streamed(demo_ws):
+    """The dashboard reads the merger's cache (and its rank tables); the numbers equal the
+    table streamed from the checkpoints."""
+    from wsviz.analysis.anatomy import recipe_anatomy
+
+    labels = demo_ws.labels
+    r = demo_ws.make_recipe("ties", {"density": 0.3},
+                            {lab: {"weight": 0.5 + 0.1 * i} for i, lab in enumerate(labels)})
+    demo_ws.evaluate_recipe(r)  # fills the rank tables as a live merge does
+    cached = demo_ws.merge_anatomy(r)
+    streamed = recipe_anatomy(demo_ws.ms, r)
+    cols = ["kept", "elected_away", "cos", "merged_norm"]
+    pd.testing.assert_frame_equal(cached[["layer", "model", *cols]],
+                                  streamed[["layer", "model", *cols]], rtol=1e-9)

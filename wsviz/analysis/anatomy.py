@@ -20,9 +20,10 @@ from wsviz.errors import WsvizError
 COLUMNS = ["layer", "order", "block", "kind", "model", "kept", "elected_away", "cos",
            "task_norm", "merged_norm", "mass", "kept_mass", "elected_mass", "dot"]
 
-Loader = Callable[[str], tuple[torch.Tensor, torch.Tensor]]
+Loader = Callable[[str], tuple]
 """``load(name) -> (base [*shape], deltas [n_all, *shape])`` in the compute dtype, one row per
-model-set label (e.g. an :class:`~wsviz.recipes.InMemoryMerger`'s cache)."""
+model-set label, optionally with a third item: the merge cache of those deltas (e.g.
+:meth:`~wsviz.recipes.InMemoryMerger.tensor_cache`, whose rank tables then skip the sort)."""
 
 
 def depth_order(names: Sequence[str]) -> list[str]:
@@ -81,7 +82,12 @@ def recipe_anatomy(modelset, recipe, names: Sequence[str] | None = None, device=
     all_names = list(modelset.names)
     if names is None:
         names = [n for n in all_names if modelset.info(n).dtype.is_floating_point]
-    names = depth_order(list(names))
+    wanted = set(names)
+    unknown = sorted(wanted - set(all_names))
+    if unknown:
+        raise WsvizError(f"tensors not in the model set: {unknown[:5]}; pick names from "
+                         "modelset.names")
+    names = [n for n in depth_order(all_names) if n in wanted]  # same order for any subset
     labels = list(modelset.labels)
     base_labels = {"base", getattr(modelset.base, "label", "base")}
     idx = []
@@ -93,6 +99,7 @@ def recipe_anatomy(modelset, recipe, names: Sequence[str] | None = None, device=
         else:
             raise WsvizError(f"model {m!r} of the recipe is not in the model set; labels: "
                              f"{labels}")
+    full = idx == list(range(len(labels)))  # every model, in set order
     dev = torch.device(device) if device is not None else torch.device("cpu")
     positions = layer_positions(all_names)
     in_family, sparsification, consensus = family(spec.fn)
@@ -101,8 +108,11 @@ def recipe_anatomy(modelset, recipe, names: Sequence[str] | None = None, device=
     rank = {n: i for i, n in enumerate(names)}
     rows = []
     for k, name in enumerate(order):
+        cache = None
         if load is not None:
-            base, d_all = load(name)
+            got = load(name)
+            base, d_all = got[0], got[1]
+            cache = got[2] if len(got) > 2 and full else None
         else:
             base = modelset.source(None, name).get(name, device=dev)
             models = torch.stack([modelset.source(lab, name).get(name, device=dev)
@@ -117,7 +127,7 @@ def recipe_anatomy(modelset, recipe, names: Sequence[str] | None = None, device=
         t = positions.get(name, 0.0)
         if in_family:
             a = tensor_anatomy(deltas, recipe.resolve(name, t), sparsification=sparsification,
-                               consensus=consensus, base=base, generator=gen)
+                               consensus=consensus, base=base, generator=gen, cache=cache)
         else:
             models = base.unsqueeze(0) + deltas
             merged = merge_one(recipe, name, t, None if recipe.base is None else base, models,

@@ -373,8 +373,8 @@ class ApiWorkspace(Workspace):
         mg = self.merger()
         load = None
         if recipe.dtype is None:
-            def load(n):
-                return mg.base(n), mg.deltas(n)
+            def load(n):  # the merger's cache: rank tables shared with the live merges
+                return mg.base(n), mg.deltas(n), mg.tensor_cache(n)
         return recipe_anatomy(self.ms, recipe, names=mg.names, device=self.device, load=load,
                               progress=progress)
 

@@ -144,7 +144,7 @@ class MergeTuner(Viewer):
 
         from wsviz.ui.why_panel import WhyPanel
 
-        self.why = WhyPanel(session, self)  # follows self.recipe
+        self.why = WhyPanel(session, self)  # updated by request(), after the metrics
         self.param.watch(self._on_method, "method")
         if ws.can_evaluate:
             load_references(session, self._set_refs, "merge-references")
@@ -316,11 +316,18 @@ class MergeTuner(Viewer):
         self.recipe = recipe
         if not self.session.workspace.can_evaluate:
             self._summary.object = (f"`{_short(state)}`  \n" + NO_EVALUATOR)
+            self.why.update()
             return
         self._t_request = time.perf_counter()
         ws = self.session.workspace
+
+        def shown(result):
+            self._show(result)
+            self.why.update()  # after the metrics, so it never delays them
+
         submit_with_spinner(self.session.runner, self._busy, "merge-eval",
-                            lambda: (state, recipe, ws.evaluate_recipe(recipe)), self._show)
+                            lambda: (state, recipe, ws.evaluate_recipe(recipe)), shown,
+                            error=lambda exc: self.why.update())
 
     def _show(self, result) -> None:
         with pn.io.hold():  # one patch to the browser: summary, bars and history together

@@ -1,6 +1,7 @@
 """"Why this merge": a live view of what the current recipe does to each layer.
 
-Follows the merge tuner's ``recipe``; after every parameter change it fetches
+Shows the merge tuner's ``recipe``: the tuner calls :meth:`WhyPanel.update` after every
+parameter change (once the live metrics are on screen, so it never delays them), which fetches
 :meth:`Workspace.merge_anatomy` off the event loop (spinner + progress bar, coalesced to the
 latest recipe) and shows, per tensor sorted by depth (or per block), the share of each
 model's |delta| mass the trim keeps, the share the sign election discards, the cosine of the
@@ -113,7 +114,6 @@ class WhyPanel(Viewer):
                                            sizing_mode="stretch_width", disabled=True,
                                            show_index=False)
         self._pending = None
-        tuner.param.watch(self.update, "recipe")
         self.param.watch(lambda e: self._draw(), "group")
         self.update()
 

@@ -226,16 +226,23 @@ def set_widget(w, value) -> None:
         w.value = value
 
 
-def submit_with_spinner(runner, spinner, key: str, work: Callable, done: Callable) -> None:
+def submit_with_spinner(runner, spinner, key: str, work: Callable, done: Callable,
+                        error: Callable | None = None) -> None:
     """Run ``work()`` as job ``key`` on ``runner`` with ``spinner`` spinning until it ends;
-    ``done(result)`` then runs on the event loop (errors are reported by the runner)."""
+    ``done(result)`` then runs on the event loop (errors are reported by the runner, then
+    ``error(exc)`` runs when given)."""
     spinner.value = True
 
     def finished(result):
         spinner.value = False
         done(result)
 
-    runner.submit(key, work, finished, lambda exc: setattr(spinner, "value", False))
+    def failed(exc):
+        spinner.value = False
+        if error is not None:
+            error(exc)
+
+    runner.submit(key, work, finished, failed)
 
 
 def load_references(session, done: Callable[[dict], None], key: str = "references") -> None:

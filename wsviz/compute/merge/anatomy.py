@@ -83,7 +83,8 @@ def family(fn) -> tuple[bool, str | None, str | None]:
 def tensor_anatomy(deltas: Tensor, params: dict | None = None, *,
                    sparsification: str | None = None, consensus: str | None = None,
                    base: Tensor | None = None, merged: Tensor | None = None,
-                   generator: torch.Generator | None = None) -> TensorAnatomy:
+                   generator: torch.Generator | None = None,
+                   cache: dict | None = None) -> TensorAnatomy:
     """Anatomy of one tensor (see the module docstring).
 
     ``deltas`` ``[n, *shape]`` in the merge's compute dtype; ``params`` the tensor's resolved
@@ -92,7 +93,8 @@ def tensor_anatomy(deltas: Tensor, params: dict | None = None, *,
     :func:`~wsviz.compute.merge.task_arithmetic.gta_merge`; ``base`` ``[*shape]`` (compute
     dtype): the merged delta is then ``(base + mixed).to(dtype) − base`` exactly as written,
     else ``mixed``. Give ``merged`` ``[*shape]`` (with ``base``) instead of ``params`` for a
-    method outside the family: only the cosines and norms are computed then.
+    method outside the family: only the cosines and norms are computed then. ``cache``: a
+    merge cache for exactly these ``deltas`` (reused rank tables, as the merge reuses them).
     """
     n = deltas.shape[0]
     flat = deltas.reshape(n, -1)
@@ -104,7 +106,7 @@ def tensor_anatomy(deltas: Tensor, params: dict | None = None, *,
     if merged is None:
         if params is None:
             raise ValueError("tensor_anatomy needs params (a task-arithmetic method) or merged")
-        d = sparsify(deltas, params, sparsification, generator=generator)
+        d = sparsify(deltas, params, sparsification, generator=generator, cache=cache)
         w = per_model(params["weight"], n, deltas)
         mixed, elected = mix(d, w, consensus, bool(params.get("normalize", False)),
                              params.get("lambda", 1.0))
