@@ -29,7 +29,8 @@ def test_why_panel_follows_every_parameter_change_fake():
     m.set("include", False, model="c")
     assert set(why.table["model"]) == {"a", "b"}
     why.group = "block"  # per-block view: blocks 0 and 1
-    assert all(p.object is not None for p in why._panes)
+    frame, x, _ = why._pipe.data
+    assert x == "block" and sorted(set(frame["block"])) == [0, 1]
     assert len(why._table.value) == len(why.table)
 
 
@@ -38,8 +39,9 @@ def test_layer_plots_one_series_per_model():
     table = c.merge.why.table
     lay = layer_plots(table)
     assert len(lay) == 4
-    kept = lay[0]  # per model a line and markers
-    assert len(kept) == 2 * table["model"].nunique()
+    lines, dots = lay[0]  # a line per model, and the markers
+    assert len(lines.split()) == table["model"].nunique()
+    assert set(dots.data["model"]) == set(table["model"])
     assert "merged ‖Δ‖" in summary_markdown(table, "task_arithmetic")
 
 

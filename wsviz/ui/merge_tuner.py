@@ -314,20 +314,21 @@ class MergeTuner(Viewer):
             self.session.notify_error(exc)
             return
         self.recipe = recipe
+        self.why.cancel()  # a newer recipe: its anatomy follows its metrics
         if not self.session.workspace.can_evaluate:
             self._summary.object = (f"`{_short(state)}`  \n" + NO_EVALUATOR)
-            self.why.update()
+            self.why.schedule()
             return
         self._t_request = time.perf_counter()
         ws = self.session.workspace
 
         def shown(result):
             self._show(result)
-            self.why.update()  # after the metrics, so it never delays them
+            self.why.schedule()  # after the metrics, once the user pauses
 
         submit_with_spinner(self.session.runner, self._busy, "merge-eval",
                             lambda: (state, recipe, ws.evaluate_recipe(recipe)), shown,
-                            error=lambda exc: self.why.update())
+                            error=lambda exc: self.why.schedule())
 
     def _show(self, result) -> None:
         with pn.io.hold():  # one patch to the browser: summary, bars and history together

@@ -17,6 +17,7 @@ import holoviews as hv
 import pandas as pd
 import panel as pn
 import param
+from panel.io.state import set_curdoc
 from panel.viewable import Viewer
 
 from wsviz.ui.session import Session
@@ -29,6 +30,10 @@ PANELS = (
     ("cos", "Cosine of the merged delta with each task vector", "cos"),
     ("merged_norm", "Norm of the merged delta ‖merged − base‖", "‖Δ‖"),
 )
+#: quiet time (ms) after the last parameter change before the anatomy is computed, in a
+#: served page: a drag-drag-drag sequence computes it once, and never competes with the
+#: live metrics of the next change
+SETTLE_MS = 400
 TABLE_COLUMNS = ["layer", "model", "kept", "elected_away", "cos", "task_norm", "merged_norm"]
 
 
@@ -58,33 +63,41 @@ def summary_markdown(table: pd.DataFrame, method: str) -> str:
             f"**{_num(float(s['merged_norm'].iloc[0]))}**  \n" + " · ".join(parts))
 
 
-def layer_plots(frame: pd.DataFrame, x: str = "order", xlabel: str = "tensor (by depth)"
-                ) -> list:
-    """Four plots (:data:`PANELS`) over ``x``: one line + markers per model (one
-    series for the merged norm), hover giving the layer (or block) and the value — readable
-    from a handful of tensors to hundreds. ``frame`` has ``x``, ``model``, ``layer`` (or
-    ``block``) and the metric columns."""
+def model_colors(labels) -> dict[str, str]:
+    """A fixed colour per model label (and black for the merged series)."""
+    out = {str(m): FT_PALETTE[i % len(FT_PALETTE)] for i, m in enumerate(labels)}
+    out["merged"] = "black"
+    return out
+
+
+def layer_plot(frame: pd.DataFrame, col: str, x: str = "order",
+               xlabel: str = "tensor (by depth)", colors: dict | None = None):
+    """One of the :data:`PANELS` plots: ``col`` over ``x``, a line and markers per model
+    (one ``merged`` series for the merged norm), coloured by model, hover giving the layer
+    (or block) and the value — readable from a handful of tensors to hundreds. Always a
+    Path * Scatter pair, so a DynamicMap updates it in place. ``frame`` has ``x``,
+    ``model``, ``layer`` (or ``block``) and the metric columns."""
+    title, ylabel = next((t, y) for c, t, y in PANELS if c == col)
     key = "layer" if "layer" in frame else "block"
-    models = list(dict.fromkeys(frame["model"]))
-    colors = {m: FT_PALETTE[i % len(FT_PALETTE)] for i, m in enumerate(models)}
-    plots = []
-    for col, title, ylabel in PANELS:
-        if col == "merged_norm":
-            series = [("merged", frame.drop_duplicates(x), "black")]
-        else:
-            series = [(str(m), frame[frame["model"] == m], colors[m]) for m in models]
-        layers = []
-        for label, d, color in series:
-            vdims = [col] if key == x else [col, key]
-            d = d[[x, *vdims]]
-            layers.append(hv.Curve(d, x, vdims, label=label).opts(
-                color=color, line_width=1.5))
-            layers.append(hv.Scatter(d, x, vdims, label=label).opts(
-                color=color, size=5, tools=["hover"]))
-        plots.append(hv.Overlay(layers).opts(
-            title=title, ylabel=ylabel, xlabel=xlabel, responsive=True, height=200,
-            show_legend=col == "kept", legend_position="right"))
-    return plots
+    d = frame.drop_duplicates(x).assign(model="merged") if col == "merged_norm" else frame
+    extra = [] if key == x else [key]
+    d = d[[x, col, "model", *extra]]
+    colors = colors or model_colors(dict.fromkeys(d["model"]))
+    paths = [{x: g[x].to_numpy(), col: g[col].to_numpy(), "model": str(m)}
+             for m, g in d.groupby("model", sort=False)]
+    lines = hv.Path(paths, [x, col], vdims=["model"]).opts(
+        color="model", cmap=colors, line_width=1.5, show_legend=False)
+    dots = hv.Scatter(d.astype({"model": str}), x, [col, "model", *extra]).opts(
+        color="model", cmap=colors, size=5, tools=["hover"], show_legend=col == "kept",
+        legend_position="right")
+    return (lines * dots).opts(title=title, ylabel=ylabel, xlabel=xlabel, responsive=True,
+                               height=200, framewise=True)
+
+
+def layer_plots(frame: pd.DataFrame, x: str = "order", xlabel: str = "tensor (by depth)",
+                colors: dict | None = None) -> list:
+    """The four :func:`layer_plot` plots of ``frame``."""
+    return [layer_plot(frame, col, x, xlabel, colors) for col, _, _ in PANELS]
 
 
 class WhyPanel(Viewer):
@@ -107,15 +120,48 @@ class WhyPanel(Viewer):
         self._progress = pn.indicators.Progress(value=0, max=100, width=200, visible=False)
         self._group_w = pn.widgets.RadioButtonGroup.from_param(self.param.group,
                                                                button_type="light")
-        self._panes = [pn.pane.HoloViews(None, sizing_mode="stretch_width") for _ in PANELS]
+        self._colors = model_colors(session.workspace.labels)
+        empty = pd.DataFrame({c: pd.Series(dtype=float) for c in ("order", *(c for c, _, _ in
+                                                                      PANELS))})
+        self._pipe = hv.streams.Pipe(data=(empty.assign(model="", layer=""), "order",
+                                           "tensor (by depth)"))
+        self._panes = [pn.pane.HoloViews(hv.DynamicMap(
+            lambda data, col=col: layer_plot(data[0], col, data[1], data[2], self._colors),
+            streams=[self._pipe]), sizing_mode="stretch_width") for col, _, _ in PANELS]
         self._plots = pn.Column(*self._panes, sizing_mode="stretch_width")
         self._table = pn.widgets.Tabulator(pd.DataFrame(columns=TABLE_COLUMNS),
                                            pagination="remote", page_size=12,
                                            sizing_mode="stretch_width", disabled=True,
                                            show_index=False)
-        self._pending = None
+        self._timer = None
+        self._doc = None
         self.param.watch(lambda e: self._draw(), "group")
         self.update()
+
+    def schedule(self) -> None:
+        """:meth:`update` once the tuner has been quiet for :data:`SETTLE_MS` (served
+        page); at once in a notebook or test (no event loop to wait on)."""
+        doc = pn.state.curdoc
+        if not self.session.runner.background or doc is None or doc.session_context is None:
+            self.update()
+            return
+        self.cancel()
+        self._doc = doc
+        self._timer = doc.add_timeout_callback(self._fire, SETTLE_MS)
+
+    def cancel(self) -> None:
+        """Drop a scheduled update (a newer parameter change is on its way)."""
+        if self._timer is not None and self._doc is not None:
+            try:
+                self._doc.remove_timeout_callback(self._timer)
+            except ValueError:  # already ran
+                pass
+        self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        with set_curdoc(self._doc):
+            self.update()
 
     def update(self, *_) -> None:
         """Compute the anatomy of the tuner's current recipe (off the event loop)."""
@@ -160,14 +206,12 @@ class WhyPanel(Viewer):
             return
         self._summary.object = (f"*update #{self.n_updates}* · "
                                 + summary_markdown(table, self._method))
-        if self.group == "block":
+        if self.group == "block":  # the plots update in place (no figure rebuilt)
             from wsviz.analysis.anatomy import anatomy_by_block
 
-            plots = layer_plots(anatomy_by_block(table), x="block", xlabel="block")
+            self._pipe.send((anatomy_by_block(table), "block", "block"))
         else:
-            plots = layer_plots(table)
-        for pane, plot in zip(self._panes, plots):
-            pane.object = plot
+            self._pipe.send((table, "order", "tensor (by depth)"))
         self._table.value = table[TABLE_COLUMNS].round(4)
 
     def __panel__(self):
