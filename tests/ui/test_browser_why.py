@@ -58,4 +58,5 @@ def test_why_panel_renders_and_follows_slider_and_typed_value(page, demo_app, ar
                    30)
     wait_notification(page, "density = 1.5 is outside (0, 1]")
     assert update_no(pane_text(page, WHY)) == update_no(third)
-    page.screenshot(path=str(artifacts_dir / "why_panel.png"), full_page=True)
+    page.locator(".wsviz-why-summary").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts_dir / "why_panel.png"))

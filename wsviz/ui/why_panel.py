@@ -33,7 +33,7 @@ PANELS = (
 #: quiet time (ms) after the last parameter change before the anatomy is computed, in a
 #: served page: a drag-drag-drag sequence computes it once, and never competes with the
 #: live metrics of the next change
-SETTLE_MS = 400
+SETTLE_MS = 800
 TABLE_COLUMNS = ["layer", "model", "kept", "elected_away", "cos", "task_norm", "merged_norm"]
 
 
@@ -90,8 +90,9 @@ def layer_plot(frame: pd.DataFrame, col: str, x: str = "order",
     dots = hv.Scatter(d.astype({"model": str}), x, [col, "model", *extra]).opts(
         color="model", cmap=colors, size=5, tools=["hover"], show_legend=col == "kept",
         legend_position="right")
+    ylim = (-0.03, 1.03) if col in ("kept", "elected_away") else (None, None)  # shares
     return (lines * dots).opts(title=title, ylabel=ylabel, xlabel=xlabel, responsive=True,
-                               height=200, framewise=True)
+                               height=200, framewise=True, ylim=ylim)
 
 
 def layer_plots(frame: pd.DataFrame, x: str = "order", xlabel: str = "tensor (by depth)",
