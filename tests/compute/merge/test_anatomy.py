@@ -151,3 +151,23 @@ def test_tables_keep_the_recipe_model_order(zoo):
     df = recipe_anatomy(ms, recipe)
     assert list(df["model"].iloc[:3]) == labels
     assert list(anatomy_summary(df)["model"]) == labels
+
+
+def test_anatomy_by_block_llama(bf16_set):
+    from wsviz.analysis.anatomy import anatomy_by_block
+
+    ms = bf16_set
+    recipe = Recipe(method="ties", base="base", params={"density": 0.3},
+                    models=[{"model": lab, "params": {"weight": 1.0}} for lab in ms.labels])
+    df = recipe_anatomy(ms, recipe)
+    by = anatomy_by_block(df)
+    n_blocks = int(df["block"].max()) + 1
+    # embeddings before block 0, final norm / head after the last block
+    assert set(by["block"]) == {-1, *range(n_blocks), n_blocks}
+    assert len(by) == len(set(by["block"])) * len(ms.labels)
+    # mass-weighted: a block's kept share is its tensors' kept mass over their mass
+    b0 = df[(df["block"] == 0) & (df["model"] == ms.labels[0])]
+    row = by[(by["block"] == 0) & (by["model"] == ms.labels[0])].iloc[0]
+    assert row["kept"] == pytest.approx(b0["kept_mass"].sum() / b0["mass"].sum())
+    assert row["merged_norm"] == pytest.approx(float((b0["merged_norm"] ** 2).sum()) ** 0.5)
+    assert list(by["block"]) == sorted(by["block"])
