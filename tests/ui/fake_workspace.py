@@ -136,6 +136,25 @@ class FakeWorkspace(Workspace):
             progress(1.0, "done")
         return str(p)
 
+    def merge_anatomy(self, recipe, progress=None):
+        """Closed form: per layer i and included model j, kept = density (1 without),
+        elected_away = 0.1 · kept, cos = 0.5, merged_norm = lambda · (i + 1)."""
+        from wsviz.analysis.anatomy import COLUMNS
+
+        dens = recipe["params"].get("density", 1.0)
+        dens = float(dens) if isinstance(dens, (int, float)) else 1.0
+        lam = recipe["params"].get("lambda", 1.0)
+        lam = float(lam) if isinstance(lam, (int, float)) else 1.0
+        models = [m for m in LABELS if recipe["model_params"].get(m, {}).get("include", True)]
+        rows = []
+        for i, layer in enumerate(LAYERS):
+            for m in models:
+                rows.append((layer, i, i // 2, "mlp_up", m, dens, 0.1 * dens, 0.5, 1.0,
+                             lam * (i + 1), 10.0, 10.0 * dens, dens, 0.5 * lam * (i + 1)))
+        if progress:
+            progress(1.0, "done")
+        return pd.DataFrame(rows, columns=COLUMNS)
+
     def references(self):
         return {"pretrained": dict.fromkeys(TASKS, 0.5), "individual": dict.fromkeys(TASKS, 0.95)}
 

@@ -4,7 +4,8 @@ Entry points: :func:`analyze` (-> :class:`AnalysisResult` with a tidy ``table``,
 ``pairs``, task vectors, and :meth:`AnalysisResult.detail` for :class:`LayerDetail`),
 :func:`analyze_model` (the same tidy table, spectra only, for one checkpoint),
 :func:`spectra_table` (WeightWatcher-style spectral table of one checkpoint),
-:func:`task_vector_matrix` (task vectors as a matrix for the task map).
+:func:`task_vector_matrix` (task vectors as a matrix for the task map),
+:func:`recipe_anatomy` ("why this merge": kept / elected-away mass, cosines per tensor).
 """
 
 # Submodules load on first attribute access, so ``import wsviz.analysis.settings`` (the CLI's
@@ -16,6 +17,9 @@ _EXPORTS = {
     "TaskVectors": "wsviz.analysis.engine",
     "analyze": "wsviz.analysis.engine",
     "analyze_model": "wsviz.analysis.single",
+    "anatomy_by_block": "wsviz.analysis.anatomy",
+    "anatomy_summary": "wsviz.analysis.anatomy",
+    "recipe_anatomy": "wsviz.analysis.anatomy",
     "cache_root": "wsviz.analysis.engine",
     "resolve_device": "wsviz.analysis.engine",
     "task_vector_matrix": "wsviz.analysis.engine",
@@ -47,8 +51,11 @@ __all__ = [
     "TaskVectors",
     "analyze",
     "analyze_model",
+    "anatomy_by_block",
+    "anatomy_summary",
     "cache_root",
     "metric_doc",
+    "recipe_anatomy",
     "resolve_device",
     "spectra_table",
     "task_vector_matrix",

@@ -222,6 +222,12 @@ class InMemoryMerger:
         """Cached task vectors ``[n, *shape]`` of ``name`` in the default compute dtype."""
         return self._cache[name]["deltas"]
 
+    def tensor_cache(self, name: str) -> dict:
+        """The reusable cache of tensor ``name`` in the default compute dtype (``deltas`` of
+        every model in set order; magnitude-rank tables once a merge computed them): pass it
+        as ``cache`` to a sparsifier working on exactly those deltas to skip the sort."""
+        return self._cache[name]
+
     def set_fisher(self, fishers) -> None:
         """Diagonal Fishers for the ``fisher`` method: ``{label: {name: Tensor[*shape]}}``
         (e.g. from :func:`wsviz.compute.fisher.diagonal_fisher`, or a Fisher checkpoint read

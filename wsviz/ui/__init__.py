@@ -24,11 +24,14 @@ from wsviz.ui.overview import Overview
 from wsviz.ui.prune_tuner import PruneTuner
 from wsviz.ui.session import Session
 from wsviz.ui.task_map import TaskMap
+from wsviz.ui.why_panel import WhyPanel
+from wsviz.ui.widgets import ParamEntry
 from wsviz.ui.workspace import LayerDetailView, MethodView, ParamView, Workspace
 
 __all__ = [
     "Components", "Export", "LayerDetail", "LayerDetailView", "MergeTuner", "MethodView",
-    "Overview", "ParamView", "PruneTuner", "Session", "TaskMap", "Workspace",
+    "Overview", "ParamEntry", "ParamView", "PruneTuner", "Session", "TaskMap", "WhyPanel",
+    "Workspace",
     "build_components", "build_page", "extension", "demo_workspace", "open_workspace",
 ]
 

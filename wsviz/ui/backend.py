@@ -67,22 +67,23 @@ def _param_view(p, method: str) -> ParamView:
         default = 1.0
     kind = {float: "float", int: "int", bool: "bool", str: "choice" if p.choices else "str"
             }.get(p.type, "str")
-    lo = hi = None
-    if kind in ("float", "int"):
+    lo = hi = step = None
+    if kind in ("float", "int"):  # a slider on round numbers (see wsviz.ui.param_grid)
+        from wsviz.ui.param_grid import slider_grid
+
         rng = p.ui_range or p.range or (0.0, 1.0)
         lo, hi = rng
         lo = 0.0 if lo is None else lo
         hi = max(lo + 1.0, 2.0 * abs(default or 1.0)) if hi is None else hi
-        if p.open_low and p.range and p.range[0] == lo:
-            lo = lo + (hi - lo) / 100
-    step = None
-    if kind == "float":
-        step = (hi - lo) / 100
+        open_low = bool(p.open_low and p.range and p.range[0] == lo)
+        grid = slider_grid(lo, hi, integer=kind == "int", open_low=open_low)
+        lo, hi, step = grid.start, grid.end, grid.step
     # mergekit "model" scope: one value per model, or a global fallback
     scope = "model" if p.name == "weight" else ("both" if p.scope == "model" else "global")
     return ParamView(name=p.name, kind=kind, default=default, lo=lo, hi=hi, step=step,
                      choices=tuple(p.choices or ()), scope=scope, doc=p.doc,
-                     required=p.required)
+                     required=p.required, valid=p.range, open_low=p.open_low,
+                     open_high=p.open_high)
 
 
 def _np(t) -> np.ndarray:
@@ -367,6 +368,19 @@ class ApiWorkspace(Workspace):
             names = getattr(self.evaluator, "names", None)
             weights = self.merger().merge(recipe, names=list(names) if names else None)
             return self._evaluate_weights(weights)
+
+    def merge_anatomy(self, recipe, progress: Progress | None = None) -> pd.DataFrame:
+        """:func:`wsviz.analysis.anatomy.recipe_anatomy` of ``recipe`` over the merger's
+        tensors, read from its cache (recipes without ``dtype``) or streamed from disk."""
+        from wsviz.analysis.anatomy import recipe_anatomy
+
+        mg = self.merger()
+        load = None
+        if recipe.dtype is None:
+            def load(n):  # the merger's cache: rank tables shared with the live merges
+                return mg.base(n), mg.deltas(n), mg.tensor_cache(n)
+        return recipe_anatomy(self.ms, recipe, names=mg.names, device=self.device, load=load,
+                              progress=progress)
 
     def references(self) -> dict[str, dict[str, float]]:
         """Reference rows of :attr:`metric` (computed once, see
@@ -784,13 +798,14 @@ def _choose_metric(evaluator, metric):
 def tuner_state(recipe, methods: dict[str, MethodView], labels=()) -> dict | None:
     """The merge tuner's state (``method``, ``params``, ``model_params``, ``schedules``) that
     rebuilds ``recipe``, or None when the tuner's widgets cannot express it (a per-model
-    parameter other than ``weight`` that differs between models or has a schedule, a
-    gradient list, a filter list without a catch-all value). ``labels``: every model of the
+    schedule, a gradient list, a filter list without a catch-all value). Per-model numbers
+    go to the models' own entries. ``labels``: every model of the
     workspace (those the recipe leaves out are unticked)."""
     view = methods.get(recipe.method)
     if view is None:
         return None
     widgets = {p.name for p in view.params if p.scope in ("global", "both")}
+    per_model = {p.name for p in view.params if p.scope in ("model", "both")}
     params: dict = {}
     schedules: dict = {}
 
@@ -817,10 +832,10 @@ def tuner_state(recipe, methods: dict[str, MethodView], labels=()) -> dict | Non
     for m in recipe.models:
         mp = {"include": True}
         for k, v in m.params.items():
-            if k == "weight":
-                if not isinstance(v, (int, float)):
-                    return None
-                mp["weight"] = v
+            if k in per_model and isinstance(v, (int, float)) and not isinstance(v, bool):
+                mp[k] = v  # the model's own entry (an override of the global value)
+            elif k == "weight":
+                return None
             elif k in shared and shared[k] != v:
                 return None
             else:

@@ -19,9 +19,10 @@ from wsviz.eval.metrics import pareto_mask as _pareto
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import (
     LiveBars,
+    ParamEntry,
     axis_range,
     load_references,
-    make_widget,
+    make_entry,
     set_widget,
     submit_with_spinner,
     summary_stats,
@@ -141,6 +142,9 @@ class MergeTuner(Viewer):
         self._sweep_plot = pn.pane.HoloViews(None, sizing_mode="stretch_width")
         self.sweep_result: pd.DataFrame | None = None
 
+        from wsviz.ui.why_panel import WhyPanel
+
+        self.why = WhyPanel(session, self)  # updated by request(), after the metrics
         self.param.watch(self._on_method, "method")
         if ws.can_evaluate:
             load_references(session, self._set_refs, "merge-references")
@@ -168,20 +172,29 @@ class MergeTuner(Viewer):
             self._widgets = {}
             for p in spec.params:
                 if p.scope in ("global", "both"):
-                    self._widgets[p.name] = make_widget(p)
+                    self._widgets[p.name] = make_entry(p)
             self._model_widgets = {}
             rows = []
-            per_model = [p for p in spec.params if p.scope == "model"]
+            # every per-model parameter the method declares: "model" scope (weight) has a
+            # value per model; "both" (density, gamma, epsilon, ...) a global value that a
+            # model may override (an empty box = the global value)
+            per_model = [p for p in spec.params if p.scope in ("model", "both")]
             labels = self.session.workspace.labels
             limit = spec.n_models
             for i, label in enumerate(labels):
                 ws_ = {"include": pn.widgets.Checkbox(
                     name="", value=limit is None or i < limit, width=30)}
                 for p in per_model:
-                    ws_[p.name] = make_widget(p, name=p.name, width=170)
+                    w = make_entry(p, name=p.name, width=250, allow_none=p.scope == "both")
+                    ws_[p.name] = w
+                    glob = self._widgets.get(p.name)
+                    if isinstance(w, ParamEntry) and isinstance(glob, ParamEntry):
+                        w.fallback = glob.value
+                        glob.param.watch(lambda e, w=w: setattr(w, "fallback", e.new), "value")
                 self._model_widgets[label] = ws_
                 rows.append(pn.Row(ws_["include"], pn.pane.Markdown(f"`{label}`", width=90),
-                                   *[w for k, w in ws_.items() if k != "include"]))
+                                   pn.FlexBox(*[w for k, w in ws_.items() if k != "include"],
+                                              min_width=260, max_width=520)))
             self._sched_widgets = {}
             for p in spec.params:
                 if p.kind == "float" and p.scope != "model":
@@ -193,6 +206,8 @@ class MergeTuner(Viewer):
             for ws_ in self._model_widgets.values():
                 for w in ws_.values():
                     watch_widget(w, self.request)
+            for w in self._entries():
+                w.param.watch(self._on_entry_error, "error")
             self._global_box[:] = list(self._widgets.values()) or [
                 pn.pane.Markdown("*no global parameters*")]
             self._model_box[:] = rows or [pn.pane.Markdown("*no per-model parameters*")]
@@ -209,6 +224,24 @@ class MergeTuner(Viewer):
         finally:
             self._building = False
         self.request()
+
+    def _entries(self) -> list[ParamEntry]:
+        ws_ = [*self._widgets.values(),
+               *(w for m in self._model_widgets.values() for w in m.values())]
+        return [w for w in ws_ if isinstance(w, ParamEntry)]
+
+    def _on_entry_error(self, event) -> None:
+        if event.new:
+            self.session.notify_error(RecipeError(event.new))
+
+    def entry(self, name: str, model: str | None = None) -> ParamEntry:
+        """The :class:`ParamEntry` of parameter ``name`` (global, or of ``model``)."""
+        w = (self._widgets.get(name) if model is None
+             else self._model_widgets.get(model, {}).get(name))
+        if not isinstance(w, ParamEntry):
+            raise RecipeError(f"method {self.method!r} has no numeric parameter {name!r}"
+                              + (f" for model {model!r}" if model else ""))
+        return w
 
     # -- state <-> recipe ------------------------------------------------------------------
     @property
@@ -257,9 +290,11 @@ class MergeTuner(Viewer):
                 if k in self._widgets:
                     set_widget(self._widgets[k], v)
             for lab, mp in state["model_params"].items():
-                for k, v in mp.items():
-                    w = self._model_widgets.get(lab, {}).get(k)
-                    if w is not None and v is not None:
+                for k, w in self._model_widgets.get(lab, {}).items():
+                    v = mp.get(k)
+                    if isinstance(w, ParamEntry) and w.allow_none:
+                        set_widget(w, v)  # None: back to the global value
+                    elif v is not None:
                         set_widget(w, v)
             for k, w in self._sched_widgets.items():
                 w.value = state.get("schedules", {}).get(k, "")
@@ -279,13 +314,21 @@ class MergeTuner(Viewer):
             self.session.notify_error(exc)
             return
         self.recipe = recipe
+        self.why.cancel()  # a newer recipe: its anatomy follows its metrics
         if not self.session.workspace.can_evaluate:
             self._summary.object = (f"`{_short(state)}`  \n" + NO_EVALUATOR)
+            self.why.schedule()
             return
         self._t_request = time.perf_counter()
         ws = self.session.workspace
+
+        def shown(result):
+            self._show(result)
+            self.why.schedule()  # after the metrics, once the user pauses
+
         submit_with_spinner(self.session.runner, self._busy, "merge-eval",
-                            lambda: (state, recipe, ws.evaluate_recipe(recipe)), self._show)
+                            lambda: (state, recipe, ws.evaluate_recipe(recipe)), shown,
+                            error=lambda exc: self.why.schedule())
 
     def _show(self, result) -> None:
         with pn.io.hold():  # one patch to the browser: summary, bars and history together
@@ -408,16 +451,17 @@ class MergeTuner(Viewer):
             pn.Row(self._method_w, self._busy, self._refresh),
             self._doc,
             pn.pane.Markdown("#### Parameters"), self._global_box,
-            pn.pane.Markdown("#### Models (include, per-model weight)"), self._model_box,
+            pn.pane.Markdown("#### Models (include; per-model parameters — an empty box "
+                             "uses the global value)"), self._model_box,
             pn.pane.Markdown("#### Per-layer schedules (gradient or filters)"), self._sched_box,
-            width=560,
+            width=640,
         )
 
     def __panel__(self):
         return pn.Row(
             self.controls(),
             pn.Column(
-                self._summary, self._bars, self._history_pane,
+                self._summary, self._bars, self._history_pane, self.why,
                 pn.Row(self._sweep_param, self._sweep_from, self._sweep_to, self._sweep_steps,
                        self._sweep_btn),
                 self._sweep_progress, self._sweep_plot,
@@ -438,6 +482,10 @@ def _short(state: dict) -> str:
     weights = [mp.get("weight") for mp in state["model_params"].values()]
     if weights and any(w not in (None, 1.0) for w in weights):
         ps += ", w=[" + ", ".join(_fmt(w) for w in weights) + "]"
+    overrides = [f"{k}@{lab}={_fmt(v)}" for lab, mp in state["model_params"].items()
+                 for k, v in mp.items() if k not in ("include", "weight") and v is not None]
+    if overrides:
+        ps += ", " + ", ".join(overrides)
     sched = state.get("schedules") or {}
     if sched:
         ps += ", " + ", ".join(f"{k}~[{v}]" for k, v in sched.items())

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import holoviews as hv
 import pandas as pd
 import panel as pn
 import param
+from panel.viewable import Viewer
 
+from wsviz.errors import RecipeError
 from wsviz.eval.metrics import FRACTION, KNOWN, MetricSpec
+from wsviz.ui.param_grid import check_value, range_text, slider_grid, tidy
 from wsviz.ui.workspace import ParamView
 
 
@@ -40,25 +44,181 @@ def make_widget(p: ParamView, value=None, name: str | None = None, width: int = 
                                 width=width)
 
 
+class ParamEntry(Viewer):
+    """A numeric parameter as a slider on round steps, a typed-value box beside it (kept in
+    sync) and a tooltip with the parameter's doc and valid range.
+
+    ``value`` is the committed value: set on slider release or when a typed value passes
+    :func:`~wsviz.ui.param_grid.check_value` (a typed value outside the slider's range
+    widens the slider; an invalid one sets ``error`` — a one-line message, also shown under
+    the entry — and the box returns to ``value``). With ``allow_none`` (a per-model override
+    of a global value) an empty box means None: "use the global value", shown by the slider
+    at ``fallback``.
+    """
+
+    value = param.Parameter(default=None, doc="Committed value (None: not set).")
+    error = param.String(default="", doc="Why the last typed value was refused ('' if not).")
+    fallback = param.Number(default=None, allow_None=True,
+                            doc="What the slider shows while value is None.")
+
+    def __init__(self, p: ParamView, value=None, name: str | None = None, width: int = 260,
+                 allow_none: bool = False, **params):
+        self.spec = p
+        self.integer = p.kind == "int"
+        self.allow_none = allow_none
+        v = None if value is None and allow_none else (p.default if value is None else value)
+        if v is not None and isinstance(v, float) and math.isnan(v):
+            v = None
+        super().__init__(value=v, **params)
+        lo = p.lo if p.lo is not None else 0.0
+        hi = p.hi if p.hi is not None else 1.0
+        shown = v if v is not None else (self.fallback if self.fallback is not None else lo)
+        grid = slider_grid(lo, hi, shown, integer=self.integer)
+        self.step = float(p.step or grid.step)
+        label = name or p.name
+        box_w = 80
+        slider_cls = pn.widgets.IntSlider if self.integer else pn.widgets.FloatSlider
+        conv = int if self.integer else float
+        self.slider = slider_cls(name=label, start=conv(grid.start), end=conv(grid.end),
+                                 step=conv(self.step), value=conv(grid.value),
+                                 width=max(100, width - box_w - 30))
+        input_cls = pn.widgets.IntInput if self.integer else pn.widgets.FloatInput
+        self.input = input_cls(value=None if v is None else conv(v), step=conv(self.step),
+                               width=box_w, align="end",
+                               placeholder="global" if allow_none else "",
+                               css_classes=["wsviz-param-input"])
+        doc = p.doc or p.name
+        tip = f"{doc}. Valid: {range_text(p.valid, p.open_low, p.open_high)}."
+        if allow_none:
+            tip += " Leave the box empty to use the global value."
+        self.tooltip = pn.widgets.TooltipIcon(value=tip, align="end")
+        self._msg = pn.pane.Markdown("", visible=False, css_classes=["wsviz-param-error"],
+                                     styles={"color": "#b00020"}, margin=(0, 5))
+        self._sync = False
+        self.slider.param.watch(self._on_drag, "value")
+        self.slider.param.watch(self._on_release, "value_throttled")
+        self.input.param.watch(self._on_typed, "value")
+        self.param.watch(self._on_value, "value")
+        self.param.watch(self._on_fallback, "fallback")
+        self._layout = pn.Column(pn.Row(self.slider, self.input, self.tooltip, margin=0),
+                                 self._msg, margin=0)
+
+    def __panel__(self):
+        return self._layout
+
+    # -- browser -> value ------------------------------------------------------------------
+    def _tidy(self, v):
+        return int(v) if self.integer else tidy(v, self.step)
+
+    def _on_drag(self, event) -> None:
+        if not self._sync:  # mirror the drag in the box; the value commits on release
+            with self._syncing():
+                self.input.value = self._tidy(event.new)
+
+    def _on_release(self, event) -> None:
+        if not self._sync and event.new is not None:
+            self._commit(self._tidy(event.new))
+
+    def _on_typed(self, event) -> None:
+        if self._sync:
+            return
+        if event.new is None:
+            if self.allow_none:
+                self._commit(None)
+            else:
+                self._refuse(f"{self.spec.name}: type a number "
+                             f"({range_text(self.spec.valid, self.spec.open_low, self.spec.open_high)})")
+            return
+        try:
+            v = check_value(self.spec.name, event.new, self.spec.valid, self.spec.open_low,
+                            self.spec.open_high, self.integer)
+        except RecipeError as exc:
+            self._refuse(str(exc))
+            return
+        self._commit(v)
+
+    def _commit(self, v) -> None:
+        self.error = ""
+        self._msg.visible = False
+        if v == self.value and type(v) is type(self.value):
+            self._on_value()  # put both widgets back on it
+        else:
+            self.value = v
+
+    def _refuse(self, msg: str) -> None:
+        self._msg.object = msg
+        self._msg.visible = True
+        self.error = msg
+        self._on_value()
+
+    # -- value -> browser ------------------------------------------------------------------
+    @contextmanager
+    def _syncing(self):
+        self._sync = True
+        try:
+            yield
+        finally:
+            self._sync = False
+
+    def _show_on_slider(self, v) -> None:
+        if v is None:
+            return
+        conv = int if self.integer else float
+        s = self.slider
+        if v < s.start or v > s.end:
+            g = slider_grid(min(s.start, v), max(s.end, v), v, integer=self.integer)
+            s.start, s.end = conv(min(s.start, g.start)), conv(max(s.end, g.end))
+        s.value = conv(v)
+
+    def _on_value(self, *_) -> None:
+        with self._syncing():
+            v = self.value
+            self.input.value = v
+            self._show_on_slider(v if v is not None else self.fallback)
+
+    def _on_fallback(self, *_) -> None:
+        if self.value is None:
+            with self._syncing():
+                self._show_on_slider(self.fallback)
+
+    def type_value(self, text_or_number) -> None:
+        """Enter a value in the box as a user would (tests, notebooks)."""
+        self.input.value = text_or_number
+
+
+def make_entry(p: ParamView, value=None, name: str | None = None, width: int = 260,
+               allow_none: bool = False):
+    """:class:`ParamEntry` for numeric parameters, :func:`make_widget` for the others."""
+    if p.kind in ("float", "int"):
+        return ParamEntry(p, value=value, name=name, width=width, allow_none=allow_none)
+    return make_widget(p, value=value, name=name, width=width)
+
+
 def is_slider(w) -> bool:
     return isinstance(w, (pn.widgets.FloatSlider, pn.widgets.IntSlider))
 
 
 def watch_widget(w, callback: Callable) -> None:
-    """Call ``callback()`` when the user commits a new value (slider release, other edits)."""
+    """Call ``callback()`` when the user commits a new value (slider release, a typed value
+    accepted, other edits)."""
     w.param.watch(lambda e: callback(), "value_throttled" if is_slider(w) else "value")
 
 
 def widget_value(w):
-    """The committed value (FloatSlider values arrive from the browser as int when whole)."""
+    """The committed value (FloatSlider values arrive from the browser as int when whole;
+    slider positions are tidied onto their round grid)."""
+    if isinstance(w, ParamEntry):
+        return w.value
     if isinstance(w, pn.widgets.FloatSlider):
-        return float(w.value)
+        return tidy(float(w.value), w.step)
     return w.value
 
 
 def set_widget(w, value) -> None:
     """Set a widget programmatically as if the user had committed ``value``."""
-    if is_slider(w):
+    if isinstance(w, ParamEntry):
+        w.value = value
+    elif is_slider(w):
         w.value = value
         with param.edit_constant(w):
             w.value_throttled = value
@@ -66,16 +226,23 @@ def set_widget(w, value) -> None:
         w.value = value
 
 
-def submit_with_spinner(runner, spinner, key: str, work: Callable, done: Callable) -> None:
+def submit_with_spinner(runner, spinner, key: str, work: Callable, done: Callable,
+                        error: Callable | None = None) -> None:
     """Run ``work()`` as job ``key`` on ``runner`` with ``spinner`` spinning until it ends;
-    ``done(result)`` then runs on the event loop (errors are reported by the runner)."""
+    ``done(result)`` then runs on the event loop (errors are reported by the runner, then
+    ``error(exc)`` runs when given)."""
     spinner.value = True
 
     def finished(result):
         spinner.value = False
         done(result)
 
-    runner.submit(key, work, finished, lambda exc: setattr(spinner, "value", False))
+    def failed(exc):
+        spinner.value = False
+        if error is not None:
+            error(exc)
+
+    runner.submit(key, work, finished, failed)
 
 
 def load_references(session, done: Callable[[dict], None], key: str = "references") -> None:

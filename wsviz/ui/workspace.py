@@ -35,7 +35,10 @@ class ParamView:
     """One method parameter as a widget sees it.
 
     ``kind``: "float" | "int" | "bool" | "choice" | "str"; ``scope``: "global", "model"
-    (per-model only) or "both"; ``lo``/``hi`` the slider range; ``choices`` for "choice".
+    (per-model only) or "both" (a global value each model may override); ``lo``/``hi``
+    the slider range, ``step`` its step; ``choices`` for "choice"; ``valid`` the range a
+    typed value must lie in (``(lo, hi)``, None sides unbounded; None = any number) with
+    ``open_low`` / ``open_high`` excluding a bound; ``doc`` shown as the tooltip.
     """
 
     name: str
@@ -48,6 +51,9 @@ class ParamView:
     scope: str = "global"
     doc: str = ""
     required: bool = False
+    valid: tuple | None = None
+    open_low: bool = False
+    open_high: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,15 @@ class Workspace:
     def evaluate_recipe(self, recipe) -> dict[str, float]:
         """Per-task value of :attr:`metric_spec` for the merged model."""
         raise NotImplementedError
+
+    def merge_anatomy(self, recipe, progress: Progress | None = None) -> pd.DataFrame:
+        """"Why this merge" (no evaluator needed): the tidy per-tensor table of
+        :func:`wsviz.analysis.anatomy.recipe_anatomy` (``layer, order, block, kind, model,
+        kept, elected_away, cos, task_norm, merged_norm, mass, kept_mass, elected_mass,
+        dot``). WsvizError when this workspace or method cannot give it."""
+        from wsviz.errors import WsvizError
+
+        raise WsvizError("this workspace cannot show the merge anatomy")
 
     def evaluate_prune(self, target: str, method: str, params: dict, merge=None
                        ) -> dict[str, float]:

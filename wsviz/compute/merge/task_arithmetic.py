@@ -191,22 +191,43 @@ def gta_merge(base: Tensor, deltas: Tensor, params: dict, *, sparsification: str
         if kern is not None and kern.usable(base, deltas, consensus):
             return kern.run(base, deltas, *args, ranks=ranks, keep=keep)
         return gta_fused(base, deltas, ranks, *args, keep=keep)
+    d = sparsify(deltas, params, sparsification, generator=generator, cache=cache)
+    mixed, _ = mix(d, per_model(params["weight"], n, deltas), consensus,
+                   bool(params.get("normalize", False)), params.get("lambda", 1.0))
+    return (base + mixed).to(base.dtype)
+
+
+def sparsify(deltas: Tensor, params: dict, sparsification: str | None,
+             generator: torch.Generator | None = None, cache: dict | None = None) -> Tensor:
+    """Step 1 of :func:`gta_merge`: the sparsified (and optionally rescaled) task vectors
+    ``[n, *shape]`` for one tensor's resolved ``params`` (``density``, ``gamma``,
+    ``epsilon``, ``rescale``), with the trim rule of :mod:`wsviz.compute.trim`."""
+    n = deltas.shape[0]
+    density = as_list(params.get("density", 1.0), n)
+    rescale = bool(params.get("rescale", False))
     if sparsification == "magnitude":
-        d = sp.magnitude(deltas, density, rescale, cache=cache)
-    elif sparsification == "magnitude_outliers":
-        d = sp.magnitude_outliers(deltas, density, as_list(params.get("gamma", 0.01), n),
-                                  rescale, cache=cache)
-    elif sparsification == "random":
-        d = sp.bernoulli(deltas, density, rescale, generator=generator)
-    elif sparsification == "della_magprune":
-        d = sp.della(deltas, density, as_list(params.get("epsilon", 0.15), n), rescale,
-                     generator=generator, cache=cache)
-    elif sparsification is None:
-        d = deltas
-    else:
-        raise ValueError(f"unknown sparsification {sparsification!r}")
-    w = per_model(params["weight"], n, deltas)
+        return sp.magnitude(deltas, density, rescale, cache=cache)
+    if sparsification == "magnitude_outliers":
+        return sp.magnitude_outliers(deltas, density, as_list(params.get("gamma", 0.01), n),
+                                     rescale, cache=cache)
+    if sparsification == "random":
+        return sp.bernoulli(deltas, density, rescale, generator=generator)
+    if sparsification == "della_magprune":
+        return sp.della(deltas, density, as_list(params.get("epsilon", 0.15), n), rescale,
+                        generator=generator, cache=cache)
+    if sparsification is None:
+        return deltas
+    raise ValueError(f"unknown sparsification {sparsification!r}")
+
+
+def mix(d: Tensor, w: Tensor, consensus: str | None, normalize: bool, lam: float
+        ) -> tuple[Tensor, Tensor | None]:
+    """Steps 2-4 of :func:`gta_merge` on sparsified task vectors ``d`` ``[n, *shape]`` and
+    weights ``w`` ``[n, 1, ...]``: ``(mixed [*shape], elected [n, *shape] bool or None)``.
+    ``mixed = λ · Σ_i w_i d_i e_i / divisor`` (``divisor`` only with ``normalize``), ``e_i``
+    the sign election's keep mask (all ones without ``consensus``)."""
     wd = d * w
+    mask = None
     if consensus is not None:
         mask = sign_consensus(wd) if consensus == "sum" else count_consensus(wd)
         mixed = (wd * mask).sum(0)
@@ -216,12 +237,11 @@ def gta_merge(base: Tensor, deltas: Tensor, params: dict, *, sparsification: str
         mixed = wd.sum(0)
         divisor = w.sum(0)
         divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
-    if params.get("normalize", False):
+    if normalize:
         mixed = mixed / divisor
-    lam = params.get("lambda", 1.0)
     if lam != 1:
         mixed = mixed * lam
-    return (base + mixed).to(base.dtype)
+    return mixed, mask
 
 
 def _common_params(normalize: bool, rescale: bool) -> list[ParamSpec]:
@@ -264,6 +284,8 @@ def _make(name, sparsification, consensus, normalize, rescale, doc, ref):
                          consensus=consensus, generator=generator, cache=cache)
 
     fn.__name__ = f"merge_{name}"
+    fn.sparsification = sparsification  # read by wsviz.compute.merge.anatomy
+    fn.consensus = consensus
     fn.__doc__ = f"{doc} (mergekit ``{name}``); ``base`` [*shape], ``models`` [n, *shape]."
     return register(MethodSpec(
         name=name, params=tuple(params), needs_base=True, min_models=1, max_models=None,

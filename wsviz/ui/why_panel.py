@@ -1,0 +1,229 @@
+""""Why this merge": a live view of what the current recipe does to each layer.
+
+Shows the merge tuner's ``recipe``: the tuner calls :meth:`WhyPanel.update` after every
+parameter change (once the live metrics are on screen, so it never delays them), which fetches
+:meth:`Workspace.merge_anatomy` off the event loop (spinner + progress bar, coalesced to the
+latest recipe) and shows, per tensor sorted by depth (or per block), the share of each
+model's |delta| mass the trim keeps, the share the sign election discards, the cosine of the
+merged delta with each task vector and the merged delta's norm — plus whole-model totals and
+a table. No evaluator is needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import holoviews as hv
+import pandas as pd
+import panel as pn
+import param
+from panel.io.state import set_curdoc
+from panel.viewable import Viewer
+
+from wsviz.ui.session import Session
+from wsviz.ui.widgets import FT_PALETTE
+
+#: (column, plot title, y label) of the per-layer plots
+PANELS = (
+    ("kept", "Kept by the trim (share of each model's |Δ| mass)", "kept"),
+    ("elected_away", "Discarded by the sign election (share of |Δ| mass)", "elected away"),
+    ("cos", "Cosine of the merged delta with each task vector", "cos"),
+    ("merged_norm", "Norm of the merged delta ‖merged − base‖", "‖Δ‖"),
+)
+#: quiet time (ms) after the last parameter change before the anatomy is computed, in a
+#: served page: a drag-drag-drag sequence computes it once, and never competes with the
+#: live metrics of the next change
+SETTLE_MS = 800
+TABLE_COLUMNS = ["layer", "model", "kept", "elected_away", "cos", "task_norm", "merged_norm"]
+
+
+def summary_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """Whole-model totals per model (see :func:`wsviz.analysis.anatomy.anatomy_summary`)."""
+    from wsviz.analysis.anatomy import anatomy_summary
+
+    return anatomy_summary(table)
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
+
+
+def _num(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
+
+
+def summary_markdown(table: pd.DataFrame, method: str) -> str:
+    """One paragraph: per model kept / elected-away mass and cosine, merged norm."""
+    s = summary_frame(table)
+    if s.empty:
+        return "*no tensors*"
+    parts = [f"`{r.model}`: kept **{_pct(r.kept)}**, elected away **{_pct(r.elected_away)}**, "
+             f"cos **{_num(r.cos)}**" for r in s.itertuples()]
+    return (f"**{method}** over {table['layer'].nunique()} tensors — merged ‖Δ‖ "
+            f"**{_num(float(s['merged_norm'].iloc[0]))}**  \n" + " · ".join(parts))
+
+
+def model_colors(labels) -> dict[str, str]:
+    """A fixed colour per model label (and black for the merged series)."""
+    out = {str(m): FT_PALETTE[i % len(FT_PALETTE)] for i, m in enumerate(labels)}
+    out["merged"] = "black"
+    return out
+
+
+def layer_plot(frame: pd.DataFrame, col: str, x: str = "order",
+               xlabel: str = "tensor (by depth)", colors: dict | None = None):
+    """One of the :data:`PANELS` plots: ``col`` over ``x``, a line and markers per model
+    (one ``merged`` series for the merged norm), coloured by model, hover giving the layer
+    (or block) and the value — readable from a handful of tensors to hundreds. Always a
+    Path * Scatter pair, so a DynamicMap updates it in place. ``frame`` has ``x``,
+    ``model``, ``layer`` (or ``block``) and the metric columns."""
+    title, ylabel = next((t, y) for c, t, y in PANELS if c == col)
+    key = "layer" if "layer" in frame else "block"
+    d = frame.drop_duplicates(x).assign(model="merged") if col == "merged_norm" else frame
+    extra = [] if key == x else [key]
+    d = d[[x, col, "model", *extra]]
+    colors = colors or model_colors(dict.fromkeys(d["model"]))
+    paths = [{x: g[x].to_numpy(), col: g[col].to_numpy(), "model": str(m)}
+             for m, g in d.groupby("model", sort=False)]
+    lines = hv.Path(paths, [x, col], vdims=["model"]).opts(
+        color="model", cmap=colors, line_width=1.5, show_legend=False)
+    dots = hv.Scatter(d.astype({"model": str}), x, [col, "model", *extra]).opts(
+        color="model", cmap=colors, size=5, tools=["hover"], show_legend=col == "kept",
+        legend_position="right")
+    ylim = (-0.03, 1.03) if col in ("kept", "elected_away") else (None, None)  # shares
+    return (lines * dots).opts(title=title, ylabel=ylabel, xlabel=xlabel, responsive=True,
+                               height=200, framewise=True, ylim=ylim)
+
+
+def layer_plots(frame: pd.DataFrame, x: str = "order", xlabel: str = "tensor (by depth)",
+                colors: dict | None = None) -> list:
+    """The four :func:`layer_plot` plots of ``frame``."""
+    return [layer_plot(frame, col, x, xlabel, colors) for col, _, _ in PANELS]
+
+
+class WhyPanel(Viewer):
+    """"Why this merge" for ``tuner.recipe`` (see the module docstring)."""
+
+    table = param.DataFrame(default=None, allow_None=True,
+                            doc="The anatomy table of the last recipe shown.")
+    n_updates = param.Integer(default=0, doc="Anatomies shown in this session.")
+    group = param.Selector(default="tensor", objects=["tensor", "block"],
+                           doc="Plot per tensor (sorted by depth) or per block.")
+
+    def __init__(self, session: Session, tuner, **params):
+        super().__init__(**params)
+        self.session = session
+        self.tuner = tuner
+        self._summary = pn.pane.Markdown("*waiting for a valid recipe…*",
+                                         css_classes=["wsviz-why-summary"],
+                                         sizing_mode="stretch_width")
+        self._busy = pn.indicators.LoadingSpinner(value=False, size=20)
+        self._progress = pn.indicators.Progress(value=0, max=100, width=200, visible=False)
+        self._group_w = pn.widgets.RadioButtonGroup.from_param(self.param.group,
+                                                               button_type="light")
+        self._colors = model_colors(session.workspace.labels)
+        empty = pd.DataFrame({c: pd.Series(dtype=float) for c in ("order", *(c for c, _, _ in
+                                                                      PANELS))})
+        self._pipe = hv.streams.Pipe(data=(empty.assign(model="", layer=""), "order",
+                                           "tensor (by depth)"))
+        self._panes = [pn.pane.HoloViews(hv.DynamicMap(
+            lambda data, col=col: layer_plot(data[0], col, data[1], data[2], self._colors),
+            streams=[self._pipe]), sizing_mode="stretch_width") for col, _, _ in PANELS]
+        self._plots = pn.Column(*self._panes, sizing_mode="stretch_width")
+        self._table = pn.widgets.Tabulator(pd.DataFrame(columns=TABLE_COLUMNS),
+                                           pagination="remote", page_size=12,
+                                           sizing_mode="stretch_width", disabled=True,
+                                           show_index=False)
+        self._timer = None
+        self._doc = None
+        self.param.watch(lambda e: self._draw(), "group")
+        self.update()
+
+    def schedule(self) -> None:
+        """:meth:`update` once the tuner has been quiet for :data:`SETTLE_MS` (served
+        page); at once in a notebook or test (no event loop to wait on)."""
+        doc = pn.state.curdoc
+        if not self.session.runner.background or doc is None or doc.session_context is None:
+            self.update()
+            return
+        self.cancel()
+        self._doc = doc
+        self._timer = doc.add_timeout_callback(self._fire, SETTLE_MS)
+
+    def cancel(self) -> None:
+        """Drop a scheduled update (a newer parameter change is on its way)."""
+        if self._timer is not None and self._doc is not None:
+            try:
+                self._doc.remove_timeout_callback(self._timer)
+            except ValueError:  # already ran
+                pass
+        self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        with set_curdoc(self._doc):
+            self.update()
+
+    def update(self, *_) -> None:
+        """Compute the anatomy of the tuner's current recipe (off the event loop)."""
+        recipe = self.tuner.recipe
+        if recipe is None:
+            return
+        runner = self.session.runner
+        ws = self.session.workspace
+        method = getattr(recipe, "method", None) or recipe.get("method", "")
+
+        def progress(frac, msg):
+            runner.call_soon(lambda: setattr(self._progress, "value", int(100 * frac)))
+
+        def work():
+            return method, ws.merge_anatomy(recipe, progress=progress)
+
+        def done(result):
+            self._busy.value = False
+            self._progress.visible = False
+            self._show(*result)
+
+        def error(exc):
+            self._busy.value = False
+            self._progress.visible = False
+            self._summary.object = f"*No anatomy for this recipe: {exc}*"
+
+        self._busy.value = True
+        self._progress.value = 0
+        self._progress.visible = True
+        runner.submit("why", work, done, error)
+
+    def _show(self, method: str, table: pd.DataFrame) -> None:
+        with pn.io.hold():
+            self.n_updates += 1
+            self.table = table
+            self._method = method
+            self._draw()
+
+    def _draw(self) -> None:
+        table = self.table
+        if table is None:
+            return
+        self._summary.object = (f"*update #{self.n_updates}* · "
+                                + summary_markdown(table, self._method))
+        if self.group == "block":  # the plots update in place (no figure rebuilt)
+            from wsviz.analysis.anatomy import anatomy_by_block
+
+            self._pipe.send((anatomy_by_block(table), "block", "block"))
+        else:
+            self._pipe.send((table, "order", "tensor (by depth)"))
+        self._table.value = table[TABLE_COLUMNS].round(4)
+
+    def __panel__(self):
+        return pn.Column(
+            pn.Row(pn.pane.Markdown("### Why this merge", margin=(0, 10)), self._busy,
+                   self._progress, self._group_w),
+            pn.pane.Markdown(
+                "Per tensor (sorted by depth): the share of each model's |delta| mass the "
+                "trim keeps, the share the sign election throws away, how well the merged "
+                "delta lines up with each task vector, and its size. No evaluator needed.",
+                styles={"color": "#555"}, sizing_mode="stretch_width"),
+            self._summary, self._plots, self._table,
+            sizing_mode="stretch_width",
+        )
