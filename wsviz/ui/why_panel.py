@@ -20,6 +20,7 @@ import param
 from panel.io.state import set_curdoc
 from panel.viewable import Viewer
 
+from wsviz.errors import WsvizError
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import FT_PALETTE
 
@@ -177,11 +178,17 @@ class WhyPanel(Viewer):
             runner.call_soon(lambda: setattr(self._progress, "value", int(100 * frac)))
 
         def work():
-            return method, ws.merge_anatomy(recipe, progress=progress)
+            try:
+                return method, ws.merge_anatomy(recipe, progress=progress)
+            except WsvizError as exc:  # e.g. a whole-model method: said in the panel, no toast
+                return method, exc
 
         def done(result):
             self._busy.value = False
             self._progress.visible = False
+            if isinstance(result[1], WsvizError):
+                self._summary.object = f"*No anatomy for this recipe: {result[1]}*"
+                return
             self._show(*result)
 
         def error(exc):
