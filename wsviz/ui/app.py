@@ -92,7 +92,7 @@ def build_page(workspace: Workspace, background: bool = True):
     on_busy()
     on_status()
     tabs = pn.Tabs(
-        ("Explore", pn.Row(pn.Column(c.overview, width=560), c.detail,
+        ("Explore", pn.Row(pn.Column(c.overview, width=c.overview.preferred_width), c.detail,
                            sizing_mode="stretch_width")),
         ("Task map", c.task_map),
         ("Merge", c.merge),
