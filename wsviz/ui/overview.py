@@ -110,6 +110,7 @@ class Overview(Viewer):
         self.param.model.objects = list(AGGREGATES) + list(ws.labels)
         self._tap = None
         self._grid_tap = None
+        self._metric_chosen = False
         self._cells: hv.Rectangles | None = None  # the grid's cells (one per block cell)
         self._outline = hv.streams.Pipe(data=selection_box(self.layout, session.layer))
         # Heights live in the HoloViews objects (responsive width, fixed height): layout
@@ -175,11 +176,15 @@ class Overview(Viewer):
         self.param.metric.objects = ms
         self._on_progress()
         if self.layout.has_blocks:
-            if self.metric in ms:
+            # first table: relative change (compares modules of different sizes), else the
+            # first metric; later tables keep the user's choice when it still exists
+            want = self.metric if self._metric_chosen and self.metric in ms else (
+                "delta_rel" if "delta_rel" in ms else (ms[0] if ms else None))
+            self._metric_chosen = True
+            if self.metric == want:
                 self._redraw_grid()
             else:
-                # relative change compares modules of different sizes; else the first metric
-                self.metric = "delta_rel" if "delta_rel" in ms else (ms[0] if ms else None)
+                self.metric = want  # triggers _redraw_grid
         if self.metrics == ms[:12]:
             self._redraw()
         else:
@@ -243,8 +248,9 @@ class Overview(Viewer):
         xticks = [(i, m) for i, m in enumerate(self.layout.modules)]
         yticks = [(b, str(b)) for b in blocks if (b - blocks[0]) % step == 0]
         long_labels = max(len(m) for m in self.layout.modules) > 5
+        value = hv.Dimension("value", label=self.metric)
         rects = hv.Rectangles(cells, kdims=["x0", "y0", "x1", "y1"],
-                              vdims=["value", "layer", "module", "block"]).opts(
+                              vdims=[value, "layer", "module", "block"]).opts(
             color="value", cmap="viridis", clim=(lo, hi if hi > lo else lo + 1e-12),
             colorbar=True, line_color=None, tools=["hover", "tap"], **NO_FADE,
             hover_tooltips=[("tensor", "@layer"), ("block", "@block"),
@@ -276,8 +282,9 @@ class Overview(Viewer):
             self.session.select_layer(layer)
 
     def _profile_opts(self, title: str) -> dict:
-        return dict(width=PROFILE_WIDTH, height=300, xlabel="block", ylabel=self.metric,
-                    title=title, legend_position="right", fontsize={"title": 10},
+        return dict(width=PROFILE_WIDTH, height=340, xlabel="block", ylabel=self.metric,
+                    title=title, legend_position="bottom", legend_cols=3,
+                    fontsize={"title": 10, "legend": 8}, toolbar="above",
                     shared_axes=False, show_grid=True, tools=["hover"])
 
     def _module_profile_plot(self, df: pd.DataFrame):
