@@ -79,7 +79,8 @@ def build_page(workspace: Workspace, background: bool = True):
     s = c.session
     spinner = pn.indicators.LoadingSpinner(value=False, size=28, color="light",
                                            css_classes=["wsviz-busy"])
-    status = pn.pane.Markdown("", styles={"color": "white"}, margin=(0, 10))
+    status = pn.pane.Markdown("", styles={"color": "white"}, margin=(0, 10),
+                              css_classes=["wsviz-header-status"])
 
     def on_busy(*_):
         spinner.value = s.busy > 0

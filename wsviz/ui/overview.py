@@ -111,6 +111,7 @@ class Overview(Viewer):
         self._tap = None
         self._grid_tap = None
         self._metric_chosen = False
+        self._updating = False
         self._cells: hv.Rectangles | None = None  # the grid's cells (one per block cell)
         self._outline = hv.streams.Pipe(data=selection_box(self.layout, session.layer))
         # Heights live in the HoloViews objects (responsive width, fixed height): layout
@@ -172,23 +173,25 @@ class Overview(Viewer):
         if table is None:
             return
         ms = ordered_metrics(table)
-        self.param.metrics.objects = ms
-        self.param.metric.objects = ms
-        self._on_progress()
-        if self.layout.has_blocks:
-            # first table: relative change (compares modules of different sizes), else the
-            # first metric; later tables keep the user's choice when it still exists
-            want = self.metric if self._metric_chosen and self.metric in ms else (
-                "delta_rel" if "delta_rel" in ms else (ms[0] if ms else None))
-            self._metric_chosen = True
-            if self.metric == want:
-                self._redraw_grid()
-            else:
-                self.metric = want  # triggers _redraw_grid
-        if self.metrics == ms[:12]:
+        # first table: the grid shows the relative change (compares modules of different
+        # sizes), else the first metric; later tables keep a choice that still exists
+        want = self.metric if self._metric_chosen and self.metric in ms else (
+            "delta_rel" if "delta_rel" in ms else (ms[0] if ms else None))
+        self._metric_chosen = True
+        # one batch of document changes (no half-drawn page), each plot drawn once (the
+        # widgets re-pick a value when their options change: those redraws are skipped)
+        with pn.io.hold():
+            self._updating = True
+            try:
+                self.param.metrics.objects = ms
+                self.param.metric.objects = ms
+                self.metric = want
+                self.metrics = ms[:12]
+            finally:
+                self._updating = False
+            self._on_progress()
+            self._redraw_grid()
             self._redraw()
-        else:
-            self.metrics = ms[:12]  # triggers _redraw
 
     # -- layers x metrics heatmap ----------------------------------------------------------
     def frame(self) -> pd.DataFrame:
@@ -198,7 +201,7 @@ class Overview(Viewer):
         return heatmap_frame(self.session.table, self.model, self.metrics, layers)
 
     def _redraw(self, *_):
-        if self.session.table is None or (self.layout.has_blocks and not self.layout.flat):
+        if self._updating or self.session.table is None or (self.layout.has_blocks and not self.layout.flat):
             return
         df = self.frame()
         if df.empty:
@@ -230,7 +233,7 @@ class Overview(Viewer):
         return depth_frame(self.session.table, self.layout, self.metric, self.model)
 
     def _redraw_grid(self, *_):
-        if self.session.table is None or not self.layout.has_blocks or not self.metric:
+        if self._updating or self.session.table is None or not self.layout.has_blocks or not self.metric:
             return
         df = self.grid_frame()
         if df.empty:
