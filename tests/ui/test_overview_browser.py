@@ -109,3 +109,65 @@ def test_demo_falls_back_to_the_flat_heatmap(page, demo_app, artifacts_dir):
     titles = [b["title"] for b in page.evaluate(PLOT_BOXES_JS)]
     assert not any(t.startswith("Depth × module") for t in titles)
     assert notifications(page) == []
+
+
+# The y-axis ticks and title of a figure, and the title's rendered text width in px.
+AXIS_JS = """
+(prefix) => {
+  const seen = new Set();
+  let found = null;
+  function walk(v) {
+    if (!v || seen.has(v) || found) return;
+    seen.add(v);
+    const m = v.model;
+    if (m && m.title && m.title.text && m.title.text.startsWith(prefix) && v.frame) {
+      const ctx = document.createElement('canvas').getContext('2d');
+      const t = m.title;
+      ctx.font = `${t.text_font_style} ${t.text_font_size} ${t.text_font}`;
+      const yticks = m.left.filter(a => a.ticker).flatMap(a => a.ticker.ticks || []);
+      found = {title_px: ctx.measureText(t.text).width, width: v.el.getBoundingClientRect().width,
+               frame_h: v.frame.bbox.height, yticks: yticks};
+    }
+    for (const k of (v.child_views || [])) walk(k);
+  }
+  for (const v of Object.values(Bokeh.index)) walk(v);
+  return found;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def blocks80_app(artifacts_dir):
+    app = ServedApp(["--workspace", "tests.ui.block_workspace:block_workspace"],
+                    artifacts_dir / "server_blocks80.log")
+    yield app
+    app.stop()
+
+
+def test_80_blocks_are_readable(page, blocks80_app, artifacts_dir):
+    open_app(page, blocks80_app.url)
+    grid = figure_state(page, "Depth × module",
+                        predicate=lambda f: any(len(r["columns"].get("block", [])) == 720
+                                                for r in f["renderers"]), timeout=120)
+    assert grid["title"] == "Depth × module (80 blocks)"
+    figure_state(page, "delta_rel per model", timeout=120)
+    ax = page.evaluate(AXIS_JS, "Depth × module")
+    ticks = ax["yticks"]
+    assert ticks[0] == 0 and ticks[-1] <= 79
+    step = ticks[1] - ticks[0]
+    # labelled rows are >= 14 px apart (no overprinted block numbers), every row >= 9 px
+    assert ax["frame_h"] / 80 >= 9 and ax["frame_h"] / 80 * step >= 14
+    assert ax["title_px"] < ax["width"]  # the title is not cut
+    for prefix in ("delta_rel per module", "delta_rel per model"):
+        prof = page.evaluate(AXIS_JS, prefix)
+        assert prof["title_px"] < prof["width"]
+    # a click on the last block still selects the right tensor (scrolled into view)
+    box = stable_plot_box(page, "Depth × module")
+    page.mouse.move(box["x"] + box["w"] / 2, box["y"] + box["h"] / 2)
+    page.mouse.wheel(0, 800)  # the template's main area scrolls, not the document
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(artifacts_dir / "depth_grid_80_blocks.png"), full_page=True)
+    click_data(page, stable_plot_box(page, "Depth × module"), grid, 1, 79)
+    wait_pane_text(page, "wsviz-selected-layer", lambda t: "model.layers.79.self_attn.k_proj" in t)
+    page.screenshot(path=str(artifacts_dir / "depth_grid_80_blocks.png"), full_page=True)
+    assert notifications(page) == []
