@@ -17,9 +17,9 @@ from wsviz.ui.overview import grid_geometry
 
 
 def _grid_parts(ov):
-    """(plot options, cells) of the drawn grid."""
+    """(plot options, cells) of the grid as drawn now (evaluates its DynamicMap)."""
+    ov._grid.object[()]
     rects = ov._cells
-    assert ov._grid.object is not None
     return hv.Store.lookup_options("bokeh", rects, "plot").kwargs, rects
 
 

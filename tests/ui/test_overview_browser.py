@@ -28,21 +28,38 @@ N_BLOCKS = 10
 DETAIL = "wsviz-detail-title"
 
 
-def click_until(page, grid: dict, x: float, y: float, cls: str, predicate, tries: int = 3):
-    """Click the grid cell (x, y) until pane ``cls`` satisfies ``predicate``; on the loaded
-    2-core box a tap sent while the server is busy with the page's other first jobs was
-    occasionally not answered, so the click is repeated (at most ``tries`` times, each waited
-    for 40 s; the number needed is printed)."""
-    for i in range(tries):
-        click_data(page, stable_plot_box(page, "Depth × module"), grid, x, y)
-        try:
-            text = wait_pane_text(page, cls, predicate, 40)
-        except AssertionError:
-            if i == tries - 1:
-                raise
-            continue
-        print(f"\ngrid cell ({x}, {y}) selected after {i + 1} click(s)")
-        return text
+TOOLTIP_JS = """
+() => {
+  const out = [];
+  const walk = (node) => {
+    if (node.classList && [...node.classList].some(c => c.includes('tooltip'))
+        && node.offsetParent !== null) out.push(node.innerText || '');
+    if (node.shadowRoot) [...node.shadowRoot.children].forEach(walk);
+    [...(node.children || [])].forEach(walk);
+  };
+  walk(document.body);
+  return out.join(' | ');
+}
+"""
+
+
+def wait_tooltip(page, predicate, timeout_ms: int = 20_000) -> str:
+    """Text of the visible Bokeh tooltip(s) once ``predicate`` holds."""
+    text = ""
+    for _ in range(timeout_ms // 200):
+        text = page.evaluate(TOOLTIP_JS)
+        if predicate(text):
+            return text
+        page.wait_for_timeout(200)
+    raise AssertionError(f"no tooltip matched; last: {text!r}")
+
+
+def click_until(page, grid: dict, x: float, y: float, cls: str, predicate):
+    """Click the grid cell (x, y) once and wait until pane ``cls`` satisfies ``predicate``
+    (a figure first drawn after the page was rendered used to drop every tap: one click must
+    do)."""
+    click_data(page, stable_plot_box(page, "Depth × module"), grid, x, y)
+    return wait_pane_text(page, cls, predicate, 60)
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +119,14 @@ def test_depth_grid_first_session_empty_cache(page, llama_blocks_app, artifacts_
     assert "pooled to 32×256" in conflict["title"]
     image = [r for r in conflict["renderers"] if r["image"]][0]
     assert image["image"] == [512, 32]
+    # hovering column 300.4, row 20.5 names the pooled cell's real columns 300-301, row 20
+    box = stable_plot_box(page, "Sign-conflict map")
+    click = dict(conflict)
+    (x0, x1), (y0, y1) = click["x"], click["y"]
+    page.mouse.move(box["x"] + box["w"] * (300.4 - x0) / (x1 - x0),
+                    box["y"] + box["h"] * (1 - (20.5 - y0) / (y1 - y0)))
+    tip = wait_tooltip(page, lambda t: "columns" in t)
+    assert "300–301" in tip and "20" in tip.split("rows", 1)[1].split("columns")[0]
     page.screenshot(path=str(artifacts_dir / "conflict_map_axes.png"), full_page=True)
     page.locator(".bk-tab").get_by_text("Matrix", exact=True).click()
     matrix = figure_state(page, "delta:", timeout=60)

@@ -13,7 +13,6 @@ The selection is drawn as an outline over the grid; no cell is faded. Table resh
 from __future__ import annotations
 
 import holoviews as hv
-import numpy as np
 import pandas as pd
 import panel as pn
 import param
@@ -133,6 +132,8 @@ class Overview(Viewer):
         self._flat_title = pn.pane.Markdown(
             f"**Tensors outside the blocks** ({len(self.layout.flat)})"
             if self.layout.has_blocks else "", visible=bool(self.layout.flat))
+        if self.layout.has_blocks:
+            self._build_grid()
         session.param.watch(self._on_table, "table")
         session.param.watch(self._on_progress, ["analysis_progress", "status"])
         session.param.watch(self._on_layer, "layer")
@@ -232,48 +233,66 @@ class Overview(Viewer):
         :func:`wsviz.analysis.blocks.depth_frame`)."""
         return depth_frame(self.session.table, self.layout, self.metric, self.model)
 
-    def _redraw_grid(self, *_):
-        if self._updating or self.session.table is None or not self.layout.has_blocks or not self.metric:
-            return
-        df = self.grid_frame()
-        if df.empty:
-            note = hv.Div(f"<i>No values of {self.metric} in the blocks.</i>").opts(height=60)
-            self._grid.object = self._by_module.object = note
-            self._by_model.object = None
-            return
+    def _build_grid(self) -> None:
+        """Create the grid's figure once, before the page is rendered: a DynamicMap fed by
+        :attr:`_cells_pipe` (cells) and :attr:`_outline` (selection). Later tables, metrics
+        and models only send new data, so the figure, its Tap stream and its server
+        callbacks stay those of the first render (a figure first drawn after the page was
+        rendered — the first session with an empty cache — never received its taps)."""
         blocks = self.layout.blocks
         _, height, step = grid_geometry(len(blocks))
-        cells = df.assign(x0=df["col"] - 0.5, x1=df["col"] + 0.5,
-                          y0=df["block"] - 0.5, y1=df["block"] + 0.5)
-        cells = cells[["x0", "y0", "x1", "y1", "value", "layer", "module", "block"]]
-        finite = cells["value"].to_numpy(dtype=float)
-        lo, hi = float(np.min(finite)), float(np.max(finite))
+        n_cols = len(self.layout.modules)
         xticks = [(i, m) for i, m in enumerate(self.layout.modules)]
         yticks = [(b, str(b)) for b in blocks if (b - blocks[0]) % step == 0]
         long_labels = max(len(m) for m in self.layout.modules) > 5
-        value = hv.Dimension("value", label=self.metric)
-        rects = hv.Rectangles(cells, kdims=["x0", "y0", "x1", "y1"],
-                              vdims=[value, "layer", "module", "block"]).opts(
-            color="value", cmap="viridis", clim=(lo, hi if hi > lo else lo + 1e-12),
-            colorbar=True, line_color=None, tools=["hover", "tap"], **NO_FADE,
-            hover_tooltips=[("tensor", "@layer"), ("block", "@block"),
-                            ("module", "@module"), (self.metric, "@value{0.[0000]}")])
+        empty = pd.DataFrame({c: pd.Series(dtype=float) for c in
+                              ("x0", "y0", "x1", "y1", "value", "block")}).assign(
+            layer=pd.Series(dtype=str), module=pd.Series(dtype=str))
+        self._cells_pipe = hv.streams.Pipe(data=empty[["x0", "y0", "x1", "y1", "value",
+                                                      "layer", "module", "block"]])
+
+        def cells_element(data: pd.DataFrame) -> hv.Rectangles:
+            finite = data["value"].to_numpy(dtype=float)
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            rects = hv.Rectangles(data, kdims=["x0", "y0", "x1", "y1"],
+                                  vdims=["value", "layer", "module", "block"]).opts(
+                color="value", cmap="viridis", clim=(lo, hi if hi > lo else lo + 1e-12),
+                colorbar=True, line_color=None, tools=["hover", "tap"], **NO_FADE,
+                hover_tooltips=[("tensor", "@layer"), ("block", "@block"),
+                                ("module", "@module"), ("value", "@value{0.[0000]}")],
+                width=GRID_WIDTH, height=height, xticks=xticks, yticks=yticks,
+                xrotation=60 if long_labels else 0, invert_yaxis=True,
+                xlim=(-0.5, n_cols - 0.5), ylim=(blocks[0] - 0.5, blocks[-1] + 0.5),
+                xlabel="module", ylabel="block",
+                title=f"Depth × module ({len(blocks)} blocks)", toolbar="above",
+                default_tools=["save", "reset"], fontsize={"title": 10}, shared_axes=False,
+                framewise=True)
+            self._cells = rects
+            return rects
+
+        cells = hv.DynamicMap(cells_element, streams=[self._cells_pipe])
         outline = hv.DynamicMap(
             lambda data: hv.Rectangles(data, kdims=["x0", "y0", "x1", "y1"]).opts(
                 fill_alpha=0.0, line_color="red", line_width=3),
             streams=[self._outline])
-        n_cols = len(self.layout.modules)
-        rects.opts(
-            width=GRID_WIDTH, height=height, xticks=xticks, yticks=yticks,
-            xrotation=60 if long_labels else 0, invert_yaxis=True,
-            xlim=(-0.5, n_cols - 0.5), ylim=(blocks[0] - 0.5, blocks[-1] + 0.5),
-            xlabel="module", ylabel="block", title=f"Depth × module ({len(blocks)} blocks)",
-            toolbar="above", default_tools=["save", "reset"], fontsize={"title": 10},
-            shared_axes=False)
-        self._cells = rects
-        self._grid.object = rects * outline
-        self._grid_tap = hv.streams.Tap(source=rects, x=None, y=None)
+        self._grid_tap = hv.streams.Tap(source=cells, x=None, y=None)
         self._grid_tap.add_subscriber(self._on_grid_tap)
+        self._grid.object = cells * outline
+
+    def _redraw_grid(self, *_):
+        if (self._updating or self.session.table is None or not self.layout.has_blocks
+                or not self.metric):
+            return
+        df = self.grid_frame()
+        cells = df.assign(x0=df["col"] - 0.5, x1=df["col"] + 0.5,
+                          y0=df["block"] - 0.5, y1=df["block"] + 0.5)
+        self._cells_pipe.send(cells[["x0", "y0", "x1", "y1", "value", "layer", "module",
+                                     "block"]])
+        if df.empty:
+            self._by_module.object = hv.Div(
+                f"<i>No values of {self.metric} in the blocks.</i>").opts(height=60)
+            self._by_model.object = None
+            return
         self._by_module.object = self._module_profile_plot(df)
         self._by_model.object = self._model_profile_plot()
 
