@@ -103,7 +103,7 @@ def test_depth_grid_first_session_empty_cache(page, llama_blocks_app, artifacts_
     page.screenshot(path=str(artifacts_dir / "depth_grid_before.png"), full_page=True)
     # click block 7, column 6 ("down")
     after = click_until(page, grid, 6, 7, DETAIL,
-                        lambda t: "mlp.down_proj" in t and "shape" in t)
+                        lambda t: "mlp.down_proj" in t and "shape" in t and t != first)
     assert "model.layers.7.mlp.down_proj.weight" in after and "32×512" in after
     assert "block 7, down" in pane_text(page, "wsviz-selected-layer")
     grid = figure_state(page, "Depth × module",
