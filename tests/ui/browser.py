@@ -166,3 +166,76 @@ def plot_labels(page, title_prefix: str, timeout: float = 60.0, predicate=None) 
                     return fig
         page.wait_for_timeout(200)
     raise AssertionError(f"no plot titled {title_prefix!r} matched; last: {last}")
+
+
+# Ranges and glyph renderers of the figure whose title starts with a prefix.
+FIGURE_JS = """
+(prefix) => {
+  const seen = new Set();
+  let found = null;
+  function walk(v) {
+    if (!v || seen.has(v) || found) return;
+    seen.add(v);
+    const m = v.model;
+    if (m && m.title !== undefined && m.x_range !== undefined && v.el
+        && v.el.getBoundingClientRect().width > 0
+        && (m.title ? m.title.text : '').startsWith(prefix)) {
+      const val = (p) => (p && typeof p === 'object' && 'value' in p) ? p.value : p;
+      found = {
+        title: m.title.text,
+        x: [m.x_range.start, m.x_range.end], y: [m.y_range.start, m.y_range.end],
+        renderers: (m.renderers || []).filter(r => r.glyph).map(r => {
+          const d = r.data_source ? r.data_source.data : {};
+          const cols = {};
+          for (const k of Object.keys(d)) {
+            if (['block', 'layer', 'left', 'right', 'top', 'bottom'].includes(k)) cols[k] = Array.from(d[k]);
+          }
+          const g = r.glyph, ng = r.nonselection_glyph;
+          return {type: g.type, columns: cols,
+                  image: d.image !== undefined ? [d.dw && d.dw[0], d.dh && d.dh[0]] : null,
+                  fill_alpha: val(g.fill_alpha),
+                  nonselection_fill_alpha: ng ? val(ng.fill_alpha) : null};
+        }),
+      };
+    }
+    for (const k of (v.child_views || [])) walk(k);
+  }
+  for (const v of Object.values(Bokeh.index)) walk(v);
+  return found;
+}
+"""
+
+
+def figure_state(page, title_prefix: str, timeout: float = 60.0, predicate=None) -> dict:
+    """``{title, x: [start, end], y: [start, end], renderers: [{type, columns (block, layer,
+    left/right/top/bottom data), image: [dw, dh] or None, fill_alpha, nonselection_fill_alpha}]}`` of the
+    visible figure whose title starts with ``title_prefix`` (satisfying ``predicate``)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = page.evaluate(FIGURE_JS, title_prefix)
+        if last is not None and (predicate is None or predicate(last)):
+            return last
+        page.wait_for_timeout(200)
+    raise AssertionError(f"no figure titled {title_prefix!r} matched; last: {last}")
+
+
+def stable_plot_box(page, title_prefix: str, timeout: float = 60.0) -> dict:
+    """:func:`plot_box`, once it stops moving (plots around it may still be laying out)."""
+    box = plot_box(page, title_prefix, timeout)
+    for _ in range(50):
+        page.wait_for_timeout(200)
+        again = plot_box(page, title_prefix, timeout)
+        if again == box:
+            return box
+        box = again
+    return box
+
+
+def click_data(page, box: dict, fig: dict, x: float, y: float) -> None:
+    """Click the data point (x, y) of a figure (``box`` from :func:`stable_plot_box`, ranges
+    from :func:`figure_state`; inverted ranges are handled)."""
+    (x0, x1), (y0, y1) = fig["x"], fig["y"]
+    px = box["x"] + box["w"] * (x - x0) / (x1 - x0)
+    py = box["y"] + box["h"] * (1 - (y - y0) / (y1 - y0))
+    page.mouse.click(px, py)

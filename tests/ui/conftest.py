@@ -68,11 +68,13 @@ def free_port() -> int:
 class ServedApp:
     """``panel serve apps/wsviz_app.py`` in a subprocess on 127.0.0.1 (stopped by ``stop``)."""
 
-    def __init__(self, app_args: list[str], log_path: Path, timeout: float = 240.0):
+    def __init__(self, app_args: list[str], log_path: Path, timeout: float = 240.0,
+                 env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/wsviz_app"
         env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               "PYTHONUNBUFFERED": "1", "BOKEH_ALLOW_WS_ORIGIN": f"127.0.0.1:{self.port}"}
+               "PYTHONUNBUFFERED": "1", "BOKEH_ALLOW_WS_ORIGIN": f"127.0.0.1:{self.port}",
+               **(env or {})}
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

@@ -82,7 +82,8 @@ def build_page(workspace: Workspace, background: bool = True):
     s = c.session
     spinner = pn.indicators.LoadingSpinner(value=False, size=28, color="light",
                                            css_classes=["wsviz-busy"])
-    status = pn.pane.Markdown("", styles={"color": "white"}, margin=(0, 10))
+    status = pn.pane.Markdown("", styles={"color": "white"}, margin=(0, 10),
+                              css_classes=["wsviz-header-status"])
 
     def on_busy(*_):
         spinner.value = s.busy > 0
@@ -95,7 +96,7 @@ def build_page(workspace: Workspace, background: bool = True):
     on_busy()
     on_status()
     tabs = pn.Tabs(
-        ("Explore", pn.Row(pn.Column(c.overview, width=560), c.detail,
+        ("Explore", pn.Row(pn.Column(c.overview, width=c.overview.preferred_width), c.detail,
                            sizing_mode="stretch_width")),
         ("Task map", c.task_map),
         ("Merge", c.merge),

@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
+from bokeh.models import CustomJSHover, HoverTool
 from holoviews.operation.datashader import rasterize
 from panel.viewable import Viewer
 
+from wsviz.analysis.maps import CELL_RANGE_JS, view_shape
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import submit_with_spinner
 from wsviz.ui.workspace import LayerDetailView
@@ -87,13 +89,21 @@ def delta_hist_plot(d: LayerDetailView):
                                   height=320, legend_position="top_right")
 
 
-def matrix_plot(arr: np.ndarray, title: str, cmap: str = "RdBu_r", symmetric: bool = True):
-    """Image of a 2-D array (rows top to bottom) with symmetric colour limits; rasterized by
-    datashader when larger than :data:`RASTERIZE_CELLS`."""
+def matrix_plot(arr: np.ndarray, title: str, cmap: str = "RdBu_r", symmetric: bool = True,
+                shape: tuple[int, ...] | None = None, mode: str = "strided", key: str = "matrix"):
+    """Image of a 2-D array on the axes of the tensor it shows: ``shape`` is the tensor's
+    shape (its ``[rows, cols]`` view, see :func:`wsviz.analysis.maps.view_shape`; default
+    the array's own), so a down-sampled map still spans rows ``0..rows`` and columns
+    ``0..cols`` with row 0 at the top; the hover names the real rows / columns a cell
+    covers (``mode`` "strided" for sampled matrices, "pooled" for block averages).
+    ``key`` names the axes' dimensions so that two maps never share (link) their axes.
+    Symmetric colour limits unless ``symmetric=False``; rasterized by datashader when the
+    array is larger than :data:`RASTERIZE_CELLS`."""
     arr = np.asarray(arr, dtype=float)
     if arr.ndim == 1:
         arr = arr[None, :]
-    rows, cols = arr.shape
+    h, w = arr.shape
+    rows, cols = view_shape(tuple(shape)) if shape else (h, w)
     finite = arr[np.isfinite(arr)]
     if symmetric:
         lim = float(np.max(np.abs(finite))) if finite.size else 1.0
@@ -101,12 +111,23 @@ def matrix_plot(arr: np.ndarray, title: str, cmap: str = "RdBu_r", symmetric: bo
     else:
         clim = (float(finite.min()) if finite.size else 0.0,
                 float(finite.max()) if finite.size else 1.0)
-    img = hv.Image(arr[::-1], bounds=(0, 0, cols, rows), kdims=["column", "row"], vdims=["v"])
+    xdim = hv.Dimension(f"{key}_column", label="column")
+    ydim = hv.Dimension(f"{key}_row", label="row")
+    # array row 0 at y in [0, rows/h): Image puts its first array row at the top, so flip
+    # the array and invert the axis (row 0 drawn at the top, y = real row index)
+    img = hv.Image(arr[::-1], bounds=(0, 0, cols, rows), kdims=[xdim, ydim], vdims=["v"])
+    how = "" if (h, w) == (rows, cols) else (
+        f" — {mode} to {h}×{w}, a cell ≈ {rows / h:.3g}×{cols / w:.3g}")
     opts = dict(cmap=cmap, colorbar=True, clim=clim, responsive=True, height=360,
-                title=f"{title} [{rows}×{cols}]", tools=["hover"])
-    if rows * cols > RASTERIZE_CELLS:
-        return rasterize(img, aggregator="mean").opts(**opts)
-    return img.opts(**opts)
+                title=f"{title} [{rows}×{cols}]{how}", invert_yaxis=True, shared_axes=False,
+                xlim=(0, cols), ylim=(0, rows))
+    if h * w > RASTERIZE_CELLS:
+        return rasterize(img, aggregator="mean").opts(tools=["hover"], **opts)
+    fmt = {axis: CustomJSHover(args=dict(n=n, m=m, mode=mode), code=CELL_RANGE_JS)
+           for axis, n, m in (("$y", rows, h), ("$x", cols, w))}
+    hover = HoverTool(tooltips=[("rows", "$y{custom}"), ("columns", "$x{custom}"),
+                                ("value", "@image")], formatters=fmt)
+    return img.opts(tools=[hover], **opts)
 
 
 def agreement_plot(agreement: pd.DataFrame):
@@ -193,7 +214,7 @@ class LayerDetail(Viewer):
         if d.sign_conflict is not None:
             self._conflict.object = matrix_plot(
                 d.sign_conflict, "Sign-conflict map (fraction disagreeing)", cmap="magma",
-                symmetric=False)
+                symmetric=False, shape=d.shape, mode="pooled", key="conflict")
         else:
             self._conflict.object = _note(d, "sign_conflict", "No sign-conflict map.")
         self._agree.object = (agreement_plot(d.agreement) if d.agreement is not None
@@ -205,7 +226,8 @@ class LayerDetail(Viewer):
         if d is None or self._quiet:
             return
         if self.matrix_of and self.matrix_of in d.matrix:
-            self._matrix.object = matrix_plot(d.matrix[self.matrix_of], self.matrix_of)
+            self._matrix.object = matrix_plot(d.matrix[self.matrix_of], self.matrix_of,
+                                              shape=d.shape, mode="strided", key="matrix")
         else:
             self._matrix.object = _note(d, "matrix", "No matrix view (1-D tensor).")
 
