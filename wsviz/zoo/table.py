@@ -12,7 +12,7 @@ import pandas as pd
 from wsviz.eval.base import mean_metrics
 
 #: the settings measure_table picks for the default zoo (train-split tuning; see bench/README.md)
-TUNED = {"task_arithmetic": {"lambda": 0.3}, "ties": {"lambda": 1.0, "density": 0.1}}
+TUNED = {"task_arithmetic": {"lambda": 0.3}, "ties": {"lambda": 1.5, "density": 0.05}}
 
 TA_LAMBDAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 TIES_DENSITIES = (0.05, 0.1, 0.2, 0.4)
