@@ -266,3 +266,31 @@ def test_unwritable_location(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo_mod, "build_zoo", denied)
     with pytest.raises(WsvizError, match="Permission denied.*WSVIZ_ZOO_DIR"):
         ensure_zoo(tmp_path / "zoo", progress=False, config=TINY)
+
+
+def test_eval_does_not_import_the_zoo():
+    """No import cycle: every wsviz.eval module imports without wsviz.zoo; the zoo evaluator
+    lives in wsviz.zoo.evaluator and wsviz.eval.ZooEvaluator / --eval zoo reach it lazily."""
+    import subprocess
+    import sys
+
+    code = ("import pkgutil, importlib, sys, wsviz.eval as e\n"
+            "for m in pkgutil.iter_modules(e.__path__):\n"
+            "    if m.name not in ('lm_harness',):\n"
+            "        importlib.import_module('wsviz.eval.' + m.name)\n"
+            "bad = sorted(k for k in sys.modules if k.startswith('wsviz.zoo'))\n"
+            "assert not bad, bad\n"
+            "from wsviz.eval import ZooEvaluator\n"
+            "from wsviz.zoo.evaluator import ZooEvaluator as Z\n"
+            "assert ZooEvaluator is Z\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_eval_spec_zoo_is_the_zoo_evaluator(zoo, monkeypatch):
+    from wsviz.eval.factory import make_evaluator
+    from wsviz.zoo.evaluator import ZooEvaluator
+
+    monkeypatch.setenv("WSVIZ_ZOO_DIR", str(zoo.root))
+    ev = make_evaluator("zoo")
+    assert isinstance(ev, ZooEvaluator) and ev.zoo.root == zoo.root
