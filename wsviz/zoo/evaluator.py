@@ -94,7 +94,8 @@ class ZooEvaluator:
         for name in self.names:
             if name not in weights:
                 raise EvalError(f"zoo evaluation needs Llama tensor {name!r}, missing from the "
-                                f"{len(weights)} given; pass all of {self.names}")
+                                f"{len(weights)} given; pass all {len(self.names)} tensors of "
+                                "zoo.encoder_names()")
             t = weights[name]
             if tuple(t.shape) != self._shapes[name]:
                 raise EvalError(f"Llama tensor {name!r} has shape {tuple(t.shape)}, the zoo "
