@@ -40,7 +40,7 @@ def main() -> None:
     def acc(r):
         return 100 * mean_metrics(evaluate_recipe(r, test, mg))["accuracy"]
 
-    print(f"\nzoo ({len(tasks)} task vectors, {ms.num_params()} encoder parameters), test accuracy:")
+    print(f"\nzoo ({len(tasks)} task vectors, {ms.num_params()} Llama parameters), test accuracy:")
     print(f"{'recipe':44s} {'acc %':>7s} {'rel L2 tensor vs model':>24s}")
     avg = Recipe("linear", models=tasks, params={"weight": 1.0})
     print(f"{'simple average':44s} {acc(avg):7.2f}")

@@ -2,8 +2,10 @@
 
 Prints the median wall time of one full live evaluation (merge + evaluate all zoo tasks) for
 simple averaging, task arithmetic and TIES, split into merge and evaluate, and compares the
-evaluate time with the machine's limit measured in the same run: the bare encoder matmuls
-(the same FLOPs, no heads / metrics / Python), timed interleaved with the evaluations.
+evaluate time with the machine's limit measured in the same run: the bare projection matmuls
+of the zoo's Llama (q/k/v/o and the three MLP matrices of every block on the same tokens: the
+dominant FLOPs, without attention, norms, heads, metrics or Python), timed interleaved with the
+evaluations.
 
     python bench/bench_eval.py [--threads 2] [--repeat 30]
 
@@ -51,22 +53,26 @@ def main() -> None:
     ev.references()
     setup = time.perf_counter() - t0
 
-    # machine limit: the encoder's matmuls alone on the same batch
+    # machine limit: the Llama's projection matmuls alone on the same tokens
     base = zoo.weights("base")
-    x = ev._x
-    w0, b0 = base["encoder.layers.0.weight"], base["encoder.layers.0.bias"]
-    w1, b1 = base["encoder.layers.1.weight"], base["encoder.layers.1.bias"]
-    flops = 2 * x.shape[0] * (w0.numel() + w1.numel())
+    ids = ev._ids
+    x = base["model.embed_tokens.weight"][ids.reshape(-1)]  # [tokens, hidden]
+    mats = [base[n] for n in ev.names if n.endswith("proj.weight")]
+    flops = 2 * x.shape[0] * sum(w.numel() for w in mats)
 
     def bare():
-        return torch.addmm(b1, torch.addmm(b0, x, w0.t()).relu_(), w1.t()).relu_()
+        h = x
+        for w in mats:  # square q/k/v/o keep the width; gate/up widen, down narrows again
+            h = h @ w.t() if w.shape[1] == h.shape[1] else x @ w.t()
+        return h
 
     (floor,) = timed([bare], args.repeat)
 
-    print(f"zoo {zoo.version}: {len(zoo.tasks)} tasks, {x.shape[0]} encoder rows per "
+    print(f"zoo {zoo.version}: {len(zoo.tasks)} tasks, {ids.shape[0]} sequences x "
+          f"{ids.shape[1]} tokens per "
           f"evaluation ({flops / 1e9:.2f} GFLOP), torch threads {args.threads}; "
           f"setup (merger + evaluator) {setup * 1e3:.0f} ms")
-    print(f"machine limit (bare encoder matmuls): {floor * 1e3:.1f} ms "
+    print(f"machine limit (bare Llama projection matmuls): {floor * 1e3:.1f} ms "
           f"({flops / floor / 1e9:.1f} GFLOP/s)")
     print(f"{'recipe':34s} {'merge ms':>9s} {'eval ms':>8s} {'total ms':>9s} "
           f"{'eval/limit':>10s}")

@@ -59,7 +59,7 @@ def hand_tuned(zoo, merger, train):
 
 def groups_for(names) -> list[str]:
     """Layer groups that exist in this zoo: attn/MLP x two depth bands on a transformer,
-    two depth bands on an MLP encoder."""
+    two depth bands otherwise."""
     from wsviz.io import parse_layer_name
 
     gs = {parse_layer_name(n).group for n in names}

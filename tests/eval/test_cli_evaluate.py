@@ -49,7 +49,7 @@ def test_evaluate_recipe_file_with_callable(zoo, tmp_path, capsys):
     rf.write_text(recipe.to_json())
     ev = tmp_path / "ev.py"
     ev.write_text("def score(w):\n    return {'norm': float(sum(float(t.norm()) for n, t in "
-                  "w.items() if n.startswith('encoder.')))}\n")
+                  "w.items() if n.startswith('model.')))}\n")
     assert main(["evaluate", str(rf), "--eval", f"{ev}:score"]) == 0
     assert "norm" in capsys.readouterr().out
     assert main(["evaluate", str(rf)]) == 2

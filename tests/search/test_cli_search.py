@@ -103,7 +103,7 @@ def test_demo_search_reports_the_test_split(zoo, tmp_path, capsys):
                  "--storage", str(tmp_path / "demo.db"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "objectives: accuracy:mean, accuracy:worst" in out
-    assert "density[blocks:0]" in out and "the same recipes on the held-out test split" in out
+    assert "density[blocks:0-1]" in out and "the same recipes on the held-out test split" in out
 
 
 def _count(db, state):

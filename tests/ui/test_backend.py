@@ -136,7 +136,7 @@ def test_demo_wanda_uses_calibration_norms(demo):
     from wsviz.ui.backend import _zoo_input_norms
     from wsviz.zoo import ensure_zoo
 
-    name = next(n for n in demo.layers() if n.endswith("1.weight"))
+    name = "model.layers.1.mlp.down_proj.weight"  # its inputs: the SwiGLU activations
     lab = demo.labels[0]
     got = demo.prune_mask(name, lab, "wanda", {"sparsity": 0.5})
     norms = _zoo_input_norms(ensure_zoo(progress=False), lab)

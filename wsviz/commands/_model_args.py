@@ -12,7 +12,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="BASE then one or more fine-tuned checkpoints (HF dir, .safetensors, "
                         ".bin, PEFT adapter dir)")
     p.add_argument("--demo", action="store_true",
-                   help="use the built-in demo zoo (digits encoders; built on first use)")
+                   help="use the built-in demo zoo (a small Llama over digit tokens; built on first "
+                   "use)")
     p.add_argument("--eval", dest="eval", default=None, metavar="SPEC",
                    help="evaluator for live metrics: 'zoo', ppl:TEXT_FILE (causal-LM "
                         "perplexity; a bare text file works too), mc:FILE.jsonl (multiple-"

@@ -10,8 +10,10 @@ def register(sub) -> None:
     p = sub.add_parser(
         "zoo",
         help="build / locate the built-in demo model zoo and print its merging table",
-        description="The demo zoo: a digits MLP encoder pre-trained once and fine-tuned on 7 "
-        "tasks (built offline from scikit-learn's bundled digits in ~30 s, then cached). "
+        description="The demo zoo: a small Llama (LlamaForCausalLM, 4 blocks) over 8x8-digit "
+        "tokens, pre-trained once and fine-tuned on 7 tasks (built offline from "
+        "scikit-learn's bundled digits in about a minute, then cached); every model directory "
+        "is a plain HF Llama checkpoint that mergekit merges. "
         "Location: $WSVIZ_ZOO_DIR, else ~/.cache/wsviz/zoo/<version>.",
     )
     zsub = p.add_subparsers(dest="zoo_command", metavar="ACTION", required=True)

@@ -22,7 +22,8 @@ A model is a function ``fn(params, x) -> logits`` of a parameter dict and a batc
 ``nn.Module`` (Hugging Face outputs with ``.logits`` included). Per-example gradients come from
 ``torch.func.vmap(grad(...))`` over the batch, in chunks; a model that cannot be vmapped falls
 back to one backward pass per example (same numbers, slower). :func:`relu_mlp_fisher` is the
-closed form for a ReLU MLP under a frozen linear head (the demo zoo's models), where the
+closed form for a ReLU MLP under a frozen linear head (the demo zoo's Llama uses the generic
+vmapped path instead, :meth:`wsviz.zoo.ZooEvaluator.fisher`), where the
 per-example squared gradients sum without being materialised:
 ``Σ_b (g_b a_bᵀ)² = (g²)ᵀ (a²)``.
 """

@@ -1,6 +1,8 @@
 """Live evaluation: the :class:`Evaluator` protocol and built-ins.
 
-- :class:`ZooEvaluator` — per-task accuracy / loss / normalized accuracy of the demo zoo;
+- :class:`ZooEvaluator` — per-task accuracy / loss / normalized accuracy of the demo zoo
+  (defined in :mod:`wsviz.zoo.evaluator`; imported only on first use, so ``wsviz.eval``
+  never imports ``wsviz.zoo`` at module import time);
 - :class:`PerplexityEvaluator` — causal-LM perplexity of an HF model on a text file;
 - :class:`MultipleChoiceEvaluator` — log-likelihood multiple-choice accuracy on a JSONL file;
 - :class:`LMEvalEvaluator` — lm-evaluation-harness tasks (the ``lm-eval`` extra);
@@ -31,7 +33,7 @@ __all__ = [
 
 def __getattr__(name):  # lazy: keep `import wsviz.eval` cheap
     if name == "ZooEvaluator":
-        from wsviz.eval.zoo import ZooEvaluator
+        from wsviz.zoo.evaluator import ZooEvaluator  # lazy: wsviz.zoo imports wsviz.eval
 
         return ZooEvaluator
     if name == "PerplexityEvaluator":

@@ -1,7 +1,7 @@
 """One entry point for evaluator specs given on the command line (``--eval SPEC``).
 
 =============================  ==========================================================
-``zoo``                        the demo zoo's per-task accuracy (:class:`ZooEvaluator`)
+``zoo``                        the demo zoo's per-task accuracy (:class:`wsviz.zoo.ZooEvaluator`)
 ``ppl:FILE`` or ``FILE``       causal-LM perplexity on a UTF-8 text (:class:`PerplexityEvaluator`)
 ``mc:FILE.jsonl``              multiple-choice log-likelihood accuracy
                                (:class:`~wsviz.eval.multiple_choice.MultipleChoiceEvaluator`)
@@ -62,7 +62,7 @@ def _make(spec, modelset, device, model_dir, tokenizer, lm_eval_include, lm_eval
     if not spec or not isinstance(spec, str):
         raise EvalError(f"evaluator spec {spec!r}: give {SPEC_HELP}")
     if spec == "zoo":
-        from wsviz.eval.zoo import ZooEvaluator
+        from wsviz.zoo.evaluator import ZooEvaluator  # lazy: wsviz.zoo imports wsviz.eval
 
         return ZooEvaluator(device=device)
     head, sep, rest = spec.partition(":")

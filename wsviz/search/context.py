@@ -56,10 +56,8 @@ class EvalContext:
     @classmethod
     def for_zoo(cls, zoo, split: str = "train", device=None, n_samples=None) -> EvalContext:
         """The demo zoo (all tasks) evaluated on ``split``."""
-        from wsviz.zoo import HEAD_PREFIX
-
         return cls(base=str(zoo.base_dir), models=tuple(str(zoo.task_dirs[t]) for t in zoo.tasks),
-                   labels=tuple(zoo.tasks), evaluator="zoo", exclude=(HEAD_PREFIX + "*",),
+                   labels=tuple(zoo.tasks), evaluator="zoo",
                    device=None if device is None else str(device), zoo_root=str(zoo.root),
                    zoo_split=split, zoo_samples=n_samples)
 
@@ -76,7 +74,7 @@ class EvalContext:
         kw = {"exclude": self.exclude} if self.exclude else {}
         ms = ModelSet.open(self.base, list(self.models), labels=list(self.labels), **kw)
         if self.evaluator == "zoo":
-            from wsviz.eval.zoo import ZooEvaluator
+            from wsviz.zoo.evaluator import ZooEvaluator
 
             ev = ZooEvaluator(self.zoo_root, split=self.zoo_split, device=dev,
                               n_samples=self.zoo_samples)

@@ -859,14 +859,14 @@ def demo_workspace(device=None, metric=None) -> ApiWorkspace:
     zoo = ensure_zoo()
     ms = zoo.modelset()
     ev = zoo.evaluator()
-    return ApiWorkspace(ms, ev, title="demo zoo (digits encoders)", device=device,
+    return ApiWorkspace(ms, ev, title="demo zoo (digits Llama)", device=device,
                         metric=metric, input_norms=partial(_zoo_input_norms, zoo))
 
 
 def _zoo_input_norms(zoo, target: str, weights=None) -> dict:
-    """Wanda calibration for the demo zoo: input-feature norms of every encoder layer of
-    ``target`` (a task or "base"; with ``weights``, the base architecture holding those
-    tensors, e.g. the current merge) on the zoo's training images
+    """Wanda calibration for the demo zoo: input-feature norms of every linear layer of the
+    Llama ``target`` (a task or "base"; with ``weights``, the base architecture holding those
+    tensors, e.g. the current merge) on the zoo's (tokenised) training images
     (:func:`wsviz.compute.masks.collect_input_norms` on :class:`wsviz.zoo.ZooClassifier`)."""
     from torch import nn
 

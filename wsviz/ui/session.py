@@ -111,9 +111,12 @@ class Session(param.Parameterized):
 
 
 def _default_layer(ws: Workspace, layers: list[str]) -> str:
-    """First 2-D-ish layer whose name does not look like a bias/norm (nicer first view)."""
+    """First 2-D-ish layer whose name does not look like a bias/norm/embedding/output head
+    (nicer first view: a causal LM's ``lm_head`` is often untouched by fine-tuning, as in the
+    demo zoo, so its delta is zero)."""
     for name in layers:
         low = name.lower()
-        if low.endswith("weight") and "norm" not in low and "embed" not in low:
+        if (low.endswith("weight") and "norm" not in low and "embed" not in low
+                and "lm_head" not in low):
             return name
     return layers[0]

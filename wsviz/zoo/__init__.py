@@ -1,21 +1,23 @@
-"""The built-in demo model zoo: digits MLP encoders, pre-trained once and fine-tuned per task.
+"""The built-in demo model zoo: a small Llama (``LlamaForCausalLM``) over digit tokens,
+pre-trained once and fine-tuned per task.
 
 >>> from wsviz.zoo import ensure_zoo
->>> zoo = ensure_zoo()              # builds on first use (~30 s on 2 cores), then cached
->>> ms = zoo.modelset()             # base + 7 fine-tunes, encoder tensors only
+>>> zoo = ensure_zoo()              # builds on first use (see README for the time), then cached
+>>> ms = zoo.modelset()             # base + 7 fine-tunes, every Llama tensor
 >>> ev = zoo.evaluator()            # per-task accuracy with each task's frozen head
 
-Layout (ordinary HF-style directories, read through the same path as user checkpoints)::
+Layout (every model directory is a plain HF Llama checkpoint that transformers and mergekit
+load; the task heads live outside them)::
 
     <root>/zoo.json                     manifest: version, tasks, sha256, accuracies
-    <root>/base/model.safetensors       pre-trained encoder (encoder.* tensors only)
-    <root>/base/config.json
-    <root>/<task>/model.safetensors     fine-tuned encoder + that task's head (head.*)
+    <root>/base/config.json             model_type llama, architectures LlamaForCausalLM
+    <root>/base/model.safetensors       pre-trained Llama (model.* tensors + lm_head.weight)
     <root>/<task>/config.json
+    <root>/<task>/model.safetensors     fine-tuned Llama (lm_head.weight unchanged)
+    <root>/heads/<task>.safetensors     the task's frozen linear head (head.weight, head.bias)
 
-Task vectors are the deltas of the tensors whose names start with ``encoder.``
-(:data:`ENCODER_PREFIX`, :func:`encoder_names`); heads differ in shape per task and are
-excluded from model sets (``exclude=("head.*",)``).
+Task vectors are the deltas of the Llama tensors; the evaluator reads the
+:func:`encoder_names` ones (all but ``lm_head.weight``, which fine-tuning leaves unchanged).
 
 Cache: ``$WSVIZ_ZOO_DIR`` if set (used as the zoo root itself), else
 ``$XDG_CACHE_HOME/wsviz/zoo/<version>`` (default ``~/.cache/wsviz/zoo/<version>``), where
@@ -34,14 +36,30 @@ from pathlib import Path
 
 from wsviz.errors import WsvizError
 from wsviz.zoo.build import ZooConfig, build_zoo
-from wsviz.zoo.data import TASKS, Task, load_digits_split
-from wsviz.zoo.model import ENCODER_PREFIX, HEAD_PREFIX, ZooClassifier, encode, encoder_names
+from wsviz.zoo.data import TASKS, Task, load_digits_split, tokenize
+from wsviz.zoo.model import (
+    ENCODER_PREFIX,
+    HEAD_PREFIX,
+    LM_HEAD,
+    ZooClassifier,
+    encode,
+    encoder_names,
+    load_head,
+)
 
 __all__ = [
-    "ENCODER_PREFIX", "HEAD_PREFIX", "TASKS", "Task", "Zoo", "ZooClassifier", "ZooConfig",
-    "default_zoo_dir", "encode", "encoder_names", "ensure_zoo", "load_digits_split",
-    "stale_zoo_dirs",
+    "ENCODER_PREFIX", "HEAD_PREFIX", "LM_HEAD", "TASKS", "Task", "Zoo", "ZooClassifier",
+    "ZooConfig", "ZooEvaluator", "default_zoo_dir", "encode", "encoder_names", "ensure_zoo",
+    "load_digits_split", "load_head", "stale_zoo_dirs", "tokenize",
 ]
+
+
+def __getattr__(name):  # lazy: the evaluator pulls in wsviz.eval
+    if name == "ZooEvaluator":
+        from wsviz.zoo.evaluator import ZooEvaluator
+
+        return ZooEvaluator
+    raise AttributeError(f"module 'wsviz.zoo' has no attribute {name!r}")
 
 ENV_VAR = "WSVIZ_ZOO_DIR"
 
@@ -106,38 +124,49 @@ class Zoo:
         return dict(self.manifest["sha256"])
 
     def encoder_names(self) -> list[str]:
-        """Names of the encoder tensors (the task-vector tensors)."""
-        return list(self.manifest.get("encoder_names") or encoder_names())
+        """Names of the tensors the classifier reads (every Llama tensor but
+        ``lm_head.weight``); merging these is enough for :meth:`evaluator`."""
+        return list(self.manifest["encoder_names"])
+
+    @property
+    def heads_dir(self) -> Path:
+        """``<root>/heads``: one ``<task>.safetensors`` per task."""
+        return self.root / "heads"
+
+    def head(self, task: str):
+        """The frozen head of ``task``: ``(weight [n_classes, hidden], bias [n_classes])``."""
+        if task not in self.tasks:
+            raise WsvizError(f"unknown zoo task {task!r}; the zoo has {self.tasks}")
+        return load_head(self.heads_dir / f"{task}.safetensors")
 
     def modelset(self, tasks: list[str] | None = None, **kwargs):
         """:class:`wsviz.io.ModelSet` of the base and the fine-tuned ``tasks`` (default all),
-        labelled by task, heads excluded (``exclude=("head.*",)``)."""
+        labelled by task, every Llama tensor (``lm_head.weight`` included: its delta is zero)."""
         from wsviz.io import ModelSet
 
         tasks = self.tasks if tasks is None else list(tasks)
         unknown = [t for t in tasks if t not in self.tasks]
         if unknown:
             raise WsvizError(f"unknown zoo task(s) {unknown}; the zoo has {self.tasks}")
-        kwargs.setdefault("exclude", (HEAD_PREFIX + "*",))
         return ModelSet.open(str(self.base_dir), [str(self.task_dirs[t]) for t in tasks],
                              labels=tasks, **kwargs)
 
     def evaluator(self, **kwargs):
-        """:class:`wsviz.eval.ZooEvaluator` for this zoo (kwargs: ``split``, ``device``,
-        ``tasks``)."""
-        from wsviz.eval.zoo import ZooEvaluator
+        """:class:`wsviz.zoo.evaluator.ZooEvaluator` for this zoo (kwargs: ``split``,
+        ``device``, ``tasks``, ``n_samples``)."""
+        from wsviz.zoo.evaluator import ZooEvaluator
 
         return ZooEvaluator(self, **kwargs)
 
     def weights(self, label: str = "base") -> dict:
-        """Encoder tensors of ``"base"`` or a task's fine-tuned model (``{name: Tensor}``)."""
+        """Llama tensors of ``"base"`` or a task's fine-tuned model (``{name: Tensor}``, all
+        of the checkpoint's, ``lm_head.weight`` included)."""
         from safetensors.torch import load_file
 
         if label != "base" and label not in self.tasks:
             raise WsvizError(f"unknown zoo model {label!r}; choose 'base' or one of {self.tasks}")
         d = self.base_dir if label == "base" else self.task_dirs[label]
-        sd = load_file(str(d / "model.safetensors"))
-        return {k: v for k, v in sd.items() if k.startswith(ENCODER_PREFIX)}
+        return load_file(str(d / "model.safetensors"))
 
     @classmethod
     def open(cls, root: str | Path) -> Zoo:
@@ -149,6 +178,9 @@ class Zoo:
             raise WsvizError(f"{root}: not a built wsviz zoo ({e}); run `wsviz zoo build`") from None
         missing = [d for d in ["base", *manifest.get("tasks", [])]
                    if not (root / d / "model.safetensors").is_file()]
+        missing += [f for f in manifest.get("heads", {}).values() if not (root / f).is_file()]
+        if "heads" not in manifest:  # a zoo of the old MLP format
+            missing.append("heads")
         if manifest.get("format") != "wsviz-zoo" or missing:
             raise WsvizError(f"{root}: incomplete wsviz zoo (missing {missing}); rebuild it "
                              "with `wsviz zoo build --force`")

@@ -2,18 +2,21 @@
 
 Recipe (all seeds fixed, ``torch.use_deterministic_algorithms`` on, a fixed thread count):
 
-1. *Pre-trained encoder*: a wide MLP (64 -> hidden -> features), initialised with a fixed
-   seed and pre-trained as a denoising auto-encoder on the training images for
-   ``pretrain_steps`` steps (generic, label-free features).
-2. *Heads*: for every task a linear probe fitted (L-BFGS, L2) on the pre-trained features of
-   the first ``probe_samples`` training images — weak, few-shot heads, like the zero-shot text
-   heads of the CLIP task-arithmetic benchmark. Heads are then frozen.
-3. *Fine-tuning*: for every task, the encoder alone is trained with Adam at a small learning
-   rate through the task's frozen head. Task vector = fine-tuned encoder - pre-trained encoder.
+1. *Pre-trained Llama*: a small ``LlamaForCausalLM`` (:func:`wsviz.zoo.model.llama_config`)
+   initialised with a fixed seed and pre-trained by next-token prediction on the tokenised
+   training images (:func:`wsviz.zoo.data.tokenize`) for ``pretrain_steps`` steps — generic,
+   label-free features.
+2. *Heads*: for every task a linear probe fitted (L-BFGS, L2) on the pre-trained mean-pooled
+   features of the first ``probe_samples`` training images — weak, few-shot heads, like the
+   zero-shot text heads of the CLIP task-arithmetic benchmark. Heads are then frozen and
+   stored outside the checkpoints, in ``<zoo>/heads/<task>.safetensors``.
+3. *Fine-tuning*: for every task, the Llama body (every tensor but ``lm_head``) is trained
+   with Adam at a small learning rate through the task's frozen head. Task vector =
+   fine-tuned - pre-trained weights; ``lm_head`` stays the pre-trained one.
 
-The result shows the standard merging picture: fine-tuned models >= 90 % on their task, the
-pre-trained encoder clearly worse, simple averaging well below the individual models, task
-arithmetic (tuned lambda) and TIES recovering part of the gap (see ``bench/README.md``).
+The result shows the standard merging picture (README's table): fine-tunes well above the
+pre-trained model, simple averaging below the fine-tunes, tuned task arithmetic and TIES
+recovering part of the gap.
 """
 
 from __future__ import annotations
@@ -32,11 +35,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from wsviz.zoo.data import TASKS, Digits, load_digits_split
-from wsviz.zoo.model import ENCODER_PREFIX, MODEL_TYPE, encode, encoder_names
+from wsviz.zoo.data import SEQ_LEN, TASKS, VOCAB_SIZE, load_digits_split, tokenize
+from wsviz.zoo.model import (
+    ENCODER_PREFIX,
+    HEAD_PREFIX,
+    LM_HEAD,
+    encode,
+    encoder_names,
+    init_weights,
+    llama_config,
+    llama_hidden,
+)
 
 #: bump when the build changes in a way the config does not capture
-BUILD_REVISION = 1
+BUILD_REVISION = 2
 BUILD_THREADS = 1
 
 
@@ -44,20 +56,21 @@ BUILD_THREADS = 1
 class ZooConfig:
     """Everything that determines the zoo's weights (hashed into the cache directory name)."""
 
-    hidden_size: int = 512
-    feature_size: int = 256
+    hidden_size: int = 48
+    intermediate_size: int = 96
+    num_layers: int = 4
+    num_heads: int = 4
     n_train: int = 1200
     split_seed: int = 0
     init_seed: int = 0
-    pretrain_steps: int = 50
-    pretrain_lr: float = 1e-3
-    pretrain_noise: float = 0.3
+    pretrain_steps: int = 300
+    pretrain_lr: float = 3e-3
     probe_samples: int = 30
     probe_l2: float = 1e-3
     probe_iters: int = 200
-    finetune_lr: float = 5e-5
-    finetune_steps: int = 150
-    batch_size: int = 256
+    finetune_lr: float = 1e-3
+    finetune_steps: int = 60
+    batch_size: int = 64
     finetune_seed: int = 1
     tasks: tuple[str, ...] = tuple(TASKS)
 
@@ -70,6 +83,11 @@ class ZooConfig:
         for f in ("build.py", "data.py", "model.py"):
             h.update((here / f).read_bytes())
         return h.hexdigest()[:12]
+
+    def llama(self) -> dict:
+        """The HF ``config.json`` of every zoo model."""
+        return llama_config(VOCAB_SIZE, self.hidden_size, self.intermediate_size,
+                            self.num_layers, self.num_heads, SEQ_LEN)
 
 
 @contextlib.contextmanager
@@ -86,31 +104,18 @@ def deterministic(threads: int = BUILD_THREADS) -> Iterator[None]:
         torch.use_deterministic_algorithms(old_det)
 
 
-def _init_encoder(cfg: ZooConfig) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(cfg.init_seed)
-    dims = [64, cfg.hidden_size, cfg.feature_size]
-    out = {}
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        bound = 1.0 / a**0.5  # nn.Linear's default init
-        out[f"{ENCODER_PREFIX}layers.{i}.weight"] = (torch.rand(b, a, generator=g) * 2 - 1) * bound
-        out[f"{ENCODER_PREFIX}layers.{i}.bias"] = (torch.rand(b, generator=g) * 2 - 1) * bound
-    return out
-
-
-def _pretrain(enc: dict, data: Digits, mean: torch.Tensor, cfg: ZooConfig) -> dict:
+def _pretrain(w: dict, ids: torch.Tensor, cfg: ZooConfig, config: dict) -> dict:
+    """Next-token prediction on the tokenised training images (all tensors train)."""
     if cfg.pretrain_steps <= 0:
-        return enc
+        return w
     g = torch.Generator().manual_seed(cfg.init_seed + 1000)
-    p = {k: v.clone().requires_grad_(True) for k, v in enc.items()}
-    dec_w = (torch.rand(64, cfg.feature_size, generator=g) * 2 - 1) / cfg.feature_size**0.5
-    dec_w.requires_grad_(True)
-    dec_b = torch.zeros(64, requires_grad=True)
-    opt = torch.optim.Adam([*p.values(), dec_w, dec_b], lr=cfg.pretrain_lr)
-    x = data.x_train
+    p = {k: v.clone().requires_grad_(True) for k, v in w.items()}
+    opt = torch.optim.Adam(list(p.values()), lr=cfg.pretrain_lr)
     for _ in range(cfg.pretrain_steps):
-        noisy = x + cfg.pretrain_noise * torch.randn(x.shape, generator=g)
-        rec = torch.addmm(dec_b, encode(p, noisy, mean), dec_w.t())
-        loss = F.mse_loss(rec, x - mean)
+        idx = torch.randint(0, len(ids), (cfg.batch_size,), generator=g)
+        x = ids[idx]
+        logits = F.linear(llama_hidden(p, x[:, :-1], config), p[LM_HEAD])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -132,36 +137,41 @@ def _probe(feat: torch.Tensor, labels: torch.Tensor, n_classes: int, cfg: ZooCon
     return w.detach().clone(), b.detach().clone()
 
 
-def _finetune(enc, head, x, y, mean, cfg: ZooConfig, seed: int) -> dict:
+def _finetune(base: dict, head, x, y, cfg: ZooConfig, config: dict, seed: int) -> dict:
+    """Adam on the :func:`encoder_names` tensors through the frozen ``head``."""
     g = torch.Generator().manual_seed(seed)
-    p = {k: v.clone().requires_grad_(True) for k, v in enc.items()}
+    names = encoder_names(cfg.num_layers)
+    p = {k: base[k].clone().requires_grad_(True) for k in names}
     w, b = head
     opt = torch.optim.Adam(list(p.values()), lr=cfg.finetune_lr)
     for _ in range(cfg.finetune_steps):
         idx = torch.randint(0, len(x), (cfg.batch_size,), generator=g)
-        loss = F.cross_entropy(torch.addmm(b, encode(p, x[idx], mean), w.t()), y[idx])
+        loss = F.cross_entropy(torch.addmm(b, encode(p, x[idx], config), w.t()), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return {k: v.detach().clone() for k, v in p.items()}
+    return {**{k: v.detach().clone() for k, v in p.items()}, LM_HEAD: base[LM_HEAD].clone()}
 
 
-def _accuracy(enc, head, x, y, mean) -> float:
+def _accuracy(w, head, x, y, config) -> float:
     with torch.no_grad():
-        logits = torch.addmm(head[1], encode(enc, x, mean), head[0].t())
+        logits = torch.addmm(head[1], encode(w, x, config), head[0].t())
     return float((logits.argmax(1) == y).float().mean())
 
 
-def _save_dir(path: Path, tensors: dict[str, torch.Tensor], config: dict) -> str:
+def _save_file(f: Path, tensors: dict[str, torch.Tensor]) -> str:
     from safetensors.torch import save_file
 
-    path.mkdir(parents=True)
-    f = path / "model.safetensors"
     # one metadata key only: safetensors writes metadata in hash-map order, so several keys
     # would make the file bytes (and the sha256 fingerprints) differ between identical builds
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(f), metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def _save_dir(path: Path, tensors: dict[str, torch.Tensor], config: dict) -> str:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return _save_file(path / "model.safetensors", tensors)
 
 
 def build_zoo_into(
@@ -169,54 +179,50 @@ def build_zoo_into(
 ) -> dict:
     """Build the zoo into the new directory ``out`` (must not exist); return its manifest.
 
-    Writes ``out/base`` and ``out/<task>`` (``model.safetensors`` + ``config.json`` each)
-    and ``out/zoo.json`` (version, tasks, sha256 per weight file, accuracies).
+    Writes ``out/base`` and ``out/<task>`` (plain HF Llama checkpoints: ``config.json`` +
+    ``model.safetensors``), ``out/heads/<task>.safetensors`` (``head.weight``,
+    ``head.bias``) and ``out/zoo.json`` (version, tasks, sha256 per file, accuracies).
     """
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
+    config = cfg.llama()
     with deterministic(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         data = load_digits_split(cfg.n_train, cfg.split_seed)
-        mean = data.x_train.mean(0)
-        say("pre-training the encoder")
-        base = _pretrain(_init_encoder(cfg), data, mean, cfg)
-        common = {
-            "model_type": MODEL_TYPE,
-            "architectures": ["ZooClassifier"],
-            "hidden_size": cfg.hidden_size,
-            "feature_size": cfg.feature_size,
-            "num_hidden_layers": 2,
-            "input_size": 64,
-            "input_mean": [float(v) for v in mean.tolist()],
-            "encoder_prefix": ENCODER_PREFIX,
-            "wsviz_zoo_version": cfg.version(),
-        }
+        say("pre-training the Llama (next-token prediction on digit tokens)")
+        base = _pretrain(init_weights(config, torch.Generator().manual_seed(cfg.init_seed)),
+                         tokenize(data.x_train), cfg, config)
         out.mkdir(parents=True)
-        sha = {"base": _save_dir(out / "base", base, {**common, "task": None})}
-        acc_base, acc_ft = {}, {}
+        (out / "heads").mkdir()
+        sha = {"base": _save_dir(out / "base", base, config)}
+        head_sha, acc_base, acc_ft, info = {}, {}, {}, {}
         for i, name in enumerate(cfg.tasks):
             task = TASKS[name]
             say(f"fine-tuning task {name} ({i + 1}/{len(cfg.tasks)})")
-            xtr, ytr = task.transform(data.x_train), task.label(data.y_train)
-            xte, yte = task.transform(data.x_test), task.label(data.y_test)
+            xtr, ytr = tokenize(task.transform(data.x_train)), task.label(data.y_train)
+            xte, yte = tokenize(task.transform(data.x_test)), task.label(data.y_test)
             with torch.no_grad():
-                feat = encode(base, xtr[: cfg.probe_samples], mean)
+                feat = encode(base, xtr[: cfg.probe_samples], config)
             head = _probe(feat, ytr[: cfg.probe_samples], task.n_classes, cfg)
-            ft = _finetune(base, head, xtr, ytr, mean, cfg, cfg.finetune_seed * 1000 + i)
-            acc_base[name] = _accuracy(base, head, xte, yte, mean)
-            acc_ft[name] = _accuracy(ft, head, xte, yte, mean)
-            tensors = {**ft, "head.weight": head[0], "head.bias": head[1]}
-            sha[name] = _save_dir(out / name, tensors, {
-                **common, "task": name, "num_labels": task.n_classes,
-                "task_description": task.description, "input_transform": task.input_kind,
-            })
+            ft = _finetune(base, head, xtr, ytr, cfg, config, cfg.finetune_seed * 1000 + i)
+            acc_base[name] = _accuracy(base, head, xte, yte, config)
+            acc_ft[name] = _accuracy(ft, head, xte, yte, config)
+            sha[name] = _save_dir(out / name, ft, config)
+            head_sha[name] = _save_file(out / "heads" / f"{name}.safetensors",
+                                        {HEAD_PREFIX + "weight": head[0],
+                                         HEAD_PREFIX + "bias": head[1]})
+            info[name] = {"num_labels": task.n_classes, "description": task.description,
+                          "input_transform": task.input_kind}
     manifest = {
         "format": "wsviz-zoo",
         "version": cfg.version(),
         "tasks": list(cfg.tasks),
+        "task_info": info,
         "encoder_prefix": ENCODER_PREFIX,
-        "encoder_names": encoder_names(),
+        "encoder_names": encoder_names(cfg.num_layers),
+        "heads": {t: f"heads/{t}.safetensors" for t in cfg.tasks},
         "sha256": sha,
+        "head_sha256": head_sha,
         "test_accuracy": {"pretrained": acc_base, "finetuned": acc_ft},
         "n_test": int(len(data.y_test)),
         "config": dataclasses.asdict(cfg),

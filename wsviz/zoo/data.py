@@ -4,6 +4,11 @@ Every task sees the same 1797 digit images (``[n, 64]`` float32, pixel values / 
 [0, 1]) and differs from the others only in its labels — except ``rot90``, whose images are
 rotated by 90 degrees (the conflicting input-transform task, like SVHN next to MNIST in the
 8-task CLIP benchmark). Nothing is downloaded: the images ship inside scikit-learn.
+
+The zoo's Llama reads an image as a token sequence (:func:`tokenize`): a BOS token, then the
+16 non-overlapping 2x2 patches in raster order, each patch's 4 pixels quantised to 3 levels
+(``< 4/16``, ``< 10/16``, else) and written as one token ``1 + sum_j level_j 3^j``, so the
+vocabulary has :data:`VOCAB_SIZE` = 82 tokens and a sequence :data:`SEQ_LEN` = 17.
 """
 
 from __future__ import annotations
@@ -17,6 +22,24 @@ import torch
 LOOPS = (1, 0, 0, 0, 1, 0, 1, 0, 2, 1)
 #: 1 for the prime digits 2, 3, 5, 7
 PRIME = (0, 0, 1, 1, 0, 1, 0, 1, 0, 0)
+
+
+BOS = 0
+LEVELS = (4 / 16, 10 / 16)  # pixel thresholds between the 3 levels
+PATCH = 2
+SEQ_LEN = 1 + (8 // PATCH) ** 2
+VOCAB_SIZE = 1 + (len(LEVELS) + 1) ** (PATCH * PATCH)
+
+
+def tokenize(x: torch.Tensor) -> torch.Tensor:
+    """Images ``[n, 64]`` (pixels / 16, in [0, 1]) -> token ids ``[n, SEQ_LEN]`` (int64):
+    BOS, then one token per 2x2 patch (raster order), see the module docstring."""
+    lv = torch.bucketize(x.reshape(-1, 8, 8).float(), torch.tensor(LEVELS), right=True)
+    n, k = lv.shape[0], 8 // PATCH
+    patches = lv.reshape(n, k, PATCH, k, PATCH).permute(0, 1, 3, 2, 4).reshape(n, k * k, -1)
+    base = (len(LEVELS) + 1) ** torch.arange(PATCH * PATCH)
+    tok = 1 + (patches * base).sum(-1)
+    return torch.cat([torch.full((n, 1), BOS, dtype=torch.int64), tok], 1)
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

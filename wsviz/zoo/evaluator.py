@@ -1,8 +1,10 @@
-"""Classification metrics for the demo zoo: every task's frozen head on merged encoder weights.
+"""Classification metrics for the demo zoo: every task's frozen head on merged Llama weights.
 
-All tasks are evaluated in one batched encoder pass: the distinct input variants (original
-and rotated images) are stacked into one ``[n_variants * n, 64]`` batch, encoded once, and
-all heads are applied as one concatenated ``[sum(n_classes), features]`` matrix.
+All tasks are evaluated in one batched forward pass: the distinct input variants (original
+and rotated images) are tokenised and stacked into one ``[n_variants * n, SEQ_LEN]`` batch,
+run through the Llama once (:func:`wsviz.zoo.model.encode`: mean-pooled last hidden states
+``[n_variants * n, hidden]``), and all heads are applied as one concatenated
+``[sum(n_classes), hidden]`` matrix.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from wsviz.errors import EvalError, WsvizError
 from wsviz.eval.base import Results
 from wsviz.eval.metrics import KNOWN
-from wsviz.zoo.data import INPUT_TRANSFORMS, TASKS, load_digits_split
+from wsviz.zoo.data import INPUT_TRANSFORMS, TASKS, load_digits_split, tokenize
 from wsviz.zoo.model import encode
 
 
@@ -30,14 +32,13 @@ class ZooEvaluator:
     zoo's tasks; ``device``: where weights and data live during evaluation; ``n_samples``:
     use only the first n images of the split (faster interactive evaluation on slow machines;
     references are measured on the same images).
-    ``evaluate(weights)`` takes the :attr:`names` encoder tensors (extra keys ignored).
+    ``evaluate(weights)`` takes the :attr:`names` tensors (the Llama body; extra keys such
+    as ``lm_head.weight`` ignored).
     Raises :class:`EvalError` for a missing tensor or wrong shape.
     """
 
     def __init__(self, zoo=None, split: str = "test", tasks: Sequence[str] | None = None,
                  device=None, n_samples: int | None = None):
-        from safetensors.torch import load_file
-
         from wsviz.zoo import Zoo, ensure_zoo
 
         if zoo is None:
@@ -55,10 +56,7 @@ class ZooEvaluator:
             raise WsvizError(f"unknown zoo task(s) {unknown}; the zoo has {zoo.tasks}")
         self.names = zoo.encoder_names()
         self.metrics = [KNOWN["accuracy"], KNOWN["loss"], KNOWN["normalized_accuracy"]]
-        cfg = json.loads((Path(zoo.base_dir) / "config.json").read_text())
-        self.n_layers = int(cfg.get("num_hidden_layers", 2))
-        self.input_mean = torch.tensor(cfg["input_mean"], dtype=torch.float32,
-                                       device=self.device)
+        self.config = json.loads((Path(zoo.base_dir) / "config.json").read_text())
         zc = zoo.manifest["config"]
         data = load_digits_split(zc["n_train"], zc["split_seed"])
         x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
@@ -69,41 +67,42 @@ class ZooEvaluator:
         kinds = sorted({TASKS[t].input_kind for t in self.tasks}, key=list(INPUT_TRANSFORMS).index)
         n = len(x)
         self.n = n
-        self._x = torch.cat([INPUT_TRANSFORMS[k](x) for k in kinds]).to(self.device)
+        self._ids = torch.cat([tokenize(INPUT_TRANSFORMS[k](x)) for k in kinds]).to(self.device)
         ws, bs, self._slices, labels = [], [], {}, []
         col = 0
         for t in self.tasks:
-            sd = load_file(str(zoo.task_dirs[t] / "model.safetensors"))
-            w, b = sd["head.weight"], sd["head.bias"]
+            w, b = zoo.head(t)
             row = kinds.index(TASKS[t].input_kind) * n
             self._slices[t] = (row, row + n, col, col + w.shape[0])
             col += w.shape[0]
             ws.append(w)
             bs.append(b)
             labels.append(TASKS[t].label(y))
-        self._head_w = torch.cat(ws).to(self.device)  # [sum(n_classes), features]
+        self._head_w = torch.cat(ws).to(self.device)  # [sum(n_classes), hidden]
         self._head_b = torch.cat(bs).to(self.device)
         self._labels = torch.stack(labels).to(self.device)  # [n_tasks, n]
-        self._shapes = {k: tuple(v.shape) for k, v in zoo.weights("base").items()}
+        self._shapes = {k: tuple(v.shape) for k, v in zoo.weights("base").items()
+                        if k in self.names}
         self.reference: dict[str, float] = {}
         self.pretrained: dict[str, float] = {}
         self._reference_done = False
 
     # ------------------------------------------------------------------------------------
     def _raw(self, weights: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(accuracy [n_tasks], loss [n_tasks])`` tensors for one set of encoder weights."""
+        """``(accuracy [n_tasks], loss [n_tasks])`` tensors for one set of Llama weights."""
         w = {}
         for name in self.names:
             if name not in weights:
-                raise EvalError(f"zoo evaluation needs encoder tensor {name!r}, missing from the "
-                                f"{len(weights)} given; pass all of {self.names}")
+                raise EvalError(f"zoo evaluation needs Llama tensor {name!r}, missing from the "
+                                f"{len(weights)} given; pass all {len(self.names)} tensors of "
+                                "zoo.encoder_names()")
             t = weights[name]
             if tuple(t.shape) != self._shapes[name]:
-                raise EvalError(f"encoder tensor {name!r} has shape {tuple(t.shape)}, the zoo "
+                raise EvalError(f"Llama tensor {name!r} has shape {tuple(t.shape)}, the zoo "
                                 f"expects {self._shapes[name]}")
             w[name] = t.to(device=self.device, dtype=torch.float32)
         with torch.no_grad():
-            feats = encode(w, self._x, self.input_mean, self.n_layers)
+            feats = encode(w, self._ids, self.config)
             logits = torch.addmm(self._head_b, feats, self._head_w.t())
             accs, losses = [], []
             for i, t in enumerate(self.tasks):
@@ -130,7 +129,7 @@ class ZooEvaluator:
         return {"pretrained": dict(self.pretrained), "individual": dict(self.reference)}
 
     def evaluate(self, weights: Mapping[str, torch.Tensor]) -> Results:
-        """``{task: {"accuracy", "loss", "normalized_accuracy"}}`` for merged encoder
+        """``{task: {"accuracy", "loss", "normalized_accuracy"}}`` for merged Llama
         ``weights`` (``{name: Tensor}``, the :attr:`names`; others ignored)."""
         self._ensure_reference()
         acc, loss = self._raw(weights)
@@ -143,41 +142,35 @@ class ZooEvaluator:
     def fisher(self, weights: Mapping[str, torch.Tensor], label: str, *,
                labels: str = "sample", max_examples: int | None = None, seed: int = 0
                ) -> dict[str, torch.Tensor]:
-        """Diagonal Fisher (:func:`wsviz.compute.fisher.diagonal_fisher`) of the encoder
-        tensors ``weights`` of the model fine-tuned for task ``label``, through that task's
-        frozen head on its *training* images (the data it was fine-tuned on, never this
-        evaluator's test split; the first ``max_examples``, default all 1200):
-        ``{name: Tensor}`` float32, exact per-example squared gradients in closed form
-        (:func:`wsviz.compute.fisher.relu_mlp_fisher`). ``labels``: ``"sample"`` (y drawn
-        from the model, the paper's estimator), ``"expected"`` or ``"empirical"``. Raises
-        :class:`EvalError` for an unknown task or missing tensor."""
-        from safetensors.torch import load_file
-
-        from wsviz.compute.fisher import relu_mlp_fisher
+        """Diagonal Fisher (:func:`wsviz.compute.fisher.diagonal_fisher`, exact per-example
+        squared gradients via ``torch.func``) of the :attr:`names` tensors ``weights`` of the
+        model fine-tuned for task ``label``, through that task's frozen head on its *training*
+        images (the data it was fine-tuned on, never this evaluator's test split; the first
+        ``max_examples``, default all 1200): ``{name: Tensor}`` float32. ``labels``:
+        ``"sample"`` (y drawn from the model, the paper's estimator), ``"expected"`` or
+        ``"empirical"``. Raises :class:`EvalError` for an unknown task or missing tensor."""
+        from wsviz.compute.fisher import diagonal_fisher
 
         if label not in self.zoo.tasks:
             raise EvalError(f"no zoo task {label!r} to compute a Fisher for; tasks: "
                             f"{self.zoo.tasks}")
         missing = [n for n in self.names if n not in weights]
         if missing:
-            raise EvalError(f"the Fisher of {label!r} needs encoder tensors {missing}")
+            raise EvalError(f"the Fisher of {label!r} needs Llama tensors {missing}")
         zc = self.zoo.manifest["config"]
         data = load_digits_split(zc["n_train"], zc["split_seed"])
         task = TASKS[label]
-        x = task.transform(data.x_train)[:max_examples].to(self.device)
+        x = tokenize(task.transform(data.x_train))[:max_examples].to(self.device)
         y = task.label(data.y_train)[:max_examples].to(self.device)
-        sd = load_file(str(self.zoo.task_dirs[label] / "model.safetensors"))
-        head = (sd["head.weight"].to(self.device), sd["head.bias"].to(self.device))
+        hw, hb = (t.to(self.device) for t in self.zoo.head(label))
         w = {n: weights[n].to(self.device, torch.float32) for n in self.names}
-        layers = [(w[f"encoder.layers.{i}.weight"], w[f"encoder.layers.{i}.bias"])
-                  for i in range(self.n_layers)]
+        config = self.config
+
+        def fn(p, ids):  # ids [B, SEQ_LEN] -> logits [B, n_classes]
+            return torch.addmm(hb, encode(p, ids, config), hw.t())
+
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        fl = relu_mlp_fisher(layers, head, x, y, shift=self.input_mean, labels=labels,
-                             generator=gen)
-        out = {}
-        for i, (fw, fb) in enumerate(fl):
-            out[f"encoder.layers.{i}.weight"], out[f"encoder.layers.{i}.bias"] = fw, fb
-        return out
+        return diagonal_fisher(fn, w, [(x, y)], labels=labels, generator=gen)
 
     def __repr__(self) -> str:
         return f"ZooEvaluator({self.zoo.root}, split={self.split!r}, tasks={self.tasks})"
