@@ -43,8 +43,8 @@ def test_prune_current_merge_and_export(page, demo_app, artifacts_dir):
     assert (folder / "wsviz_prune.yml").read_text() == recipe_text
     assert (folder / "wsviz_recipe.json").is_file()
     w = load_file(str(folder / "model.safetensors"))
-    assert float((w["encoder.layers.1.weight"] == 0).float().mean()) == pytest.approx(0.5)
-    assert not torch.any(w["encoder.layers.1.bias"] == 0)  # 1-D: never pruned
+    assert float((w["model.layers.1.mlp.down_proj.weight"] == 0).float().mean()) == pytest.approx(0.5)
+    assert not torch.any(w["model.layers.1.input_layernorm.weight"] == 0)  # 1-D: never pruned
     page.screenshot(path=str(artifacts_dir / "prune_current_merge.png"), full_page=True)
     page.get_by_role("button", name="Write pruned weights").click()
     wait_notification(page, "exists")

@@ -1,8 +1,8 @@
 """The overview in headless Chromium: the depth x module grid on a 10-block bf16 Llama family
 served with a perplexity evaluator from an EMPTY analysis cache (the first session used to end
 in "analysis failed" + a Bokeh.stylesheets toast), a click selecting a tensor without fading
-the other cells, the detail maps on the tensor's own axes; and the flat fallback on the demo
-zoo. Screenshots go to tests/ui/artifacts/."""
+the other cells, the detail maps on the tensor's own axes; and the demo zoo's 4-block grid
+beside the flat heatmap of its tensors outside the blocks. Screenshots go to tests/ui/artifacts/."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from tests.ui.browser import (
     notifications,
     open_app,
     pane_text,
-    plot_box,
     stable_plot_box,
     wait_pane_text,
 )
@@ -134,22 +133,23 @@ def test_depth_grid_first_session_empty_cache(page, llama_blocks_app, artifacts_
     assert notifications(page) == []
 
 
-def test_demo_falls_back_to_the_flat_heatmap(page, demo_app, artifacts_dir):
+def test_demo_zoo_grid_and_flat_heatmap(page, demo_app, artifacts_dir):
+    """The demo zoo is a 4-block Llama: the grid has its 4 blocks, a click on a cell selects
+    that tensor; its embeddings, final norm and lm_head sit in the flat heatmap, whose cells
+    never fade."""
     open_app(page, demo_app.url)
-    first = wait_pane_text(page, DETAIL, lambda t: "shape" in t)
-    heat = figure_state(page, "Layers x metrics")
-    assert page.evaluate(
-        "() => Object.values(Bokeh.index).length") > 0
-    box = plot_box(page, "Layers x metrics")
-    page.mouse.click(box["x"] + box["w"] * 0.05, box["y"] + box["h"] * 0.92)
-    wait_pane_text(page, DETAIL, lambda t: "shape" in t and t != first)
+    first = wait_pane_text(page, DETAIL, lambda t: "shape" in t, 120)
+    grid = figure_state(page, "Depth × module",
+                        predicate=lambda f: any(r["columns"].get("block") for r in f["renderers"]),
+                        timeout=180)
+    assert grid["title"] == "Depth × module (4 blocks)"
+    after = click_until(page, grid, 0, 2, DETAIL,
+                        lambda t: "self_attn.q_proj" in t and "shape" in t and t != first)
+    assert "model.layers.2.self_attn.q_proj.weight" in after
     heat = figure_state(page, "Layers x metrics")
     rects = [r for r in heat["renderers"] if r["type"] == "Rect"]
     assert rects and all(r["nonselection_fill_alpha"] == 1.0 for r in rects)
-    from tests.ui.browser import PLOT_BOXES_JS
-
-    titles = [b["title"] for b in page.evaluate(PLOT_BOXES_JS)]
-    assert not any(t.startswith("Depth × module") for t in titles)
+    page.screenshot(path=str(artifacts_dir / "demo_grid.png"), full_page=True)
     assert notifications(page) == []
 
 

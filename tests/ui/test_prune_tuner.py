@@ -83,7 +83,7 @@ def test_demo_prune_current_merge_metrics_and_wanda(demo):
     pruned = demo.evaluate_prune(MERGE_TARGET, "magnitude", {"sparsity": 0.9}, merge=merge)
     assert sum(pruned.values()) < sum(dense.values())
     # Wanda on the merge: norms from the merged model's own activations
-    name = "encoder.layers.1.weight"
+    name = "model.layers.1.mlp.down_proj.weight"
     got = demo.prune_mask(name, MERGE_TARGET, "wanda", {"sparsity": 0.5}, merge=merge)
     merged = demo.merger().merge(merge)
     norms = _zoo_input_norms(ensure_zoo(progress=False), MERGE_TARGET, merged)

@@ -79,7 +79,20 @@ def test_workspace_anatomy_from_merger_cache_equals_streamed(demo_ws):
                             {lab: {"weight": 0.5 + 0.1 * i} for i, lab in enumerate(labels)})
     demo_ws.evaluate_recipe(r)  # fills the rank tables as a live merge does
     cached = demo_ws.merge_anatomy(r)
-    streamed = recipe_anatomy(demo_ws.ms, r)
+    streamed = recipe_anatomy(demo_ws.ms, r, names=demo_ws.merger().names)  # what the evaluator uses
     cols = ["kept", "elected_away", "cos", "merged_norm"]
     pd.testing.assert_frame_equal(cached[["layer", "model", *cols]],
                                   streamed[["layer", "model", *cols]], rtol=1e-9)
+
+
+def test_layer_plots_render_before_the_first_anatomy():
+    """The Merge tab may be shown before any anatomy exists: empty plots, no error."""
+    import holoviews as hv
+
+    from wsviz.ui.why_panel import PANELS, layer_plots
+
+    hv.extension("bokeh")
+    empty = pd.DataFrame({c: pd.Series(dtype=float) for c in ("order", *(c for c, _, _ in
+                                                                  PANELS))})
+    for p in layer_plots(empty.assign(model="", layer="")):
+        assert hv.render(p) is not None

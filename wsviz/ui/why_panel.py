@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import holoviews as hv
+import numpy as np
 import pandas as pd
 import panel as pn
 import param
@@ -86,6 +87,8 @@ def layer_plot(frame: pd.DataFrame, col: str, x: str = "order",
     colors = colors or model_colors(dict.fromkeys(d["model"]))
     paths = [{x: g[x].to_numpy(), col: g[col].to_numpy(), "model": str(m)}
              for m, g in d.groupby("model", sort=False)]
+    if not paths:  # nothing computed yet (e.g. the tab shown before the first anatomy)
+        paths = [{x: np.zeros(1), col: np.full(1, np.nan), "model": ""}]
     lines = hv.Path(paths, [x, col], vdims=["model"]).opts(
         color="model", cmap=colors, line_width=1.5, show_legend=False)
     dots = hv.Scatter(d.astype({"model": str}), x, [col, "model", *extra]).opts(
