@@ -63,12 +63,19 @@ def calibration_norms(model_path, calib: str, device=None,
             model = AutoModel.from_pretrained(str(model_path), dtype=torch.float32)
     except Exception as e:  # noqa: BLE001
         raise WsvizError(f"wanda needs MODEL loadable by transformers ({e})") from None
-    if weights is not None:
-        sd = model.state_dict()
-        with torch.no_grad():
-            for k, v in weights.items():
-                if k in sd:
-                    sd[k].copy_(v.to(sd[k].dtype))
+    load_weights(model, weights)
     model.eval().to(device or "cpu")
     batch = calibration_batch(calib, str(model_path), device)
     return collect_input_norms(model, batch)
+
+
+def load_weights(model, weights) -> None:
+    """Copy ``weights`` (name -> tensor, e.g. a merge) into ``model``'s same-named parameters
+    and buffers, in their dtypes; names the model lacks are skipped; None does nothing."""
+    if weights is None:
+        return
+    sd = model.state_dict()
+    with torch.no_grad():
+        for k, v in weights.items():
+            if k in sd:
+                sd[k].copy_(v.to(sd[k].dtype))

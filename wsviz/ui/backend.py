@@ -871,16 +871,12 @@ def _zoo_input_norms(zoo, target: str, weights=None) -> dict:
     from torch import nn
 
     from wsviz.compute.masks import collect_input_norms
+    from wsviz.recipes.calibration import load_weights
     from wsviz.zoo import ZooClassifier, load_digits_split
 
     model = ZooClassifier.from_pretrained(zoo.base_dir if target == "base" or weights is not None
                                           else zoo.task_dirs[target])
-    if weights is not None:
-        sd = model.state_dict()
-        with torch.no_grad():
-            for k, v in weights.items():
-                if k in sd:
-                    sd[k].copy_(v.to(sd[k].dtype))
+    load_weights(model, weights)
 
     class Features(nn.Module):
         def __init__(self, m):
