@@ -16,6 +16,7 @@ from panel.viewable import Viewer
 
 from wsviz.ui.merge_tuner import MergeTuner
 from wsviz.ui.session import Session
+from wsviz.ui.widgets import write_folder_async
 
 
 class Export(Viewer):
@@ -107,32 +108,11 @@ class Export(Viewer):
             self.session.notify_error(exc)
             self._write_msg.object = "**Nothing written** (see the notification)."
             return
-        runner = self.session.runner
-        self._progress.value = 0
-        self._progress.visible = True
-        self._write_btn.disabled = True
-        self._write_msg.object = f"writing `{target}`…"
-
-        def progress(frac, msg):
-            runner.call_soon(lambda: setattr(self._progress, "value", int(100 * frac)))
-
-        def work():
-            return self.session.workspace.write_merged(recipe, str(target), force,
-                                                       progress=progress)
-
-        def done(path):
-            self._progress.visible = False
-            self._write_btn.disabled = False
-            self.written = str(path)
-            self._write_msg.object = f"Wrote `{path}`"
-            self.session.notify_info(f"Merged model written to {path}")
-
-        def error(exc):
-            self._progress.visible = False
-            self._write_btn.disabled = False
-            self._write_msg.object = "**Nothing written** (see the notification)."
-
-        runner.submit("write", work, done, error)
+        ws = self.session.workspace
+        write_folder_async(
+            self, "write", target,
+            lambda progress: ws.write_merged(recipe, str(target), force, progress=progress),
+            "Wrote `{path}`", "Merged model written to {path}")
 
     def __panel__(self):
         return pn.Column(

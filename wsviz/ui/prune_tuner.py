@@ -30,6 +30,7 @@ from wsviz.ui.widgets import (
     summary_text,
     watch_widget,
     widget_value,
+    write_folder_async,
 )
 from wsviz.ui.workspace import MERGE_TARGET
 
@@ -245,32 +246,12 @@ class PruneTuner(Viewer):
             self.session.notify_error(exc)
             self._write_msg.object = "**Nothing written** (see the notification)."
             return
-        runner = self.session.runner
-        self._progress.value = 0
-        self._progress.visible = True
-        self._write_btn.disabled = True
-        self._write_msg.object = f"writing `{target}`…"
-
-        def progress(frac, msg):
-            runner.call_soon(lambda: setattr(self._progress, "value", int(100 * frac)))
-
-        def work():
-            return ws.write_pruned(state["target"], state["method"], params, str(target), force,
-                                   merge=merge, progress=progress)
-
-        def done(path):
-            self._progress.visible = False
-            self._write_btn.disabled = False
-            self.written = str(path)
-            self._write_msg.object = f"Wrote `{path}` (with `wsviz_prune.yml`)"
-            self.session.notify_info(f"Pruned model written to {path}")
-
-        def error(exc):
-            self._progress.visible = False
-            self._write_btn.disabled = False
-            self._write_msg.object = "**Nothing written** (see the notification)."
-
-        runner.submit("prune-write", work, done, error)
+        write_folder_async(
+            self, "prune-write", target,
+            lambda progress: ws.write_pruned(state["target"], state["method"], params,
+                                             str(target), force, merge=merge,
+                                             progress=progress),
+            "Wrote `{path}` (with `wsviz_prune.yml`)", "Pruned model written to {path}")
 
     def __panel__(self):
         export = pn.Column(

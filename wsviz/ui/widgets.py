@@ -367,3 +367,33 @@ class LiveBars:
     def redraw(self) -> None:
         """Draw the last metrics again (e.g. when the references arrive)."""
         self.pipe.send(self._last)
+
+
+def write_folder_async(owner, key: str, target, work, wrote: str, notice: str) -> None:
+    """Run ``work(progress)`` (which writes the folder ``target`` and returns its path) off
+    the event loop for a panel ``owner`` holding ``session``, ``_progress``, ``_write_btn``,
+    ``_write_msg`` and ``written``: the button is disabled and the bar shown meanwhile; on
+    success ``written`` is set, ``wrote`` (with ``{path}``) shown and ``notice`` notified; on
+    failure the runner has shown the error and "Nothing written" is said."""
+    runner = owner.session.runner
+    owner._progress.value = 0
+    owner._progress.visible = True
+    owner._write_btn.disabled = True
+    owner._write_msg.object = f"writing `{target}`…"
+
+    def progress(frac, msg):
+        runner.call_soon(lambda: setattr(owner._progress, "value", int(100 * frac)))
+
+    def done(path):
+        owner._progress.visible = False
+        owner._write_btn.disabled = False
+        owner.written = str(path)
+        owner._write_msg.object = wrote.format(path=path)
+        owner.session.notify_info(notice.format(path=path))
+
+    def error(exc):
+        owner._progress.visible = False
+        owner._write_btn.disabled = False
+        owner._write_msg.object = "**Nothing written** (see the notification)."
+
+    runner.submit(key, lambda: work(progress), done, error)
