@@ -100,9 +100,10 @@ def part_global_vs_group(zoo, merger, train, hand, seeds, n):
     groups = groups_for(merger.names)
     spaces = {
         "global": {"params": {"lambda": {"low": 0.3, "high": 3.0},
-                              "density": {"low": 0.05, "high": 1.0}}},
+                              "density": {"low": 0.01, "high": 1.0, "log": True}}},
         "per-group": {"params": {"lambda": {"low": 0.3, "high": 3.0, "groups": groups},
-                                 "density": {"low": 0.05, "high": 1.0, "groups": groups}}},
+                                 "density": {"low": 0.01, "high": 1.0, "log": True,
+                                             "groups": groups}}},
     }
     summary = {}
     for name, sp in spaces.items():
@@ -135,7 +136,7 @@ def part_front(zoo, merger, train, hand, seeds, n):
 
     groups = groups_for(merger.names)
     sp = {"params": {"lambda": {"low": 0.3, "high": 3.0, "groups": groups},
-                     "density": {"low": 0.05, "high": 1.0, "groups": groups}}}
+                     "density": {"low": 0.01, "high": 1.0, "log": True, "groups": groups}}}
     test_ev = _test_ev(zoo)
     hand_test = [(nm, _stats(test_ev.evaluate(merger.merge(r)))) for nm, r, _ in hand]
     for seed in seeds:

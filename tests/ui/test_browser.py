@@ -13,6 +13,7 @@ import yaml
 
 from tests.ui.browser import (
     drag_handle,
+    figure_state,
     open_app,
     open_tab,
     pane_text,
@@ -42,11 +43,16 @@ def wait_eval(page, n: int, timeout: float = 90.0) -> str:
 def test_heatmap_click_selects_layer_everywhere(page, demo_app, artifacts_dir):
     open_app(page, demo_app.url)
     first = wait_pane_text(page, DETAIL, lambda t: "shape" in t)
+    # the analysis may still run on a first session: wait for the heatmap's cells
+    figure_state(page, "Layers x metrics", timeout=180, predicate=lambda f: any(
+        len(r["columns"].get("layer", [])) for r in f["renderers"]))
+    page.locator(".wsviz-heatmap").first.scroll_into_view_if_needed()  # below the grid
+    page.wait_for_timeout(300)
     box = plot_box(page, "Layers x metrics")
     page.screenshot(path=str(artifacts_dir / "explore_before.png"), full_page=True)
-    # rows run top to bottom in layer order (39 for the demo Llama, taller than the window):
-    # click the first column of a row 200 px down, well past the default selection
-    page.mouse.click(box["x"] + box["w"] * 0.05, box["y"] + min(box["h"] * 0.92, 200))
+    # the demo Llama's tensors outside its 4 blocks (embeddings, final norm, lm_head), top to
+    # bottom; the default selection is a block tensor, so any row selects another tensor
+    page.mouse.click(box["x"] + box["w"] * 0.05, box["y"] + box["h"] * 0.85)
     after = wait_pane_text(page, DETAIL, lambda t: "shape" in t and t != first)
     assert after != first
     layer = after.split("Layer", 1)[1].split("—")[0].strip()

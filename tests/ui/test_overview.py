@@ -76,8 +76,10 @@ def test_flat_fallback_without_blocks():
     c = build_components(FakeWorkspace())
     ov = c.overview
     assert not ov.layout.has_blocks and ov._grid.object is None
-    hm = ov._plot.object
-    assert isinstance(hm, hv.HeatMap)
+    dm = ov._plot.object  # built once (its Tap stream survives later tables)
+    assert isinstance(dm, hv.DynamicMap)
+    hm = dm[()]
+    assert isinstance(hm, hv.HeatMap) and len(hm) == ov.frame().shape[0]
     assert hv.Store.lookup_options("bokeh", hm, "style").kwargs["nonselection_alpha"] == 1.0
     assert ov.preferred_width == 560
 

@@ -85,7 +85,13 @@ def test_search_tab_runs_and_a_click_loads_the_recipe(page, demo_app, artifacts_
     cfg = MergeConfiguration.model_validate(yaml.safe_load(open(dl.value.path()).read()))
     assert cfg.merge_method == "task_arithmetic"
     open_tab(page, "Merge")
-    summary = wait_pane_text(page, "wsviz-merge-summary", lambda t: "eval #" in t)
-    assert "lambda=0.3" not in summary  # the tuner now holds the searched recipe
+    from wsviz.ui.merge_tuner import _fmt
+
+    lam = cfg.parameters["lambda"]
+    # the tuner now holds the searched recipe: wait for its evaluation (the first one may
+    # still be on screen while the loaded recipe is evaluated)
+    summary = wait_pane_text(page, "wsviz-merge-summary",
+                             lambda t: "eval #" in t and f"lambda={_fmt(lam)}" in t, 120)
+    assert "eval #1 " not in summary
     assert pane_text(page, "wsviz-merge-summary")
     page.screenshot(path=str(artifacts_dir / "search_loaded_in_tuner.png"), full_page=True)

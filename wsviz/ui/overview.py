@@ -134,6 +134,8 @@ class Overview(Viewer):
             if self.layout.has_blocks else "", visible=bool(self.layout.flat))
         if self.layout.has_blocks:
             self._build_grid()
+        if not self.layout.has_blocks or self.layout.flat:
+            self._build_heatmap()
         session.param.watch(self._on_table, "table")
         session.param.watch(self._on_progress, ["analysis_progress", "status"])
         session.param.watch(self._on_layer, "layer")
@@ -201,27 +203,37 @@ class Overview(Viewer):
         layers = self.layout.flat if self.layout.has_blocks else self.session.workspace.layers()
         return heatmap_frame(self.session.table, self.model, self.metrics, layers)
 
+    def _build_heatmap(self) -> None:
+        """Create the heatmap's figure once, before the page is rendered (as the grid's): a
+        DynamicMap fed by :attr:`_heat_pipe`; later tables, models and metrics only send
+        new data, so its Tap stream keeps working on a first session whose table arrives
+        after the page was drawn. Its height follows the number of layers it shows."""
+        layers = self.layout.flat if self.layout.has_blocks else self.session.workspace.layers()
+        height = int(min(1400, max(300, 22 * len(layers) + 170)))
+        title = ("Layers x metrics (scaled per metric)" if not self.layout.has_blocks
+                 else "Layers x metrics, outside the blocks")
+        empty = pd.DataFrame({"metric": pd.Series(dtype=str), "layer": pd.Series(dtype=str),
+                              "score": pd.Series(dtype=float), "value": pd.Series(dtype=float)})
+        self._heat_pipe = hv.streams.Pipe(data=empty)
+
+        def heatmap(data):
+            return hv.HeatMap(data, kdims=["metric", "layer"], vdims=["score", "value"]).opts(
+                cmap="viridis", colorbar=True, tools=["hover", "tap"], xrotation=45,
+                invert_yaxis=True, responsive=True, height=height, clim=(0, 1), title=title,
+                toolbar="above", default_tools=["save", "reset"], framewise=True, **NO_FADE,
+                selection_line_color="red", selection_line_width=3)
+
+        hm = hv.DynamicMap(heatmap, streams=[self._heat_pipe])
+        self._tap = hv.streams.Tap(source=hm, x=None, y=None)
+        self._tap.add_subscriber(self._on_tap)
+        self._plot.object = hm
+
     def _redraw(self, *_):
         if self._updating or self.session.table is None or (self.layout.has_blocks and not self.layout.flat):
             return
         df = self.frame()
-        if df.empty:
-            self._plot.object = hv.Div("<i>No metric values for this selection.</i>").opts(
-                height=60)
-            return
-        n_layers = df["layer"].nunique()
-        height = int(min(1400, max(300, 22 * n_layers + 170)))
-        title = ("Layers x metrics (scaled per metric)" if not self.layout.has_blocks
-                 else "Layers x metrics, outside the blocks")
-        hm = hv.HeatMap(df, kdims=["metric", "layer"], vdims=["score", "value"]).opts(
-            cmap="viridis", colorbar=True, tools=["hover", "tap"], xrotation=45,
-            invert_yaxis=True, responsive=True, height=height, clim=(0, 1), title=title,
-            toolbar="above", default_tools=["save", "reset"], **NO_FADE,
-            selection_line_color="red", selection_line_width=3,
-        )
-        self._tap = hv.streams.Tap(source=hm, x=None, y=None)
-        self._tap.add_subscriber(self._on_tap)
-        self._plot.object = hm
+        if not df.empty:  # an empty selection (no metric chosen) keeps the last picture
+            self._heat_pipe.send(df)
 
     def _on_tap(self, x=None, y=None):
         if y is not None:
