@@ -109,3 +109,14 @@ def test_docs_site_builds_strict(tmp_path):
     assert (site / "img" / "dashboard.png").is_file()
     # bench/README.md is included as it is
     assert "mergekit" in (site / "benchmarks" / "index.html").read_text(encoding="utf-8")
+
+
+def test_missing_mkdocs_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    """Outside CI a machine without the dev extra skips the build; under CI=true it fails."""
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="not installed under CI"):
+        mkdocs_or_skip()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        mkdocs_or_skip()
