@@ -73,7 +73,7 @@ def test_readme_and_docs_name_the_tabs_the_page_shows():
     tabs = app_tabs()
     assert "Explore" in tabs and len(tabs) >= 5
     section = readme().split("## The dashboard", 1)[1].split("\n## ", 1)[0]
-    assert re.findall(r"\*\*([^*]+)\*\* \(", section) == tabs
+    assert re.findall(r"\*\*([^*]+)\*\*\s+\(", section) == tabs
     dash = (REPO / "docs" / "dashboard.md").read_text(encoding="utf-8")
     assert re.findall(r"^- \*\*([^*]+)\*\*:", dash, flags=re.M) == tabs
     for stale in ("Overview**", "Layer detail**", "Merge tuner**", "Prune tuner**"):
