@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.peers import require_peer
 from wsviz.compute import trim
 from wsviz.compute.merge import METHODS
 from wsviz.compute.merge import sparsify as sp
 
-mk_api = pytest.importorskip("mergekit.merge_methods")
+mk_api = require_peer("mergekit.merge_methods")
 
 SHAPES = [(37,), (24, 40), (3, 8, 10)]
 DTYPES = [torch.float32, torch.bfloat16]

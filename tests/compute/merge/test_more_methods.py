@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.peers import require_peer
 from wsviz.compute.merge import METHODS
 
-mk_api = pytest.importorskip("mergekit.merge_methods")
+mk_api = require_peer("mergekit.merge_methods")
 
 SHAPES = [(37,), (24, 40), (3, 8, 10)]
 DTYPES = [torch.float32, torch.bfloat16]
