@@ -6,6 +6,18 @@ import pytest
 
 from tests.checkpoints import build_llama_set
 
+#: warm the numba kernels only for runs this large (a single small module does not pay for it)
+WARM_MIN_TESTS = 50
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_numba_kernels(request):
+    """Compile the numba kernels once before any test (see :mod:`tests.numba_warm`)."""
+    if len(request.session.items) >= WARM_MIN_TESTS:
+        from tests.numba_warm import warm
+
+        warm()
+
 
 @pytest.fixture(scope="session")
 def llama_set(tmp_path_factory):

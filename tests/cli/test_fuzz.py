@@ -320,3 +320,53 @@ def test_fuzz_recipes(zoo, tmp_path):
         counts["exit0" if rc == 0 else "exit2"] += 1
         assert not (work / "PWNED").exists() and not Path("PWNED").exists()
     assert counts["exit0"] > 10 and counts["exit2"] > N_RECIPE // 2, counts
+
+
+def _run_process(argv) -> tuple[int, str, str]:
+    """``wsviz ARGV`` in a real process (``python -m wsviz.cli``)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-m", "wsviz.cli", *map(str, argv)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_in_process_cases_match_real_processes(zoo, tmp_path):
+    """The fuzz cases run in-process (``run_cli``); a handful (the first recipe mutations of
+    every outcome, plus a damaged header) also run as real ``wsviz`` processes: same exit
+    status, same error line, same contract."""
+    rng = random.Random(7)
+    _, models = zoo
+    picked: dict[tuple, tuple] = {}
+    for i in range(60):
+        dt = rng.choice(sorted(models))
+        raw, suffix, must_fail = mutate_recipe(rng, models[dt])
+        key = (must_fail, suffix)
+        picked.setdefault(key, (i, dt, raw, suffix, must_fail))
+    hdr = mutate_header(models["float32"][1].read_bytes(), random.Random(3))
+    assert len(picked) == 4
+    for i, dt, raw, suffix, must_fail in picked.values():
+        results = []
+        for how, run in (("in-process", run_cli), ("process", _run_process)):
+            work = tmp_path / f"{how}_{i}"
+            work.mkdir()
+            recipe = work / f"r{i}{suffix}"
+            recipe.write_bytes(raw)
+            out = work / "out"
+            inputs = [*models[dt], recipe]
+            before = snapshot(*inputs)
+            res = run([ "merge", recipe, "-o", out, "--no-progress"])
+            check_contract(res, out, before, inputs, must_fail, f"{how} case {i}: {raw[:200]!r}")
+            results.append((res[0], res[2].replace(str(work), "WORK")))
+        assert results[0] == results[1], (i, results)
+    for how, run in (("in-process", run_cli), ("process", _run_process)):
+        victim = tmp_path / f"h_{how}.safetensors"
+        victim.write_bytes(hdr)
+        out = tmp_path / f"h_{how}_out"
+        res = run(["prune", victim, "--method", "magnitude", "--sparsity", "0.5", "-o", out,
+                   "--no-progress"])
+        check_contract(res, out, snapshot(victim), [victim], not reference_ok(victim), how)
