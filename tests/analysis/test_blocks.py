@@ -120,3 +120,17 @@ def test_profiles_per_module_and_per_model():
     assert mean[mean.model == "ft0"]["value"].tolist() == pytest.approx(
         [100 * b + 4 for b in range(5)])
     assert model_profiles(table, lay, "alpha")["model"].unique().tolist() == ["base"]
+
+
+def test_tidy_table_types():
+    """One finishing step for every tidy table (analyze, analyze_model): nullable block,
+    string categories, the column order given."""
+    from wsviz.analysis.engine import COLUMNS
+    from wsviz.analysis.tidy import tidy_table
+
+    t = tidy_table([("a.w", 0, "q", "attn", "ft", "norm", 1.0, ""),
+                    ("emb", None, "embed", "other", "ft", "norm", 2.0, "x")], COLUMNS)
+    assert list(t.columns) == COLUMNS and str(t["block"].dtype) == "Int64"
+    assert t["block"].isna().tolist() == [False, True]
+    assert all(t[c].map(type).eq(str).all() for c in ("kind", "group", "model", "metric"))
+    assert tidy_table([], COLUMNS).shape == (0, len(COLUMNS))

@@ -5,6 +5,8 @@ import logging
 import pytest
 import torch
 
+from tests.peers import require_peer
+
 NAMES = [
     "encoder.layer.0.attention.self.query.weight",
     "encoder.layer.2.intermediate.dense.weight",
@@ -15,7 +17,7 @@ NAMES = [
 
 @pytest.mark.slow
 def test_alpha_matches_weightwatcher(minilm_dir):
-    ww = pytest.importorskip("weightwatcher")
+    ww = require_peer("weightwatcher")
     from safetensors import safe_open
 
     from wsviz.analysis import spectra_table

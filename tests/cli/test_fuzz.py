@@ -299,6 +299,21 @@ def mutate_recipe(rng: random.Random, models) -> tuple[bytes, str, bool]:
     return raw, suffix, must_fail
 
 
+def _merge_case(run, work: Path, i: int, raw: bytes, suffix: str, models, must_fail: bool):
+    """``wsviz merge`` of the recipe bytes ``raw`` written under the fresh folder ``work``
+    (``run``: in-process or a real process), checked against the contract; the result."""
+    work.mkdir()
+    recipe = work / f"r{i}{suffix}"
+    recipe.write_bytes(raw)
+    out = work / "out"
+    inputs = [*models, recipe]
+    before = snapshot(*inputs)
+    res = run(["merge", recipe, "-o", out, "--no-progress"])
+    check_contract(res, out, before, inputs, must_fail,
+                   f"recipe case {i} ({suffix}): {raw[:300]!r}")
+    return res
+
+
 def test_fuzz_recipes(zoo, tmp_path):
     rng = random.Random(7)
     root, models = zoo
@@ -308,15 +323,51 @@ def test_fuzz_recipes(zoo, tmp_path):
         dt = rng.choice(sorted(models))
         raw, suffix, must_fail = mutate_recipe(rng, models[dt])
         shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        recipe = work / f"r{i}{suffix}"
-        recipe.write_bytes(raw)
-        out = work / "out"
-        inputs = [*models[dt], recipe]
-        before = snapshot(*inputs)
-        rc = check_contract(run_cli(["merge", recipe, "-o", out, "--no-progress"]), out,
-                            before, inputs, must_fail, f"recipe case {i} ({suffix}): "
-                            f"{raw[:300]!r}")
+        rc = _merge_case(run_cli, work, i, raw, suffix, models[dt], must_fail)[0]
         counts["exit0" if rc == 0 else "exit2"] += 1
         assert not (work / "PWNED").exists() and not Path("PWNED").exists()
     assert counts["exit0"] > 10 and counts["exit2"] > N_RECIPE // 2, counts
+
+
+def _run_process(argv) -> tuple[int, str, str]:
+    """``wsviz ARGV`` in a real process (``python -m wsviz.cli``)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-m", "wsviz.cli", *map(str, argv)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_in_process_cases_match_real_processes(zoo, tmp_path):
+    """The fuzz cases run in-process (``run_cli``); three also run as real ``wsviz``
+    processes — the first invalid and the first valid recipe mutation (JSON / YAML), and a
+    damaged header — with the same exit status, the same error line and the same contract."""
+    rng = random.Random(7)
+    _, models = zoo
+    picked: dict[tuple, tuple] = {}
+    for i in range(60):
+        dt = rng.choice(sorted(models))
+        raw, suffix, must_fail = mutate_recipe(rng, models[dt])
+        key = (True, ".json") if must_fail else (False, ".yml")
+        if (must_fail, suffix) == key:
+            picked.setdefault(key, (i, dt, raw, suffix, must_fail))
+    hdr = mutate_header(models["float32"][1].read_bytes(), random.Random(3))
+    assert len(picked) == 2
+    for i, dt, raw, suffix, must_fail in picked.values():
+        results = []
+        for how, run in (("in-process", run_cli), ("process", _run_process)):
+            work = tmp_path / f"{how}_{i}"
+            res = _merge_case(run, work, i, raw, suffix, models[dt], must_fail)
+            results.append((res[0], res[2].replace(str(work), "WORK")))
+        assert results[0] == results[1], (i, results)
+    for how, run in (("in-process", run_cli), ("process", _run_process)):
+        victim = tmp_path / f"h_{how}.safetensors"
+        victim.write_bytes(hdr)
+        out = tmp_path / f"h_{how}_out"
+        res = run(["prune", victim, "--method", "magnitude", "--sparsity", "0.5", "-o", out,
+                   "--no-progress"])
+        check_contract(res, out, snapshot(victim), [victim], not reference_ok(victim), how)

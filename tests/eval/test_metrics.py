@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from wsviz.errors import EvalError
@@ -77,7 +78,7 @@ def test_parse_and_declare_metric():
 
 
 def test_normalized_and_pareto_follow_direction():
-    from wsviz.eval.metrics import pareto_mask
+    from wsviz.eval.pareto import pareto_mask
 
     acc, ppl = KNOWN["accuracy"], KNOWN["perplexity"]
     assert acc.normalized(0.45, 0.9) == pytest.approx(0.5)
@@ -85,8 +86,10 @@ def test_normalized_and_pareto_follow_direction():
     assert math.isnan(acc.normalized(0.5, 0.0))
     avg, worst = [10.0, 12.0, 9.0, 11.0], [14.0, 13.0, 15.0, 16.0]
     # lower is better: (9, 15) best mean, (12, 13) best worst, (10, 14) between, (11, 16) not
-    assert pareto_mask(avg, worst, higher_is_better=False) == [True, True, True, False]
-    assert pareto_mask(avg, worst, higher_is_better=True) == [False, True, False, True]
-    assert pareto_mask([1.0, math.nan], [1.0, 2.0]) == [True, False]
+    pts = list(zip(avg, worst))
+    assert pareto_mask(pts, [ppl.direction] * 2).tolist() == [True, True, True, False]
+    assert pareto_mask(pts, [acc.direction] * 2).tolist() == [False, True, False, True]
+    assert pareto_mask([[1.0, 1.0], [math.nan, 2.0]], ["maximize"] * 2).tolist() == [True, False]
+    assert pareto_mask(np.zeros((0, 2)), ["maximize"] * 2).tolist() == []
     assert ppl.labelled("mean perplexity") == "mean perplexity (lower is better)"
     assert acc.arrow == "↑" and ppl.arrow == "↓"

@@ -142,3 +142,19 @@ def test_deleted_untied_head_is_missing_not_tied(tmp_path, llama_set):
     (tmp_path / "nohead" / "config.json").write_text(json.dumps({"tie_word_embeddings": False}))
     with pytest.raises(AlignmentError, match="missing 1: lm_head.weight"):
         ModelSet.open(llama_set.base, [tmp_path / "nohead"])
+
+
+def test_in_memory_and_file_state_dicts_share_one_check(tmp_path):
+    """A dict with a non-tensor entry is refused the same way in memory and in a .pt file,
+    naming the source, the entry and the fix."""
+    from wsviz.io.memory import StateDictSource
+
+    sd = {"w": torch.zeros(2), "step": 3}
+    with pytest.raises(CheckpointError, match=r"<mine>: entry 'step' is a int, not a tensor; "
+                                              r"save a plain state dict"):
+        StateDictSource(sd, label="mine")
+    p = tmp_path / "m.pt"
+    torch.save(sd, p)
+    with pytest.raises(CheckpointError, match=r"m\.pt: entry 'step' is a int, not a tensor; "
+                                              r"save a plain state dict"):
+        open_source(p)

@@ -1,5 +1,5 @@
 """Parity with mergekit 0.1.5: wsviz's merged tensors equal mergekit's output for the YAML
-wsviz exports (one mergekit subprocess runs every config).
+wsviz exports (mergekit runs every config in-process, imported once: tests/recipes/mergekit_runner.py).
 
 Every method runs on the fp32 family and on the same family stored in bf16 (computed in bf16
 as mergekit does without ``dtype``), plus jobs with ``dtype`` / ``out_dtype`` set; tensors
@@ -14,19 +14,17 @@ seeded ``torch.Generator`` (bf16 draws included), so these are bit-identical too
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.recipes.mergekit_runner import run_mergekit
 from wsviz.recipes import InMemoryMerger, Recipe, merge_to_dir
 
 pytestmark = pytest.mark.slow
 
-RUNNER = Path(__file__).with_name("mergekit_runner.py")
 
 
 def _recipes(ls):
@@ -120,10 +118,7 @@ def mergekit_outputs(llama_set, llama_set_bf16, tmp_path_factory):
         y = root / f"{name.replace('/', '_')}.yml"
         y.write_text(r.to_mergekit_yaml())
         jobs.append({"yaml": str(y), "out": str(_out(root, name)), "seed": r.seed})
-    (root / "jobs.json").write_text(json.dumps(jobs))
-    proc = subprocess.run([sys.executable, str(RUNNER), str(root / "jobs.json")],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_mergekit(jobs)
     return root, recipes
 
 

@@ -1,7 +1,7 @@
 """Parity with mergekit 0.1.5 for nuslerp, multislerp, karcher, sce, ram, ramplus_tl,
 arcee_fusion, nearswap, passthrough and mergekit's ``slices:`` form (frankenmerges), on the
 tiny Llama family saved in float32 and in bfloat16: wsviz's merged checkpoint equals
-mergekit's output for the YAML wsviz exports (one mergekit subprocess runs every config).
+mergekit's output for the YAML wsviz exports (mergekit runs every config in-process, imported once: tests/recipes/mergekit_runner.py).
 fp32: within 1e-6; bf16 (both compute in bf16): bit for bit, dtype included.
 """
 
@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.recipes.mergekit_runner import run_mergekit
 from wsviz.recipes import InMemoryMerger, Recipe, merge_to_dir
 
 pytestmark = pytest.mark.slow
 
-RUNNER = Path(__file__).with_name("mergekit_runner.py")
 #: recipe dtypes: fp32 explicit; bf16 without ``dtype`` (inputs' dtype) for ``models:``
 #: recipes and explicit ``bfloat16`` for the slices
 DTYPES = {"fp32": ("float32", "float32"), "bf16": (None, "bfloat16")}
@@ -107,10 +105,7 @@ def mergekit_outputs(sets, tmp_path_factory):
             y = root / f"{key}.yml"
             y.write_text(r.to_mergekit_yaml())
             jobs.append({"yaml": str(y), "out": str(root / f"out_{key}"), "seed": r.seed})
-    (root / "jobs.json").write_text(json.dumps(jobs))
-    proc = subprocess.run([sys.executable, str(RUNNER), str(root / "jobs.json")],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_mergekit(jobs)
     return root, recipes
 
 

@@ -4,6 +4,49 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
+
+def browser_marks(timeout: float = 300) -> list:
+    """``pytestmark`` of a browser test module: ``browser``, ``slow`` and a per-test timeout."""
+    return [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(timeout)]
+
+
+def poll(page, probe, done=bool, timeout: float = 60.0, interval_ms: int = 200,
+         what: str = "the page"):
+    """Call ``probe()`` every ``interval_ms`` until ``done(value)``; returns that value, or
+    raises AssertionError naming ``what`` and the last value after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        last = probe()
+        if done(last):
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} never matched; last: {last!r}")
+        page.wait_for_timeout(interval_ms)
+
+
+def figures_js(visit: str, params: str = "") -> str:
+    """A page function ``(params) => out`` that runs the JS statements ``visit`` for every
+    rendered Bokeh view ``v`` (its model ``m``), each view once, pushing results to ``out``."""
+    return f"""
+({params}) => {{
+  const out = [];
+  const seen = new Set();
+  function walk(v) {{
+    if (!v || seen.has(v)) return;
+    seen.add(v);
+    const m = v.model;
+    {visit}
+    for (const k of (v.child_views || [])) walk(k);
+  }}
+  for (const v of Object.values(Bokeh.index)) walk(v);
+  return out;
+}}
+"""
+
+
 # Text of a Panel pane found by its css class (its content lives in the host's shadow root).
 PANE_TEXT_JS = """
 (cls) => {
@@ -28,26 +71,13 @@ PANE_TEXT_JS = """
 """
 
 # Bounding boxes (viewport px) of the frames of every rendered Bokeh figure, by title.
-PLOT_BOXES_JS = """
-() => {
-  const out = [];
-  const seen = new Set();
-  function walk(v) {
-    if (!v || seen.has(v)) return;
-    seen.add(v);
-    const m = v.model;
+PLOT_BOXES_JS = figures_js("""
     if (m && m.title !== undefined && v.frame && v.el) {
       const r = v.el.getBoundingClientRect();
       const b = v.frame.bbox;
       if (r.width > 0) out.push({title: m.title ? m.title.text : '', x: r.left + b.x0,
                                  y: r.top + b.y0, w: b.width, h: b.height});
-    }
-    for (const k of (v.child_views || [])) walk(k);
-  }
-  for (const v of Object.values(Bokeh.index)) walk(v);
-  return out;
-}
-"""
+    }""")
 
 
 def pane_text(page, cls: str) -> str:
@@ -58,25 +88,14 @@ def pane_text(page, cls: str) -> str:
 
 def wait_pane_text(page, cls: str, predicate, timeout: float = 60.0) -> str:
     """Poll until ``predicate(text)`` holds for the pane ``cls``; returns the text."""
-    deadline = time.monotonic() + timeout
-    text = ""
-    while time.monotonic() < deadline:
-        text = pane_text(page, cls)
-        if predicate(text):
-            return text
-        page.wait_for_timeout(100)
-    raise AssertionError(f"pane .{cls} never matched; last text: {text!r}")
+    return poll(page, lambda: pane_text(page, cls), predicate, timeout, 100, f"pane .{cls}")
 
 
 def plot_box(page, title_prefix: str, timeout: float = 60.0) -> dict:
     """Frame box ``{x, y, w, h}`` of the visible figure whose title starts with the prefix."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for box in page.evaluate(PLOT_BOXES_JS):
-            if box["title"].startswith(title_prefix) and box["w"] > 0:
-                return box
-        page.wait_for_timeout(200)
-    raise AssertionError(f"no plot titled {title_prefix!r} appeared")
+    return poll(page, lambda: next((b for b in page.evaluate(PLOT_BOXES_JS)
+                                    if b["title"].startswith(title_prefix) and b["w"] > 0), None),
+                lambda b: b is not None, timeout, what=f"a plot titled {title_prefix!r}")
 
 
 def open_app(page, url: str) -> None:
@@ -96,13 +115,9 @@ def notifications(page) -> list[str]:
 
 
 def wait_notification(page, needle: str, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for text in notifications(page):
-            if needle in text:
-                return text
-        page.wait_for_timeout(100)
-    raise AssertionError(f"no notification containing {needle!r}; shown: {notifications(page)}")
+    shown = poll(page, lambda: notifications(page), lambda ts: any(needle in t for t in ts),
+                 timeout, 100, f"a notification containing {needle!r}")
+    return next(t for t in shown if needle in t)
 
 
 def slider_handle(page, label_prefix: str):
@@ -122,14 +137,7 @@ def drag_handle(page, handle, dx: float) -> None:
 
 
 # Axis labels and legend entries of every rendered Bokeh figure, by title.
-PLOT_LABELS_JS = """
-() => {
-  const out = [];
-  const seen = new Set();
-  function walk(v) {
-    if (!v || seen.has(v)) return;
-    seen.add(v);
-    const m = v.model;
+PLOT_LABELS_JS = figures_js("""
     if (m && m.title !== undefined && m.left !== undefined) {
       const side = (xs) => (xs || []).filter(r => r.axis_label !== undefined)
         .map(r => r.axis_label);
@@ -143,45 +151,34 @@ PLOT_LABELS_JS = """
       });
       out.push({title: m.title ? m.title.text : '', x: side(m.below), y: side(m.left),
                 legend: legend, references: column('reference')});
-    }
-    for (const k of (v.child_views || [])) walk(k);
-  }
-  for (const v of Object.values(Bokeh.index)) walk(v);
-  return out;
-}
-"""
+    }""")
 
 
 def plot_labels(page, title_prefix: str, timeout: float = 60.0, predicate=None) -> dict:
     """``{title, x: [x-axis labels], y: [y-axis labels], legend: [labels], references:
     [values of the "reference" column of its glyphs]}`` of the figure whose title starts
     with ``title_prefix`` (and that satisfies ``predicate``, if given)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        for fig in page.evaluate(PLOT_LABELS_JS):
-            if fig["title"].startswith(title_prefix):
-                last = fig
-                if predicate is None or predicate(fig):
-                    return fig
-        page.wait_for_timeout(200)
-    raise AssertionError(f"no plot titled {title_prefix!r} matched; last: {last}")
+    return _first_figure(page, lambda: [f for f in page.evaluate(PLOT_LABELS_JS)
+                                        if f["title"].startswith(title_prefix)],
+                         predicate, timeout, title_prefix)
 
 
-# Ranges and glyph renderers of the figure whose title starts with a prefix.
-FIGURE_JS = """
-(prefix) => {
-  const seen = new Set();
-  let found = null;
-  function walk(v) {
-    if (!v || seen.has(v) || found) return;
-    seen.add(v);
-    const m = v.model;
+def _first_figure(page, probe, predicate, timeout: float, title_prefix: str) -> dict:
+    """The first figure of ``probe()`` (a list) satisfying ``predicate`` (any, if None),
+    polled until ``timeout``."""
+    ok = predicate or (lambda f: True)
+    figs = poll(page, probe, lambda fs: any(ok(f) for f in fs), timeout,
+                what=f"a plot titled {title_prefix!r}")
+    return next(f for f in figs if ok(f))
+
+
+# Ranges and glyph renderers of the visible figures whose title starts with a prefix.
+FIGURE_JS = figures_js("""
     if (m && m.title !== undefined && m.x_range !== undefined && v.el
         && v.el.getBoundingClientRect().width > 0
         && (m.title ? m.title.text : '').startsWith(prefix)) {
       const val = (p) => (p && typeof p === 'object' && 'value' in p) ? p.value : p;
-      found = {
+      out.push({
         title: m.title.text,
         x: [m.x_range.start, m.x_range.end], y: [m.y_range.start, m.y_range.end],
         renderers: (m.renderers || []).filter(r => r.glyph).map(r => {
@@ -196,28 +193,16 @@ FIGURE_JS = """
                   fill_alpha: val(g.fill_alpha),
                   nonselection_fill_alpha: ng ? val(ng.fill_alpha) : null};
         }),
-      };
-    }
-    for (const k of (v.child_views || [])) walk(k);
-  }
-  for (const v of Object.values(Bokeh.index)) walk(v);
-  return found;
-}
-"""
+      });
+    }""", "prefix")
 
 
 def figure_state(page, title_prefix: str, timeout: float = 60.0, predicate=None) -> dict:
     """``{title, x: [start, end], y: [start, end], renderers: [{type, columns (block, layer,
     left/right/top/bottom data), image: [dw, dh] or None, fill_alpha, nonselection_fill_alpha}]}`` of the
     visible figure whose title starts with ``title_prefix`` (satisfying ``predicate``)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = page.evaluate(FIGURE_JS, title_prefix)
-        if last is not None and (predicate is None or predicate(last)):
-            return last
-        page.wait_for_timeout(200)
-    raise AssertionError(f"no figure titled {title_prefix!r} matched; last: {last}")
+    return _first_figure(page, lambda: page.evaluate(FIGURE_JS, title_prefix), predicate,
+                         timeout, title_prefix)
 
 
 def stable_plot_box(page, title_prefix: str, timeout: float = 60.0) -> dict:

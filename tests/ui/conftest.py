@@ -58,6 +58,16 @@ def browser_context_args(browser_context_args):
             "accept_downloads": True}
 
 
+# -- shared workspaces ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def demo_ws():
+    """The demo-zoo workspace, built once per session and shared by the modules that only
+    read it (a test that changes its settings, such as ``export_root``, builds its own)."""
+    from wsviz.ui.backend import demo_workspace
+
+    return demo_workspace()
+
+
 # -- served app ---------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:

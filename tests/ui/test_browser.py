@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import statistics
 
-import pytest
 import yaml
 
 from tests.ui.browser import (
+    browser_marks,
     drag_handle,
     figure_state,
     open_app,
@@ -23,7 +23,7 @@ from tests.ui.browser import (
     wait_pane_text,
 )
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = browser_marks(timeout=300)
 
 SUMMARY = "wsviz-merge-summary"
 DETAIL = "wsviz-detail-title"

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from tests.ui.browser import (
+    browser_marks,
     drag_handle,
     open_app,
     open_tab,
@@ -18,7 +17,7 @@ from tests.ui.browser import (
     wait_pane_text,
 )
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = browser_marks(timeout=300)
 
 SUMMARY = "wsviz-merge-summary"
 PRUNE = "wsviz-prune-summary"

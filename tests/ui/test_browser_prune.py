@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.ui.browser import open_app, open_tab, wait_notification, wait_pane_text
+from tests.ui.browser import browser_marks, open_app, open_tab, wait_notification, wait_pane_text
 from wsviz.recipes.prune import PruneRecipe
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = browser_marks(timeout=300)
 
 PRUNE = "wsviz-prune-summary"
 

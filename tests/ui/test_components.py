@@ -13,7 +13,7 @@ import wsviz.ui  # noqa: F401 - loads the bokeh plotting backend
 from tests.ui.fake_workspace import LAYERS, TASKS, FakeWorkspace
 from wsviz.errors import RecipeError
 from wsviz.ui.app import build_components, build_page
-from wsviz.ui.merge_tuner import pareto_mask, parse_schedule
+from wsviz.ui.merge_tuner import parse_schedule
 from wsviz.ui.overview import heatmap_frame
 from wsviz.ui.runner import Runner
 from wsviz.ui.widgets import summary_stats
@@ -166,15 +166,13 @@ def test_build_page_is_a_template():
     assert page.title.startswith("wsviz")
 
 
-def test_parse_schedule_and_pareto():
+def test_parse_schedule_and_summary_stats():
     assert parse_schedule("") is None
     assert parse_schedule("0.1, 0.3") == [0.1, 0.3]
     assert parse_schedule("attn: 0.5; mlp: 0.2") == [{"filter": "attn", "value": 0.5},
                                                        {"filter": "mlp", "value": 0.2}]
     with pytest.raises(RecipeError):
         parse_schedule("a, b")
-    keep = pareto_mask(np.array([0.8, 0.7, 0.9, 0.6]), np.array([0.5, 0.6, 0.4, 0.3]))
-    assert keep.tolist() == [True, True, True, False]
     st = summary_stats({"x": 0.5, "y": 1.0}, {"x": 1.0, "y": 1.0})
     assert st == {"avg": 0.75, "worst": 0.5, "normalized": 0.75}
 

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from tests.ui.browser import open_app, open_tab, wait_notification, wait_pane_text
+from tests.ui.browser import browser_marks, open_app, open_tab, wait_notification, wait_pane_text
 from tests.ui.conftest import CHROMIUM_ARGS, FAKE, REPO, find_chromium
 from wsviz.commands.serve import websocket_origins
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = browser_marks(timeout=600)
 
 LOCAL = re.compile(r"^(https?|wss?)://(127\.0\.0\.1|localhost)(:\d+)?/")
 

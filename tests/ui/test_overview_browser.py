@@ -11,8 +11,10 @@ import torch
 
 from tests.checkpoints import build_llama_set
 from tests.ui.browser import (
+    browser_marks,
     click_data,
     figure_state,
+    figures_js,
     notifications,
     open_app,
     pane_text,
@@ -21,7 +23,7 @@ from tests.ui.browser import (
 )
 from tests.ui.conftest import ServedApp
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = browser_marks(timeout=400)
 
 N_BLOCKS = 10
 DETAIL = "wsviz-detail-title"
@@ -154,28 +156,22 @@ def test_demo_zoo_grid_and_flat_heatmap(page, demo_app, artifacts_dir):
 
 
 # The y-axis ticks and title of a figure, and the title's rendered text width in px.
-AXIS_JS = """
-(prefix) => {
-  const seen = new Set();
-  let found = null;
-  function walk(v) {
-    if (!v || seen.has(v) || found) return;
-    seen.add(v);
-    const m = v.model;
+AXIS_FIGURES_JS = figures_js("""
     if (m && m.title && m.title.text && m.title.text.startsWith(prefix) && v.frame) {
       const ctx = document.createElement('canvas').getContext('2d');
       const t = m.title;
       ctx.font = `${t.text_font_style} ${t.text_font_size} ${t.text_font}`;
       const yticks = m.left.filter(a => a.ticker).flatMap(a => a.ticker.ticks || []);
-      found = {title_px: ctx.measureText(t.text).width, width: v.el.getBoundingClientRect().width,
-               frame_h: v.frame.bbox.height, yticks: yticks};
-    }
-    for (const k of (v.child_views || [])) walk(k);
-  }
-  for (const v of Object.values(Bokeh.index)) walk(v);
-  return found;
-}
-"""
+      out.push({title_px: ctx.measureText(t.text).width, width: v.el.getBoundingClientRect().width,
+                frame_h: v.frame.bbox.height, yticks: yticks});
+    }""", "prefix")
+
+
+def axis_state(page, prefix: str) -> dict | None:
+    """Y ticks, frame height, width and title width (px) of the first figure titled
+    ``prefix...``."""
+    found = page.evaluate(AXIS_FIGURES_JS, prefix)
+    return found[0] if found else None
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +189,7 @@ def test_80_blocks_are_readable(page, blocks80_app, artifacts_dir):
                                                 for r in f["renderers"]), timeout=120)
     assert grid["title"] == "Depth × module (80 blocks)"
     figure_state(page, "delta_rel per model", timeout=120)
-    ax = page.evaluate(AXIS_JS, "Depth × module")
+    ax = axis_state(page, "Depth × module")
     ticks = ax["yticks"]
     assert ticks[0] == 0 and ticks[-1] <= 79
     step = ticks[1] - ticks[0]
@@ -201,7 +197,7 @@ def test_80_blocks_are_readable(page, blocks80_app, artifacts_dir):
     assert ax["frame_h"] / 80 >= 9 and ax["frame_h"] / 80 * step >= 14
     assert ax["title_px"] < ax["width"]  # the title is not cut
     for prefix in ("delta_rel per module", "delta_rel per model"):
-        prof = page.evaluate(AXIS_JS, prefix)
+        prof = axis_state(page, prefix)
         assert prof["title_px"] < prof["width"]
     # a click on the last block still selects the right tensor (scrolled into view)
     box = stable_plot_box(page, "Depth × module")

@@ -68,11 +68,6 @@ def test_check_value_messages_name_parameter_and_range():
 
 
 # -- the merge tuner on the demo zoo ---------------------------------------------------------
-@pytest.fixture(scope="module")
-def demo_ws():
-    from wsviz.ui.backend import demo_workspace
-
-    return demo_workspace()
 
 
 @pytest.fixture

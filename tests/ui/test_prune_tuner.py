@@ -63,11 +63,10 @@ def test_prune_current_merge_needs_a_valid_merge():
     assert "no valid merge recipe" in c.session.last_error
 
 
-@pytest.fixture(scope="module")
-def demo():
-    from wsviz.ui.backend import demo_workspace
-
-    return demo_workspace()
+@pytest.fixture
+def demo(demo_ws):
+    """The session's shared demo-zoo workspace (tests/ui/conftest.py)."""
+    return demo_ws
 
 
 def test_demo_prune_current_merge_metrics_and_wanda(demo):

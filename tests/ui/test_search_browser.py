@@ -3,32 +3,28 @@ in, click a point, see its recipe loaded in the merge tuner and download it as m
 
 from __future__ import annotations
 
-import time
-
-import pytest
 import yaml
 
-from tests.ui.browser import open_app, open_tab, pane_text, wait_pane_text
+from tests.ui.browser import (
+    browser_marks,
+    figures_js,
+    open_app,
+    open_tab,
+    pane_text,
+    poll,
+    wait_pane_text,
+)
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = browser_marks(timeout=300)
 
 STATUS = "wsviz-search-status"
 
 # Screen positions (viewport px) of the scatter points of the figure whose title starts with
 # the prefix: Bokeh's own scales map data to canvas pixels.
-POINTS_JS = """
-(prefix) => {
-  const seen = new Set();
-  const out = [];
-  function walk(v) {
-    if (!v || seen.has(v)) return;
-    seen.add(v);
-    const m = v.model;
+POINTS_JS = figures_js("""
     if (m && m.title && m.title.text && m.title.text.startsWith(prefix) && v.frame && v.el) {
       const r = v.el.getBoundingClientRect();
       for (const rv of (v.renderer_views ? v.renderer_views.values() : [])) {
-        const g = rv.model.glyph;
-        if (!g || g.type === undefined && !g.marker) {}
         const d = rv.model.data_source && rv.model.data_source.data;
         if (!d || !d.x || !d.number || !rv.glyph || !rv.glyph.model.size) continue;
         for (let i = 0; i < d.x.length; i++) {
@@ -37,24 +33,13 @@ POINTS_JS = """
                     py: r.top + v.frame.y_scale.compute(d.y[i])});
         }
       }
-    }
-    for (const k of (v.child_views || [])) walk(k);
-  }
-  for (const v of Object.values(Bokeh.index)) walk(v);
-  return out;
-}
-"""
+    }""", "prefix")
 
 
 def points(page, prefix="Search:", n=1, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    pts = []
-    while time.monotonic() < deadline:
-        pts = page.evaluate(POINTS_JS, prefix)
-        if len(pts) >= n:
-            return pts
-        page.wait_for_timeout(200)
-    raise AssertionError(f"fewer than {n} points drawn: {pts}")
+    """The drawn points of the search figure, once there are at least ``n``."""
+    return poll(page, lambda: page.evaluate(POINTS_JS, prefix), lambda pts: len(pts) >= n,
+                timeout, what=f"{n} points drawn")
 
 
 def test_search_tab_runs_and_a_click_loads_the_recipe(page, demo_app, artifacts_dir):

@@ -13,12 +13,12 @@ import wsviz.ui  # noqa: F401 - loads the bokeh plotting backend
 from tests.ui.fake_workspace import FakeWorkspace
 from wsviz.eval.metrics import KNOWN
 from wsviz.ui.app import build_components
-from wsviz.ui.backend import demo_workspace
 
 
-@pytest.fixture(scope="module")
-def demo():
-    return demo_workspace()
+@pytest.fixture
+def demo(demo_ws):
+    """The session's shared demo-zoo workspace (tests/ui/conftest.py)."""
+    return demo_ws
 
 
 def test_search_runs_live_and_loads_a_point_into_the_tuner(demo):

@@ -4,7 +4,6 @@ the demo zoo (real anatomy through the workspace)."""
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 
 import wsviz.ui  # noqa: F401 - loads the bokeh plotting backend
 from tests.ui.fake_workspace import LAYERS, FakeWorkspace
@@ -45,11 +44,6 @@ def test_layer_plots_one_series_per_model():
     assert "merged ‖Δ‖" in summary_markdown(table, "task_arithmetic")
 
 
-@pytest.fixture(scope="module")
-def demo_ws():
-    from wsviz.ui.backend import demo_workspace
-
-    return demo_workspace()
 
 
 def test_why_panel_on_demo_zoo_tracks_density(demo_ws):

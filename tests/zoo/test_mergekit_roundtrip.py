@@ -6,17 +6,13 @@ equal wsviz's merge bit for bit."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-RUNNER = Path(__file__).parents[1] / "recipes" / "mergekit_runner.py"
+from tests.recipes.mergekit_runner import run_mergekit
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +59,7 @@ def test_exported_yaml_merges_in_mergekit_bit_exactly(workspace, zoo, tmp_path):
         f = tmp_path / f"{name}.yaml"
         f.write_text(text)
         jobs.append({"yaml": str(f), "out": str(tmp_path / name), "seed": None})
-    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, str(RUNNER), str(tmp_path / "jobs.json")],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_mergekit(jobs)
     merger = InMemoryMerger(zoo.modelset())
     for name, r in recipes.items():
         out = tmp_path / name

@@ -227,6 +227,7 @@ def test_stale_zoo_dirs(tmp_path, monkeypatch):
     from wsviz.zoo import default_zoo_dir, stale_zoo_dirs
 
     monkeypatch.delenv("WSVIZ_ZOO_DIR", raising=False)
+    monkeypatch.delenv("WSVIZ_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     parent = tmp_path / "wsviz" / "zoo"
     for name in ("old1", ZooConfig().version(), "notazoo"):

@@ -68,9 +68,8 @@ def recipe_anatomy(modelset, recipe, names: Sequence[str] | None = None, device=
     generator seeded with ``recipe.seed``, as the merge does. WsvizError for methods that
     need whole-model statistics or Fishers (their tensors cannot be merged one by one).
     """
-    from wsviz.compute.merge.anatomy import family, tensor_anatomy
-    from wsviz.io import parse_layer_name
-    from wsviz.recipes.engine import compute_dtype, make_generator, merge_one
+    from wsviz.compute.merge.anatomy import family
+    from wsviz.recipes.engine import make_generator
     from wsviz.recipes.schedule import layer_positions
 
     recipe.validate()
@@ -79,6 +78,29 @@ def recipe_anatomy(modelset, recipe, names: Sequence[str] | None = None, device=
         raise WsvizError(f"the merge anatomy covers per-tensor merges; {spec.name!r} needs "
                          "whole-model inputs (statistics, Fishers or slices) — pick another "
                          "method to see why it merges as it does")
+    names = _anatomy_names(modelset, names)
+    idx = _recipe_model_index(modelset, recipe)
+    full = idx == list(range(len(modelset.labels)))  # every model, in set order
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    positions = layer_positions(list(modelset.names))
+    fam = family(spec.fn)
+    gen = make_generator(recipe, dev)
+    order = sorted(names) if gen is not None else names
+    rank = {n: i for i, n in enumerate(names)}
+    rows = []
+    for k, name in enumerate(order):
+        base, deltas, cache = _tensor_deltas(modelset, recipe, name, idx, dev, load, full)
+        rows += _tensor_rows(recipe, name, rank[name], positions.get(name, 0.0), base, deltas,
+                             cache, fam, gen)
+        if progress is not None:
+            progress((k + 1) / len(order), f"{k + 1}/{len(order)} {name}")
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.sort_values("order", kind="stable").reset_index(drop=True)  # recipe model order
+
+
+def _anatomy_names(modelset, names: Sequence[str] | None) -> list[str]:
+    """``names`` (default: every floating tensor) in :func:`depth_order`, the same order for
+    any subset; WsvizError for names not in the model set."""
     all_names = list(modelset.names)
     if names is None:
         names = [n for n in all_names if modelset.info(n).dtype.is_floating_point]
@@ -87,7 +109,11 @@ def recipe_anatomy(modelset, recipe, names: Sequence[str] | None = None, device=
     if unknown:
         raise WsvizError(f"tensors not in the model set: {unknown[:5]}; pick names from "
                          "modelset.names")
-    names = [n for n in depth_order(all_names) if n in wanted]  # same order for any subset
+    return [n for n in depth_order(all_names) if n in wanted]
+
+
+def _recipe_model_index(modelset, recipe) -> list[int]:
+    """Per recipe model, its index in ``modelset.labels`` (-1 for the base)."""
     labels = list(modelset.labels)
     base_labels = {"base", getattr(modelset.base, "label", "base")}
     idx = []
@@ -99,50 +125,57 @@ def recipe_anatomy(modelset, recipe, names: Sequence[str] | None = None, device=
         else:
             raise WsvizError(f"model {m!r} of the recipe is not in the model set; labels: "
                              f"{labels}")
-    full = idx == list(range(len(labels)))  # every model, in set order
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    positions = layer_positions(all_names)
-    in_family, sparsification, consensus = family(spec.fn)
-    gen = make_generator(recipe, dev)
-    order = sorted(names) if gen is not None else names
-    rank = {n: i for i, n in enumerate(names)}
-    rows = []
-    for k, name in enumerate(order):
-        cache = None
-        if load is not None:
-            got = load(name)
-            base, d_all = got[0], got[1]
-            cache = got[2] if len(got) > 2 and full else None
-        else:
-            base = modelset.source(None, name).get(name, device=dev)
-            models = torch.stack([modelset.source(lab, name).get(name, device=dev)
-                                  for lab in labels])
-            dt = compute_dtype(recipe, [base.dtype, models.dtype])
-            base = base.to(dt)
-            d_all = models.to(dt) - base.unsqueeze(0)
-        sel = torch.tensor([max(i, 0) for i in idx], device=d_all.device)
-        deltas = d_all.index_select(0, sel)
-        if -1 in idx:
-            deltas[torch.tensor([i < 0 for i in idx], device=deltas.device)] = 0
-        t = positions.get(name, 0.0)
-        if in_family:
-            a = tensor_anatomy(deltas, recipe.resolve(name, t), sparsification=sparsification,
-                               consensus=consensus, base=base, generator=gen, cache=cache)
-        else:
-            models = base.unsqueeze(0) + deltas
-            merged = merge_one(recipe, name, t, None if recipe.base is None else base, models,
-                               generator=gen)
-            a = tensor_anatomy(deltas, base=base, merged=merged)
-        p = parse_layer_name(name)
-        kept, away, cos = a.kept.tolist(), a.elected_away.tolist(), a.cos.tolist()
-        for i, lab in enumerate(recipe.labels):
-            rows.append((name, rank[name], p.block, p.kind, lab,
-                         kept[i], away[i], cos[i], float(a.task_norm[i]), a.merged_norm, float(a.mass[i]),
-                         float(a.kept_mass[i]), float(a.elected_mass[i]), float(a.dot[i])))
-        if progress is not None:
-            progress((k + 1) / len(order), f"{k + 1}/{len(order)} {name}")
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    return df.sort_values("order", kind="stable").reset_index(drop=True)  # recipe model order
+    return idx
+
+
+def _tensor_deltas(modelset, recipe, name: str, idx: list[int], dev, load, full: bool):
+    """``(base [*shape], deltas [n_recipe_models, *shape], cache)`` of one tensor in the
+    compute dtype: from ``load`` (its cache used only when the recipe takes every model in
+    set order) or read from ``modelset``; the base's own delta (index -1) is zero."""
+    from wsviz.recipes.engine import compute_dtype
+
+    cache = None
+    if load is not None:
+        got = load(name)
+        base, d_all = got[0], got[1]
+        cache = got[2] if len(got) > 2 and full else None
+    else:
+        base = modelset.source(None, name).get(name, device=dev)
+        models = torch.stack([modelset.source(lab, name).get(name, device=dev)
+                              for lab in modelset.labels])
+        dt = compute_dtype(recipe, [base.dtype, models.dtype])
+        base = base.to(dt)
+        d_all = models.to(dt) - base.unsqueeze(0)
+    sel = torch.tensor([max(i, 0) for i in idx], device=d_all.device)
+    deltas = d_all.index_select(0, sel)
+    if -1 in idx:
+        deltas[torch.tensor([i < 0 for i in idx], device=deltas.device)] = 0
+    return base, deltas, cache
+
+
+def _tensor_rows(recipe, name: str, rank: int, t: float, base, deltas, cache, fam, gen
+                 ) -> list[tuple]:
+    """The :data:`COLUMNS` rows of one tensor, one per recipe model: the trim / election
+    anatomy for the task-arithmetic family (``fam`` from
+    :func:`wsviz.compute.merge.anatomy.family`), else cosines and norms of the merge."""
+    from wsviz.compute.merge.anatomy import tensor_anatomy
+    from wsviz.io import parse_layer_name
+    from wsviz.recipes.engine import merge_one
+
+    in_family, sparsification, consensus = fam
+    if in_family:
+        a = tensor_anatomy(deltas, recipe.resolve(name, t), sparsification=sparsification,
+                           consensus=consensus, base=base, generator=gen, cache=cache)
+    else:
+        models = base.unsqueeze(0) + deltas
+        merged = merge_one(recipe, name, t, None if recipe.base is None else base, models,
+                           generator=gen)
+        a = tensor_anatomy(deltas, base=base, merged=merged)
+    p = parse_layer_name(name)
+    kept, away, cos = a.kept.tolist(), a.elected_away.tolist(), a.cos.tolist()
+    return [(name, rank, p.block, p.kind, lab, kept[i], away[i], cos[i], float(a.task_norm[i]),
+             a.merged_norm, float(a.mass[i]), float(a.kept_mass[i]), float(a.elected_mass[i]),
+             float(a.dot[i])) for i, lab in enumerate(recipe.labels)]
 
 
 def anatomy_summary(table: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from torch import Tensor
 from wsviz.analysis.detail import LayerDetail
 from wsviz.analysis.settings import AnalysisSettings
 from wsviz.analysis.tensor import analyze_tensor, load_deltas, merge_dtype
+from wsviz.analysis.tidy import tidy_table
 from wsviz.compute import deltas as D
 from wsviz.compute.device import resolve_device  # noqa: F401 - re-exported
 from wsviz.errors import OutputError, WsvizError
@@ -321,10 +322,7 @@ def analyze(
     finally:
         if bar is not None:
             bar.close()
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    table["block"] = table["block"].astype("Int64")
-    for c in ("kind", "group", "model", "metric"):
-        table[c] = table[c].astype(str)
+    table = tidy_table(rows, COLUMNS)
     pairs = _pairs_frame(labels, g_total)
     tv = None
     if settings.has("deltas"):

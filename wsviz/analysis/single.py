@@ -11,6 +11,7 @@ import torch
 from wsviz.analysis.engine import COLUMNS, ProgressArg, _progress, _release_memory, resolve_device
 from wsviz.analysis.settings import AnalysisSettings
 from wsviz.analysis.tensor import analyze_tensor
+from wsviz.analysis.tidy import tidy_table
 from wsviz.errors import WsvizError
 
 
@@ -68,8 +69,5 @@ def analyze_model(
     finally:
         if bar is not None:
             bar.close()
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    table["block"] = table["block"].astype("Int64")
-    for c in ("kind", "group", "model", "metric"):
-        table[c] = table[c].astype(str)
+    table = tidy_table(rows, COLUMNS)
     return table

@@ -35,7 +35,8 @@ def register(sub) -> None:
                    help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--cache-dir", type=Path, default=None,
-                   help="cache directory (default: $WSVIZ_CACHE_DIR or ~/.cache/wsviz)")
+                   help="cache directory (default: $WSVIZ_CACHE_DIR, else "
+                   "$XDG_CACHE_HOME/wsviz, else ~/.cache/wsviz)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--k", type=float, default=0.2,
                    help="TIES trim density for sign conflicts (default 0.2 = top 20%%)")

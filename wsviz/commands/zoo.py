@@ -14,7 +14,8 @@ def register(sub) -> None:
         "tokens, pre-trained once and fine-tuned on 7 tasks (built offline from "
         "scikit-learn's bundled digits in about a minute, then cached); every model directory "
         "is a plain HF Llama checkpoint that mergekit merges. "
-        "Location: $WSVIZ_ZOO_DIR, else ~/.cache/wsviz/zoo/<version>.",
+        "Location: $WSVIZ_ZOO_DIR, else <cache>/zoo/<version> (<cache>: $WSVIZ_CACHE_DIR, "
+        "else $XDG_CACHE_HOME/wsviz, else ~/.cache/wsviz).",
     )
     zsub = p.add_subparsers(dest="zoo_command", metavar="ACTION", required=True)
     b = zsub.add_parser("build", help="build the zoo (no-op when already built)")

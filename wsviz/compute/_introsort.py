@@ -24,6 +24,7 @@ import numba
 import numpy as np
 import torch
 
+from wsviz.cache_dir import cache_root
 from wsviz.compute._bits import as_f32 as _as_f32
 from wsviz.compute._bits import as_u32 as _as_u32
 from wsviz.compute._bits import run_parallel
@@ -318,7 +319,7 @@ def available() -> bool:
 
 
 def _stamp_file():
-    """Where the self-check verdict is kept: ``$WSVIZ_CACHE_DIR`` (else ``~/.cache/wsviz``)
+    """Where the self-check verdict is kept: :func:`wsviz.cache_dir.cache_root`
     / ``introsort-<hash of torch version and build, CPU capability, numba version, this
     module's source>.txt``."""
     import hashlib
@@ -333,8 +334,7 @@ def _stamp_file():
     for part in (torch.__version__, str(torch.__config__.show()), cap, numba.__version__,
                  platform.machine(), Path(__file__).read_bytes().decode("utf-8", "replace")):
         h.update(part.encode())
-    root = os.environ.get("WSVIZ_CACHE_DIR") or str(Path.home() / ".cache" / "wsviz")
-    return Path(root) / f"introsort-{h.hexdigest()[:16]}.txt"
+    return cache_root() / f"introsort-{h.hexdigest()[:16]}.txt"
 
 
 def _self_check() -> bool:

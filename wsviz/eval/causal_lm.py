@@ -48,6 +48,22 @@ def model_dir_of(modelset) -> Path:
     return path if path.is_dir() else path.parent
 
 
+def model_and_data(cls: str, what: str, arg: str, model_dir, data, modelset
+                   ) -> tuple[str | Path, str | Path]:
+    """``(model_dir, data)`` of an LLM evaluator called as ``cls(model_dir, data)`` or as
+    ``cls(data, modelset=ms)`` (the model is ``ms``'s base directory). ``what`` names the data
+    file ("a text file") and ``arg`` its parameter in the message of the :class:`EvalError`
+    raised when either is missing."""
+    if modelset is not None and data is None:
+        data, model_dir = model_dir, None
+    if model_dir is None and modelset is not None:
+        model_dir = model_dir_of(modelset)
+    if model_dir is None or data is None:
+        raise EvalError(f"{cls} needs a model directory and {what} ({cls}(model_dir, {arg}) "
+                        f"or {cls}({arg}, modelset=ms))")
+    return model_dir, data
+
+
 def load_tokenizer(model_dir: Path, tokenizer: str | Path | None = None, feature: str = "LLM "
                    "evaluation"):
     """The tokenizer at ``tokenizer`` (an HF directory or a ``tokenizer.json`` file; default:

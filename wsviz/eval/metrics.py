@@ -18,7 +18,7 @@ unknown is higher-is-better, the convention of scores).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from wsviz.errors import EvalError
@@ -239,24 +239,6 @@ def declare_metric(evaluator, spec: str | MetricSpec) -> MetricSpec:
     except AttributeError as e:  # slots / properties: say so rather than ignore the request
         raise EvalError(f"cannot declare metric {spec.name!r} on {evaluator!r}: {e}") from None
     return spec
-
-
-def pareto_mask(xs: Sequence[float], ys: Sequence[float], higher_is_better: bool = True
-                ) -> list[bool]:
-    """True where no other point is at least as good on both coordinates and strictly better
-    on one ("good" = larger when ``higher_is_better``, smaller otherwise). NaN points are
-    never on the front. O(n²), for the few hundred recipes a session tries."""
-    sign = 1.0 if higher_is_better else -1.0
-    pts = [(sign * float(x), sign * float(y)) for x, y in zip(xs, ys)]
-    out = []
-    for i, (x, y) in enumerate(pts):
-        if math.isnan(x) or math.isnan(y):
-            out.append(False)
-            continue
-        dominated = any(a >= x and b >= y and (a > x or b > y)
-                        for j, (a, b) in enumerate(pts) if j != i)
-        out.append(not dominated)
-    return out
 
 
 def primary_metric(evaluator, results: Mapping | None = None,

@@ -29,7 +29,7 @@ import torch
 
 from wsviz.errors import EvalError
 from wsviz.eval.base import Results
-from wsviz.eval.causal_lm import CausalLM, model_dir_of
+from wsviz.eval.causal_lm import CausalLM, model_and_data
 from wsviz.eval.metrics import KNOWN
 
 
@@ -96,14 +96,8 @@ class MultipleChoiceEvaluator:
                  tokenizer: str | Path | None = None, device=None, batch_size: int = 16,
                  delimiter: str = " ", limit: int | None = None, modelset=None,
                  dtype: torch.dtype = torch.float32):
-        if modelset is not None and path is None:
-            path, model_dir = model_dir, None
-        if model_dir is None and modelset is not None:
-            model_dir = model_dir_of(modelset)
-        if model_dir is None or path is None:
-            raise EvalError("MultipleChoiceEvaluator needs a model directory and a JSONL file "
-                            "(MultipleChoiceEvaluator(model_dir, path) or "
-                            "MultipleChoiceEvaluator(path, modelset=ms))")
+        model_dir, path = model_and_data("MultipleChoiceEvaluator", "a JSONL file", "path",
+                                         model_dir, path, modelset)
         questions = read_questions(path)
         if limit is not None:
             questions = questions[:int(limit)]

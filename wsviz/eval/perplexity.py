@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from wsviz.errors import EvalError
 from wsviz.eval.base import Results
-from wsviz.eval.causal_lm import CausalLM, model_dir_of
+from wsviz.eval.causal_lm import CausalLM, model_and_data, model_dir_of
 from wsviz.eval.metrics import KNOWN, MetricSpec
 
 
@@ -68,15 +68,8 @@ class PerplexityEvaluator:
                  max_tokens: int = 4096, context: int | None = None, batch_size: int = 8,
                  device=None, task: str | None = None, modelset=None,
                  tokenizer: str | Path | None = None, dtype: torch.dtype = torch.float32):
-        if modelset is not None and text_file is None:
-            # PerplexityEvaluator(text_file, modelset=ms): the model set's base directory
-            text_file, model_dir = model_dir, None
-        if model_dir is None and modelset is not None:
-            model_dir = model_dir_of(modelset)
-        if model_dir is None or text_file is None:
-            raise EvalError("PerplexityEvaluator needs a model directory and a text file "
-                            "(PerplexityEvaluator(model_dir, text_file) or "
-                            "PerplexityEvaluator(text_file, modelset=ms))")
+        model_dir, text_file = model_and_data("PerplexityEvaluator", "a text file", "text_file",
+                                              model_dir, text_file, modelset)
         text = read_text(text_file)
         self.lm = CausalLM(model_dir, tokenizer=tokenizer, device=device, dtype=dtype,
                            feature="perplexity")

@@ -5,7 +5,7 @@ parallel threads, combined as ``sha256(size || sha256(chunk_0) || sha256(chunk_1
 so any edit, anywhere, changes the digest — the analysis cache keyed by it cannot return a
 stale table. Hashing costs one read of the file (see ``bench/README.md``); to avoid paying
 it on every run, the digest is remembered under
-``$WSVIZ_CACHE_DIR/filehash/<key>`` where the key is the file's *identity*: resolved path,
+``<cache>/filehash/<key>`` (:func:`wsviz.cache_dir.cache_root`) where the key is the file's *identity*: resolved path,
 device, inode, size, ``mtime_ns`` and ``ctime_ns``.
 
 Why the memo cannot serve a stale digest: an entry is written only when the file's
@@ -27,22 +27,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from wsviz.cache_dir import cache_root
 from wsviz.errors import CheckpointError
 
 CHUNK = 64 << 20
 #: a file must be this many seconds older than the hash for its digest to be remembered
 SETTLE_S = 2.0
 DIGEST_VERSION = "sha256-chunk64m-v1"
-
-
-def cache_root(cache_dir=None) -> Path:
-    """Cache directory: ``cache_dir``, else ``$WSVIZ_CACHE_DIR``, else ``~/.cache/wsviz``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("WSVIZ_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path.home() / ".cache" / "wsviz"
 
 
 def _identity(path: str, st: os.stat_result) -> tuple:

@@ -23,11 +23,7 @@ class StateDictSource(CheckpointSource):
                 f"cannot read a {type(obj).__name__} as a checkpoint; pass a path, an "
                 "nn.Module or a dict of tensors"
             )
-        bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-        if bad:
-            raise CheckpointError(
-                f"<{label}>: entry {bad[0]!r} is a {type(sd[bad[0]]).__name__}, not a tensor"
-            )
+        check_state_dict(sd, f"<{label}>")
         self.label = label
         self.path = None
         self._set_tensors(sd)
@@ -49,6 +45,18 @@ class StateDictSource(CheckpointSource):
 
     def _fingerprint_parts(self) -> list[bytes]:
         return [tensor_bytes_fingerprint(t) for t in self._sd.values()]
+
+
+def check_state_dict(sd: dict, where: str) -> dict[str, torch.Tensor]:
+    """``sd`` with ``str`` keys when every value is a tensor; else :class:`CheckpointError`
+    naming ``where`` (a path or ``<label>``), the first bad entry and its type."""
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"{where}: entry {bad[0]!r} is a {type(sd[bad[0]]).__name__}, not a tensor; "
+            "save a plain state dict (name -> tensor)"
+        )
+    return {str(k): v for k, v in sd.items()}
 
 
 def shared_storage_aliases(sd: dict[str, torch.Tensor]) -> dict[str, str]:

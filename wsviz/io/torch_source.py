@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from wsviz.errors import CheckpointError
-from wsviz.io.memory import StateDictSource
+from wsviz.io.memory import StateDictSource, check_state_dict
 from wsviz.io.source import file_fingerprint
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "params")
@@ -53,13 +53,7 @@ def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: holds a {type(obj).__name__}, not a state dict (name -> tensor); "
             "save model.state_dict() instead"
         )
-    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(
-            f"{path}: entry {bad[0]!r} is a {type(obj[bad[0]]).__name__}, not a tensor; "
-            "save a plain state dict (name -> tensor)"
-        )
-    return {str(k): v for k, v in obj.items()}
+    return check_state_dict(obj, str(path))
 
 
 class TorchFileSource(StateDictSource):

@@ -92,9 +92,7 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
                                    progress=progress, max_shard_bytes=max_shard_bytes,
                                    inputs=inputs)
     recipe.validate()
-    fisher_paths = list((recipe.extra.get("fisher") or {}).values()) if isinstance(
-        recipe.extra.get("fisher"), dict) else []
-    inputs = [*inputs, recipe.base, *recipe.labels, *fisher_paths]
+    inputs = [*inputs, recipe.base, *recipe.labels, *_fisher_paths(recipe)]
     out = check_output(outdir, inputs, force=force)
     ms, labels = _open_set(recipe)
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -104,15 +102,30 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
     check_needs(recipe, {"fisher"} if recipe.extra.get("fisher") else (), "merge_to_dir")
     fisher = _fishers(recipe) if "fisher" in recipe.spec.needs else None
     stats = _prepass(recipe, ms, labels, names, tpos, dev, fisher)
+    load = _tensor_inputs(recipe, ms, labels, dev, fisher, stats)
     base_dir = ms.base.path if ms.base.path is not None and Path(ms.base.path).is_dir() else None
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    inputs += ms.files() + [p for f in fisher or [] for p in f.files()]
+    with HFDirWriter(out, force=force, copy_from=base_dir, max_shard_bytes=max_shard_bytes,
+                     inputs=inputs) as w:
+        _stream_merge(w, names, load, progress, lambda name, base, models, cache: merge_one(
+            recipe, name, tpos.get(name, 0.0), base, models, generator=gen, cache=cache))
+        _write_recipe_docs(w, recipe)
+    return out
 
-        bar = tqdm(total=len(names), desc="merge", unit="tensor")
+
+def _fisher_paths(recipe) -> list:
+    """The Fisher files a recipe names (``extra.fisher``: label -> path), else ``[]``."""
+    fisher = recipe.extra.get("fisher")
+    return list(fisher.values()) if isinstance(fisher, dict) else []
+
+
+def _tensor_inputs(recipe, ms, labels, dev, fisher, stats):
+    """``load(name) -> (copied, base, models, cache)``: a non-floating tensor is ``copied``
+    from the base (the rest None); else ``base`` ``[*shape]`` (None without a base) and
+    ``models`` ``[n, *shape]`` in the compute dtype on ``dev``, and the method's ``cache``
+    (stacked Fishers ``[n, *shape]``, whole-model statistics) or None."""
 
     def load(name):
-        """Inputs of one tensor (run one tensor ahead in a reader thread)."""
         if not ms.info(name).dtype.is_floating_point:
             return ms.base.get(name), None, None, None
         base = ms.get_base(name, device=dev) if recipe.base else None
@@ -129,30 +142,44 @@ def merge_to_dir(recipe, outdir, force: bool = False, device=None, progress: boo
             cache = {**(cache or {}), "model_stats": stats}
         return None, base, models, cache
 
+    return load
+
+
+def _stream_merge(w, names: list[str], load, progress: bool, merge) -> None:
+    """Add every tensor of ``names`` (in order) to the writer ``w``: its inputs are read one
+    tensor ahead in a reader thread (``load``), floating ones merged by
+    ``merge(name, base, models, cache)``; a tqdm bar when ``progress``."""
     from concurrent.futures import ThreadPoolExecutor
 
-    inputs += ms.files() + [p for f in fisher or [] for p in f.files()]
-    with HFDirWriter(out, force=force, copy_from=base_dir, max_shard_bytes=max_shard_bytes,
-                     inputs=inputs) as w, ThreadPoolExecutor(1) as pool:
-        nxt = pool.submit(load, names[0]) if names else None
-        for i, name in enumerate(names):
-            copied, base, models, cache = nxt.result()
-            nxt = pool.submit(load, names[i + 1]) if i + 1 < len(names) else None
-            if copied is not None:
-                w.add(name, copied)
-            else:
-                r = merge_one(recipe, name, tpos.get(name, 0.0), base, models, generator=gen,
-                              cache=cache)
-                w.add(name, r)
-                del base, models, r, cache
-            if bar is not None:
-                bar.update(1)
-        w.write_text("wsviz_recipe.json", recipe.to_json())
-        if recipe.spec.in_mergekit:
-            try:
-                w.write_text("mergekit_config.yml", recipe.to_mergekit_yaml())
-            except RecipeError:
-                pass
-    if bar is not None:
-        bar.close()
-    return out
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(names), desc="merge", unit="tensor")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            nxt = pool.submit(load, names[0]) if names else None
+            for i, name in enumerate(names):
+                copied, base, models, cache = nxt.result()
+                nxt = pool.submit(load, names[i + 1]) if i + 1 < len(names) else None
+                if copied is not None:
+                    w.add(name, copied)
+                else:
+                    r = merge(name, base, models, cache)
+                    w.add(name, r)
+                    del base, models, r, cache
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _write_recipe_docs(w, recipe) -> None:
+    """``wsviz_recipe.json`` and, when mergekit has the method, ``mergekit_config.yml``."""
+    w.write_text("wsviz_recipe.json", recipe.to_json())
+    if recipe.spec.in_mergekit:
+        try:
+            w.write_text("mergekit_config.yml", recipe.to_mergekit_yaml())
+        except RecipeError:
+            pass

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from wsviz.errors import RecipeError
+from wsviz.recipes.plain import plain as _plain
 from wsviz.recipes.schedule import (
     check_setting_shape,
     evaluate_setting,
@@ -565,10 +566,3 @@ def _check_size(d) -> None:
             stack.extend(x)
 
 
-def _plain(x):
-    """Deep copy into plain JSON/YAML types (tuples → lists)."""
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x

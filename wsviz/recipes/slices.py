@@ -35,18 +35,12 @@ from typing import Any
 import torch
 
 from wsviz.errors import RecipeError
+from wsviz.recipes.plain import plain as _plain
 from wsviz.recipes.schedule import evaluate_setting
 
 #: config.json keys holding the number of blocks, first match is updated
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
-
-def _plain(x):
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
 
 
 @dataclass

@@ -22,10 +22,10 @@ Uses ``optuna`` (samplers, studies) and ``distributed`` (Dask), both wsviz depen
 
 from __future__ import annotations
 
+from wsviz.eval.pareto import dominates, pareto_mask
 from wsviz.search.context import DaskBackend, EvalContext, InlineBackend
 from wsviz.search.engine import SAMPLERS, Search, SearchResult, load_result, make_sampler
 from wsviz.search.objectives import Objectives
-from wsviz.search.pareto import dominates, pareto_mask
 from wsviz.search.space import Dimension, SearchSpace, SpaceError, tensor_filters
 from wsviz.search.surrogate import Surrogate
 

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from wsviz.errors import WsvizError
+from wsviz.eval.pareto import pareto_mask
 from wsviz.search.objectives import Objectives, ResolvedObjectives
-from wsviz.search.pareto import pareto_mask
 from wsviz.search.space import SearchSpace
 from wsviz.search.storage import open_storage, recover_stale
 

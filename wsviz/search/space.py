@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from wsviz.errors import RecipeError, WsvizError
+from wsviz.recipes.plain import plain as _plain
 
 _GROUPS = ("embed", "attn", "mlp", "norm", "head", "other")
 REST = "rest"
@@ -469,9 +470,3 @@ def tensor_filters(group: Sequence[str], all_names: Sequence[str]) -> list[str]:
     return sorted(out, key=lambda c: min(order.get(n, 0) for n in valid[c]))
 
 
-def _plain(x):
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wsviz.search.pareto import pareto_mask, signed
+from wsviz.eval.pareto import pareto_mask, signed
 
 
 def n_terms(d: int) -> int:

@@ -15,7 +15,7 @@ import param
 from panel.viewable import Viewer
 
 from wsviz.errors import RecipeError
-from wsviz.eval.metrics import pareto_mask as _pareto
+from wsviz.eval.pareto import pareto_mask
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import (
     LiveBars,
@@ -70,14 +70,6 @@ def scheduled(text: str, params: dict, name: str) -> list | None:
     if sched and isinstance(sched[0], dict) and name in params:
         sched = sched + [{"value": params[name]}]
     return sched
-
-
-def pareto_mask(avg: np.ndarray, worst: np.ndarray, higher_is_better: bool = True
-                ) -> np.ndarray:
-    """True where no other point is at least as good on both avg and worst and better on one
-    (good = larger when ``higher_is_better``, smaller otherwise; see
-    :func:`wsviz.eval.metrics.pareto_mask`)."""
-    return np.array(_pareto(list(avg), list(worst), higher_is_better), dtype=bool)
 
 
 class MergeTuner(Viewer):
@@ -353,9 +345,8 @@ class MergeTuner(Viewer):
         df = pd.DataFrame([{"i": i, "avg": h["avg"], "worst": h["worst"],
                             "recipe": _short(h["state"])} for i, h in enumerate(self.history)],
                           columns=["i", "avg", "worst", "recipe"])
-        df["pareto"] = (pareto_mask(df["avg"].to_numpy(), df["worst"].to_numpy(),
-                                    self.spec.higher_is_better)
-                        if len(df) else np.zeros(0, dtype=bool))
+        df["pareto"] = pareto_mask(df[["avg", "worst"]].to_numpy(float),
+                                   [self.spec.direction] * 2)
         df["kind"] = np.where(df["pareto"], "Pareto", "dominated")
         return df
 

@@ -21,7 +21,7 @@ import yaml
 from panel.viewable import Viewer
 
 from wsviz.eval.metrics import MetricSpec
-from wsviz.search.pareto import pareto_mask
+from wsviz.eval.pareto import pareto_mask
 from wsviz.ui.session import Session
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "map", "cmaes")

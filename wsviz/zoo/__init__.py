@@ -20,7 +20,8 @@ Task vectors are the deltas of the Llama tensors; the evaluator reads the
 :func:`encoder_names` ones (all but ``lm_head.weight``, which fine-tuning leaves unchanged).
 
 Cache: ``$WSVIZ_ZOO_DIR`` if set (used as the zoo root itself), else
-``$XDG_CACHE_HOME/wsviz/zoo/<version>`` (default ``~/.cache/wsviz/zoo/<version>``), where
+``<cache>/zoo/<version>`` with ``<cache>`` from :func:`wsviz.cache_dir.cache_root`
+(``$WSVIZ_CACHE_DIR``, else ``$XDG_CACHE_HOME/wsviz``, else ``~/.cache/wsviz``), where
 ``<version>`` hashes the build config and the zoo code, so a changed build never reuses a
 stale cache.
 """
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wsviz.cache_dir import cache_root
 from wsviz.errors import WsvizError
 from wsviz.zoo.build import ZooConfig, build_zoo
 from wsviz.zoo.data import TASKS, Task, load_digits_split, tokenize
@@ -65,19 +67,18 @@ ENV_VAR = "WSVIZ_ZOO_DIR"
 
 
 def default_zoo_dir(config: ZooConfig | None = None) -> Path:
-    """Where the zoo lives: ``$WSVIZ_ZOO_DIR`` or ``<user cache>/wsviz/zoo/<version>``."""
+    """Where the zoo lives: ``$WSVIZ_ZOO_DIR`` or ``<cache>/zoo/<version>`` (``<cache>``:
+    :func:`wsviz.cache_dir.cache_root`)."""
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "wsviz" / "zoo" / (config or ZooConfig()).version()
+    return cache_root() / "zoo" / (config or ZooConfig()).version()
 
 
 def stale_zoo_dirs(config: ZooConfig | None = None) -> list[Path]:
-    """Cached zoos of other versions under ``<user cache>/wsviz/zoo`` (never the current one,
+    """Cached zoos of other versions under ``<cache>/zoo`` (never the current one,
     nor ``$WSVIZ_ZOO_DIR``); only directories holding a wsviz ``zoo.json`` are listed."""
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    parent = Path(cache) / "wsviz" / "zoo"
+    parent = cache_root() / "zoo"
     current = (config or ZooConfig()).version()
     out = []
     if parent.is_dir():

@@ -309,3 +309,26 @@ def test_whole_model_scope_on_bf16_checkpoints(llama_set, tmp_path, name):
     want = mg.base(n).float() + delta.to(torch.bfloat16).float()  # reference, bf16 rounding
     tol = 2 ** -7 * float(want.abs().max())  # one bf16 ulp at the largest value
     assert (got[n].float() - want).abs().max().item() <= tol
+
+
+def test_a_broken_extra_module_fails_loudly(monkeypatch):
+    """An ImportError inside compute/merge/extra.py (here: a module it needs is unimportable)
+    propagates from ``import wsviz.compute.merge`` instead of silently dropping 5 methods."""
+    import importlib
+    import sys
+
+    import wsviz.compute.merge as merge_pkg
+
+    saved = {k: v for k, v in sys.modules.items() if k.startswith("wsviz.compute.merge")}
+    for k in saved:
+        if k.endswith(".extra"):
+            monkeypatch.delitem(sys.modules, k)
+    monkeypatch.delattr(merge_pkg, "extra")  # else `from pkg import extra` finds it
+    monkeypatch.setitem(sys.modules, "wsviz.compute.merge.whole_model", None)
+    try:
+        with pytest.raises(ImportError, match="whole_model"):
+            importlib.reload(merge_pkg)
+    finally:
+        sys.modules.update(saved)
+        importlib.reload(merge_pkg)
+    assert {"pcb", "tsv", "fisher", "compeft", "magnitude_prune"} <= set(merge_pkg.METHODS)

@@ -7,11 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.compute.merge.driver import ours as _ours
+from tests.peers import require_peer
 from wsviz.compute import trim
 from wsviz.compute.merge import METHODS
 from wsviz.compute.merge import sparsify as sp
 
-mk_api = pytest.importorskip("mergekit.merge_methods")
+mk_api = require_peer("mergekit.merge_methods")
 
 SHAPES = [(37,), (24, 40), (3, 8, 10)]
 DTYPES = [torch.float32, torch.bfloat16]
@@ -31,22 +33,6 @@ def _mk(method, base, models, params, seed=None):
     if seed is not None:
         torch.manual_seed(seed)
     return mk_api.merge_tensors(tensors, method, parameters=params, base_index=len(models))
-
-
-def _ours(method, base, models, params, seed=None, cache=None):
-    """The method's fn as the driver calls it: full parameter dict, inputs already in the
-    compute dtype (the inputs' dtype here, as mergekit without ``dtype``)."""
-    spec = METHODS[method]
-    full = {p.name: p.default for p in spec.params if not p.required}
-    n = models.shape[0]
-    for p in spec.params:
-        if p.scope == "model":
-            v = params.get(p.name, full.get(p.name))
-            full[p.name] = list(v) if isinstance(v, (list, tuple)) else [v] * n
-        elif p.name in params:
-            full[p.name] = params[p.name]
-    g = torch.Generator().manual_seed(seed) if seed is not None else None
-    return spec.fn(base, models, full, generator=g, cache=cache)
 
 
 CASES = [

@@ -19,12 +19,14 @@ __all__ = ["METHODS", "REQUIRED", "SEARCHES", "MethodSpec", "ParamSpec", "get_me
            "register"]
 
 # mergekit's other methods, listed after the task-arithmetic family
-from wsviz.compute.merge import passthrough, selective, spherical  # noqa: E402,F401
-
-try:  # methods mergekit lacks
-    from wsviz.compute.merge import extra  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
+# methods mergekit lacks (pcb, tsv, fisher, compeft, magnitude_prune): torch and wsviz only,
+# so a failing import is a bug to surface, never a reason to drop them
+from wsviz.compute.merge import (  # noqa: E402,F401
+    extra,  # noqa: E402,F401
+    passthrough,
+    selective,
+    spherical,
+)
 
 #: names users reach for that are searches over an evaluator, not per-tensor merge methods
 SEARCHES = {

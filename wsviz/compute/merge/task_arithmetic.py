@@ -104,34 +104,10 @@ def gta_fused(base: Tensor, deltas: Tensor, ranks: Tensor | None, weights, inter
         if keep is not None and masked:
             x.mul_(K[:, a:b])
         elif masked:
-            k = f1[:, :c]
-            torch.lt(R[:, a:b], hi_t, out=k)
-            if need_lo:
-                torch.ge(R[:, a:b], lo_t, out=f2[:, :c])
-                k.mul_(f2[:, :c])
-            x.mul_(k)
+            _trim_chunk(x, R[:, a:b], lo_t if need_lo else None, hi_t, f1[:, :c], f2[:, :c])
         m = mixed[:c]
         if consensus is not None:
-            g = f1[:, :c]
-            if consensus == "sum":
-                torch.sum(x, 0, out=m)
-            else:
-                torch.sign(x, out=g)
-                torch.sum(g, 0, out=m)
-            sg = row[:c]
-            torch.ge(m, 0, out=sg)  # 1 where the elected sign is +, else 0
-            sg.mul_(2).sub_(1)  # -> +1 / -1
-            torch.mul(x, sg, out=g)
-            torch.gt(g, 0, out=g)  # agree with the elected sign (zeros never agree)
-            x.mul_(g)
-            torch.sum(x, 0, out=m)
-            if normalize:
-                g.mul_(w)
-                d = div[:c]
-                torch.sum(g, 0, out=d)
-                torch.eq(d, 0, out=sg)
-                d.add_(sg)  # 0 -> 1
-                m.div_(d)
+            _elect_chunk(x, w, consensus, normalize, m, f1[:, :c], row[:c], div[:c])
         else:
             torch.sum(x, 0, out=m)
             if normalize:
@@ -140,6 +116,44 @@ def gta_fused(base: Tensor, deltas: Tensor, ranks: Tensor | None, weights, inter
             m.mul_(lam)
         torch.add(B[a:b], m, out=out[a:b])
     return out.view(shape)
+
+
+def _trim_chunk(x: Tensor, ranks: Tensor, lo: Tensor | None, hi: Tensor, k: Tensor,
+                f: Tensor) -> None:
+    """Zero in place the entries of ``x`` ``[n, c]`` whose ``ranks`` fall outside the
+    per-model ``[lo, hi)`` (``[n, 1]`` each; ``lo`` None: 0); ``k``, ``f`` ``[n, c]`` float
+    scratch (0/1 masks written into float buffers: faster on CPU than bool masks)."""
+    torch.lt(ranks, hi, out=k)
+    if lo is not None:
+        torch.ge(ranks, lo, out=f)
+        k.mul_(f)
+    x.mul_(k)
+
+
+def _elect_chunk(x: Tensor, w: Tensor, consensus: str, normalize: bool, m: Tensor, g: Tensor,
+                 sg: Tensor, d: Tensor) -> None:
+    """Sign election of one chunk: ``x`` ``[n, c]`` weighted (trimmed) deltas, ``w``
+    ``[n, 1]``; the elected sign is that of Σx (``"sum"``) or of Σsign(x) (``"count"``),
+    zeros counting as +. Writes into ``m`` ``[c]`` the sum of the agreeing entries, divided
+    by Σ w·agree (0 -> 1) with ``normalize``; ``x`` keeps only the agreeing entries. ``g``
+    ``[n, c]``, ``sg``, ``d`` ``[c]`` scratch."""
+    if consensus == "sum":
+        torch.sum(x, 0, out=m)
+    else:
+        torch.sign(x, out=g)
+        torch.sum(g, 0, out=m)
+    torch.ge(m, 0, out=sg)  # 1 where the elected sign is +, else 0
+    sg.mul_(2).sub_(1)  # -> +1 / -1
+    torch.mul(x, sg, out=g)
+    torch.gt(g, 0, out=g)  # agree with the elected sign (zeros never agree)
+    x.mul_(g)
+    torch.sum(x, 0, out=m)
+    if normalize:
+        g.mul_(w)
+        torch.sum(g, 0, out=d)
+        torch.eq(d, 0, out=sg)
+        d.add_(sg)  # 0 -> 1
+        m.div_(d)
 
 
 #: use the one-pass numba kernel on CPU where it applies (tests switch it off to compare)

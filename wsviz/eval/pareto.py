@@ -1,4 +1,5 @@
-"""Pareto fronts with per-objective directions (numpy, no optuna)."""
+"""Pareto fronts with per-objective directions (numpy only): the one home of the dominance
+rule used by the search engine, its surrogates, the search panel and the merge tuner."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import numpy as np
 
 def signed(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     """``values`` ``[n, k]`` with minimised columns negated (larger is better everywhere)."""
-    v = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
     sign = np.array([1.0 if d == "maximize" else -1.0 for d in directions])
+    v = np.asarray(values, dtype=np.float64)
+    v = v.reshape(len(v), -1) if v.size else v.reshape(len(v), len(sign))  # [0, k] when empty
     if v.shape[1] != len(sign):
         raise ValueError(f"{v.shape[1]} objective columns, {len(sign)} directions")
     return v * sign
