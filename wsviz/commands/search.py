@@ -121,7 +121,7 @@ def run(args) -> int:
 
         best = Path(args.best)
         check_output(best, [args.recipe, space_path, storage, *recipe.labels, recipe.base],
-                     force=args.force, kind="file", hint="pass --force to overwrite it")
+                     force=args.force, kind="recipe", hint="pass --force to overwrite it")
         if best.suffix.lower() not in (".yml", ".yaml", ".json"):
             raise WsvizError(f"--best {best}: use a .yml (mergekit) or .json (wsviz) file name")
         if best.suffix.lower() != ".json" and not recipe.spec.in_mergekit:
