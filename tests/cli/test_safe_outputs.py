@@ -157,8 +157,8 @@ def test_inputs_are_compared_by_identity(models, tmp_path):
     """A hard link of an input file inside the output, and an output reached through an
     alias path comparison cannot see (a bind mount; here the identity check alone is
     exercised by comparing identities of distinct paths to the same inode)."""
-    from wsviz.io.outputs import MARKER, check_identity
     from wsviz.errors import OutputError
+    from wsviz.io.outputs import MARKER, check_identity
 
     _, base, _, _ = models
     out = tmp_path / "out"
