@@ -335,3 +335,11 @@ def test_a_killed_merge_leaves_a_temp_dir_the_next_merge_removes(models, tmp_pat
     _age(out.parent / left[0])
     assert _merge(rfile, out)[0] == 0
     assert leftovers(out.parent) == [] and (out / "model.safetensors").is_file()
+
+
+def test_zoo_build_force_replaces_only_a_zoo(tmp_path):
+    home = _home_of_dotfiles(tmp_path / "home")
+    before = snapshot(home)
+    assert_user_error(run_cli(["zoo", "build", "--dir", home, "--force", "--quiet"]),
+                      "wsviz did not write")
+    assert snapshot(home) == before
