@@ -204,6 +204,12 @@ class LoraAdapter:
                     f"{self._file.where()}: LoRA module {name!r} has lora_A {list(a)} and "
                     f"lora_B {list(b)}; expected A [r, in] and B [out, r] with the same r > 0 "
                     "(the adapter is corrupt)")
+            r = _pattern_value(self.config.get("rank_pattern"), name, self.config.get("r", 8))
+            if r != a[0]:
+                raise CheckpointError(
+                    f"{cfg_path}: r = {r} (the scale lora_alpha / r uses it) but LoRA module "
+                    f"{name!r} has rank {a[0]} (lora_A {list(a)}); the config does not "
+                    "belong to these weights: fix r (or rank_pattern) or re-save the adapter")
 
     def files(self) -> list[Path]:
         """The adapter directory and its weights file."""
