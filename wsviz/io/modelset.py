@@ -178,8 +178,8 @@ class ModelSet:
             keep -= set(missing) | {n for n, _, _ in mism}
         if strict and not rep.ok:
             raise AlignmentError(
-                "the models do not align (pass strict=False / --no-strict to analyse the "
-                "common tensors only, or exclude patterns):\n" + rep.format(),
+                "the models do not align (open them with strict=False to use the common "
+                "tensors only, or exclude patterns):\n" + rep.format(),
                 report=rep,
             )
         return [n for n in names if n in keep]
