@@ -22,6 +22,7 @@ from wsviz.errors import AlignmentError, CheckpointError
 from wsviz.io.layers import LayerName, parse_layer_name
 from wsviz.io.open import open_source
 from wsviz.io.source import CheckpointSource, TensorInfo
+from wsviz.textsafe import escape_controls
 
 
 @dataclass
@@ -48,7 +49,7 @@ class AlignmentReport:
 
         def names(xs):
             more = f" (+{len(xs) - limit} more)" if len(xs) > limit else ""
-            return ", ".join(xs[:limit]) + more
+            return ", ".join(escape_controls(x) for x in xs[:limit]) + more
 
         for label in sorted(set(self.missing) | set(self.extra) | set(self.shape_mismatch)
                             | set(self.buffers)):
