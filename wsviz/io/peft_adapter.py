@@ -197,6 +197,12 @@ class LoraAdapter:
             raise CheckpointError(
                 f"{cfg_path}: use_dora is set but the adapter holds no lora_magnitude_vector; "
                 "the file is incomplete")
+        self._check_ranks(cfg_path)
+
+    def _check_ranks(self, cfg_path: Path) -> None:
+        """Each module's ``lora_A [r, in]`` and ``lora_B [out, r]`` share ``r`` > 0, and that
+        ``r`` is the config's (``rank_pattern`` / ``r``): the scale ``lora_alpha / r`` uses
+        it. CheckpointError naming both numbers otherwise."""
         for name, mod in self.modules.items():
             a, b = self._file.info(mod.A).shape, self._file.info(mod.B).shape
             if len(b) != 2 or a[0] != b[1] or a[0] == 0:
