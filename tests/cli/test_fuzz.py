@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -371,3 +372,56 @@ def test_in_process_cases_match_real_processes(zoo, tmp_path):
         res = run(["prune", victim, "--method", "magnitude", "--sparsity", "0.5", "-o", out,
                    "--no-progress"])
         check_contract(res, out, snapshot(victim), [victim], not reference_ok(victim), how)
+
+
+# -- CLI output sanitisation -----------------------------------------------------------------
+N_NAMES = 40
+HOSTILE = ["\x1b]0;pwned\x07", "\x1b[2J", "\x1b[1A\x1b[2K", "\r", "\n", "\t", "\x00", "\x07",
+           "\x7f", "\x9b", "\x85", "\u202e", "\u2066", "\u2028", "\x1bP+q\x1b\\", "\b\b\b"]
+RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+                 "\ud800-\udfff]")
+
+
+def _hostile_name(rng: random.Random, i: int) -> str:
+    parts = [f"model.layers.{i % 2}"]
+    for _ in range(rng.randrange(1, 4)):
+        parts.append(rng.choice(HOSTILE) + rng.choice(["mlp", "q", "wsviz: error: fake", ""]))
+    return ".".join(parts) + rng.choice([".weight", ".bias", ""])
+
+
+def test_fuzz_cli_output_is_sanitised(tmp_path):
+    """Seeded names full of terminal controls: `info --tensors` (stdout), `analyze` of a
+    mismatching pair and `merge` of it (one-line errors on stderr) print every control
+    character escaped; the escaped name appears where the name is listed."""
+    from wsviz.textsafe import escape_controls
+
+    rng = random.Random(20261207)
+    names = list(dict.fromkeys(_hostile_name(rng, i) for i in range(N_NAMES)))
+    base = tmp_path / "base.safetensors"
+    save_file({n: torch.randn(4, 4, generator=torch.Generator().manual_seed(i))
+               for i, n in enumerate(names)}, base)
+    ft = tmp_path / "ft.safetensors"
+    odd = rng.sample(names, 5)
+    save_file({n: torch.randn(4, 5 if n in odd else 4) for n in names}, ft)
+    rc, out, err = run_cli(["info", base, "--tensors"])
+    assert rc == 0, err
+    assert not RAW.search(out.replace("\n", "").replace("\t", "")), out
+    for n in names:
+        assert escape_controls(n) in out, n
+    assert not any(ln.startswith("wsviz: error") for ln in out.splitlines())
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"method": "task_arithmetic", "base": str(base),
+                                  "params": {"lambda": 1.0, "weight": 1.0},
+                                  "models": [str(ft)]}))
+    for argv, want in ((["analyze", base, ft, "-o", tmp_path / "t.csv", "--quiet",
+                         "--no-cache"], 2), (["merge", recipe, "-o", tmp_path / "o",
+                                             "--no-progress"], 2), (["info", base, ft], 1)):
+        rc, out, err = run_cli(argv)
+        assert rc == want, (argv[0], rc, err)
+        assert "Traceback" not in err, err
+        for text in (out, err):
+            assert not RAW.search(text.replace("\n", "").replace("\t", "")), (argv[0], text)
+        lines = [ln for ln in err.splitlines() if ln.startswith("wsviz")]
+        if rc == 2:  # the error names a hostile tensor, escaped
+            assert len(lines) == 1, (argv[0], err)
+            assert re.search(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|[rnt])", lines[0]), lines[0]

@@ -83,20 +83,138 @@ def test_force_never_replaces_a_directory_without_a_model(models, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     (home / "thesis.tex").write_text("years")
-    assert_user_error(_merge(rfile, home, "--force"), "holds no model")
+    assert_user_error(_merge(rfile, home, "--force"), "wsviz did not write")
     assert (home / "thesis.tex").read_text() == "years"
 
 
-def test_force_onto_a_file_and_a_model_dir_leaves_nothing_behind(models, tmp_path):
+def _home_of_dotfiles(d: Path) -> Path:
+    (d / ".ssh").mkdir(parents=True)
+    (d / ".ssh" / "id_ed25519").write_text("KEY")
+    (d / ".bashrc").write_text("alias x=y")
+    return d
+
+
+def _project(d: Path) -> Path:
+    (d / "src").mkdir(parents=True)
+    (d / "src" / "main.py").write_text("print(1)")
+    (d / "config.json").write_text("{}")
+    (d / "README.md").write_text("# mine")
+    return d
+
+
+def _home_with_a_download(d: Path) -> Path:
+    (d / "Documents").mkdir(parents=True)
+    (d / "Documents" / "cv.pdf").write_text("cv")
+    (d / "llama.safetensors").write_text("weights")
+    (d / "pytorch_model.bin").write_text("weights")
+    return d
+
+
+@pytest.mark.parametrize("make", [_home_of_dotfiles, _project, _home_with_a_download],
+                         ids=["dotfiles", "project", "download"])
+@pytest.mark.parametrize("cmd", ["merge", "prune"])
+def test_force_replaces_only_what_wsviz_wrote(models, tmp_path, make, cmd):
+    """Dot-files are content; a config.json or a weights file does not make a model dir."""
+    _, base, _, rfile = models
+    target = make(tmp_path / "target")
+    before = snapshot(target)
+    argv = (["merge", rfile, "-o", target, "--force", "--no-progress"] if cmd == "merge" else
+            ["prune", base, "--method", "magnitude", "--sparsity", "0.5", "-o", target,
+             "--force", "--no-progress"])
+    assert_user_error(run_cli(argv), str(target), "wsviz did not write")
+    assert snapshot(target) == before and leftovers(tmp_path) == []
+
+
+def test_force_never_replaces_a_file_or_a_symlink_with_a_model_dir(models, tmp_path):
+    _, _, _, rfile = models
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    assert_user_error(_merge(rfile, notes, "--force"), "is a file")
+    assert notes.read_text() == "my notes"
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere")
+    assert_user_error(_merge(rfile, link, "--force"), "symbolic link")
+    assert os.readlink(link) == str(tmp_path / "elsewhere")
+
+
+def test_force_replaces_an_empty_dir_and_its_own_output(models, tmp_path):
+    from wsviz.io.outputs import MARKER
+
     _, _, _, rfile = models
     out = tmp_path / "out" / "merged"
-    out.parent.mkdir()
-    out.write_text("a file in the way")
-    assert _merge(rfile, out, "--force")[0] == 0
-    assert (out / "model.safetensors").is_file()
+    out.mkdir(parents=True)
+    assert _merge(rfile, out)[0] == 2  # exists: refused without --force
+    assert _merge(rfile, out, "--force")[0] == 0  # truly empty
+    assert (out / "model.safetensors").is_file() and (out / MARKER).is_file()
     assert _merge(rfile, out, "--force")[0] == 0  # replace the model dir it wrote
     assert leftovers(out.parent) == []
     assert sorted(p.name for p in out.parent.iterdir()) == ["merged"]
+    (out / MARKER).unlink()  # no marker: no longer known as wsviz's
+    assert_user_error(_merge(rfile, out, "--force"), "wsviz did not write")
+
+
+def test_inputs_are_compared_by_identity(models, tmp_path):
+    """A hard link of an input file inside the output, and an output reached through an
+    alias path comparison cannot see (a bind mount; here the identity check alone is
+    exercised by comparing identities of distinct paths to the same inode)."""
+    from wsviz.errors import OutputError
+    from wsviz.io.outputs import MARKER, check_identity
+
+    _, base, _, _ = models
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MARKER).write_text("{}")
+    os.link(base / "model.safetensors", out / "weights.safetensors")
+    with pytest.raises(OutputError, match="contains the input"):
+        check_identity(out, [base / "model.safetensors"])
+    with pytest.raises(OutputError, match="contains the input"):
+        check_identity(out, [base])  # a file inside a directory input
+    with pytest.raises(OutputError, match="is the input"):
+        check_identity(out / "weights.safetensors", [base / "model.safetensors"])
+    check_identity(tmp_path / "elsewhere", [base])  # unrelated: fine
+
+
+def test_a_bind_mount_alias_of_an_input_is_refused(models, tmp_path):
+    """A real bind mount (in a private user + mount namespace) of the models' folder: the
+    merge's output is named through the alias; resolved paths differ, identities do not."""
+    import shutil
+    import subprocess
+
+    _, base, fts, rfile = models
+    if not shutil.which("unshare") or subprocess.run(
+            ["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("user namespaces are not available here")
+    from wsviz.io.outputs import MARKER
+
+    (fts[0] / MARKER).write_text("{}")  # the input is itself an earlier wsviz output
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    before = snapshot(base.parent)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for out, needle in ((alias / fts[0].name, "is the input"),
+                        (alias / base.name / "merged", "lies inside the input")):
+        code = (f"mount --bind {base.parent} {alias} && {sys.executable} -m wsviz.cli merge "
+                f"{rfile} -o {out} --force --no-progress")
+        p = subprocess.run(["unshare", "-rm", "sh", "-c", code], env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert_user_error((p.returncode, p.stdout, p.stderr), needle, "another path")
+        assert snapshot(base.parent) == before
+
+
+def test_recipe_files_only_with_recipe_suffixes(models, tmp_path):
+    _, base, _, _ = models
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights")
+    common = ["prune", base, "--method", "magnitude", "--sparsity", "0.5", "--force"]
+    assert_user_error(run_cli([*common, "--save-recipe", weights]), ".yml, .yaml or .json")
+    assert weights.read_bytes() == b"weights"
+    compose = tmp_path / "compose.yml"
+    compose.write_text("services:\n  web:\n    image: x\n")
+    assert_user_error(run_cli([*common, "--save-recipe", compose]), "not a recipe")
+    assert "services" in compose.read_text()
+    ok = tmp_path / "p.yml"
+    assert run_cli([*common, "--save-recipe", ok])[0] == 0
+    assert run_cli([*common, "--save-recipe", ok])[0] == 0  # a recipe replaces a recipe
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
@@ -217,3 +335,11 @@ def test_a_killed_merge_leaves_a_temp_dir_the_next_merge_removes(models, tmp_pat
     _age(out.parent / left[0])
     assert _merge(rfile, out)[0] == 0
     assert leftovers(out.parent) == [] and (out / "model.safetensors").is_file()
+
+
+def test_zoo_build_force_replaces_only_a_zoo(tmp_path):
+    home = _home_of_dotfiles(tmp_path / "home")
+    before = snapshot(home)
+    assert_user_error(run_cli(["zoo", "build", "--dir", home, "--force", "--quiet"]),
+                      "wsviz did not write")
+    assert snapshot(home) == before

@@ -139,3 +139,25 @@ def test_unsupported_adapters_are_refused(tmp_path, llama_set):
     (adapter / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
     with pytest.raises(CheckpointError, match="no lora_magnitude_vector"):
         open_source(adapter, base=open_source(llama_set.base))
+
+
+@pytest.mark.parametrize("r,pattern", [(2, None), (2**40, None), (8, {"q_proj": 2})])
+def test_r_disagreeing_with_lora_a_rows_is_refused(llama_set, tmp_path, r, pattern):
+    """PEFT refuses such an adapter (size mismatch); wsviz used to merge it with the wrong
+    scale (``r=2`` for rank-4 weights doubled the delta)."""
+    import shutil
+
+    src = build_lora_adapter(llama_set.base_model, tmp_path / "a", r=4)
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    cfg["r"] = r if pattern is None else 4
+    if pattern is not None:
+        cfg["rank_pattern"] = pattern
+    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as e:
+        open_source(bad, base=open_source(llama_set.base))
+    msg = str(e.value)
+    want = r if pattern is None else 2
+    assert f"r = {want}" in msg and "rank 4" in msg and "\n" not in msg
+    open_source(src, base=open_source(llama_set.base))  # the untouched adapter opens

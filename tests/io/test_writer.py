@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from wsviz.errors import OutputError
+from wsviz.io.outputs import MARKER
 from wsviz.io.writer import HFDirWriter, parse_size
 
 
@@ -53,21 +54,39 @@ def test_refuses_existing_without_force_and_replaces_with_force(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    (out / "config.json").write_text("{}")  # a model directory: --force may replace it
+    (out / MARKER).write_text("{}")  # a directory wsviz wrote: --force may replace it
     with pytest.raises(OutputError, match="exists.*--force"):
         HFDirWriter(out)
     with HFDirWriter(out, force=True) as w:
         w.add("a", torch.ones(3))
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    assert (out / MARKER).is_file()  # and the new one is replaceable in turn
 
 
 def test_force_never_replaces_a_directory_without_a_model(tmp_path):
     out = tmp_path / "notes"
     out.mkdir()
     (out / "thesis.tex").write_text("years of work")
-    with pytest.raises(OutputError, match="holds no model.*even with --force"):
+    (out / "config.json").write_text("{}")  # looks like a model; wsviz did not write it
+    with pytest.raises(OutputError, match="wsviz did not write.*even with --force"):
         HFDirWriter(out, force=True)
     assert (out / "thesis.tex").read_text() == "years of work"
+
+
+def test_force_treats_dot_files_as_content(tmp_path):
+    """A home holding only dot-files is not empty (the UI's "overwrite" goes through the
+    same check)."""
+    out = tmp_path / "home"
+    (out / ".ssh").mkdir(parents=True)
+    (out / ".ssh" / "id_ed25519").write_text("KEY")
+    with pytest.raises(OutputError, match="wsviz did not write"):
+        HFDirWriter(out, force=True)
+    assert (out / ".ssh" / "id_ed25519").read_text() == "KEY"
+    (out / ".ssh" / "id_ed25519").unlink()
+    (out / ".ssh").rmdir()
+    with HFDirWriter(out, force=True) as w:  # truly empty: replaced
+        w.add("a", torch.ones(3))
+    assert (out / "model.safetensors").exists()
 
 
 def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
@@ -77,6 +96,7 @@ def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
     out.mkdir()
     (out / "old.txt").write_text("old")
     (out / "model.safetensors").write_text("old weights")
+    (out / MARKER).write_text("{}")
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -14,3 +14,15 @@ def size_arg(text: str) -> int:
         return parse_size(text)
     except OutputError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def port_arg(text: str) -> int:
+    """``--port``: an integer 0..65535 (0 = any free port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0..65535)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number: use 0..65535 (0 = any "
+                                         "free port)")
+    return port

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from wsviz.errors import WsvizError
+from wsviz.errors import AlignmentError, WsvizError
 
 
 def register(sub) -> None:
@@ -82,8 +82,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if single:
         return _run_single(args, out, fmt, settings, labels)
-    ms = ModelSet.open(args.base, args.finetuned, labels=labels, exclude=args.exclude,
-                       strict=not args.no_strict)
+    try:
+        ms = ModelSet.open(args.base, args.finetuned, labels=labels, exclude=args.exclude,
+                           strict=not args.no_strict)
+    except AlignmentError as e:  # name this command's flag for it
+        raise AlignmentError(str(e).replace("open them with strict=False", "pass --no-strict",
+                                            1), report=e.report) from None
     if not ms.report.ok:
         print(ms.report.format(), file=sys.stderr)
     t0 = time.perf_counter()

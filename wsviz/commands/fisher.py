@@ -142,7 +142,7 @@ def run(args) -> int:
 
 def _run_demo(args) -> int:
     """Fishers of every demo-zoo task model, and a fisher recipe merging them."""
-    from wsviz.io.outputs import atomic_write, check_output
+    from wsviz.io.outputs import atomic_write, check_output, write_marker
     from wsviz.recipes import Recipe
     from wsviz.zoo import ensure_zoo
 
@@ -151,6 +151,11 @@ def _run_demo(args) -> int:
     zoo_files = zoo.modelset().files()
     check_output(out, zoo_files, force=args.force, hint="pass --force to overwrite it")
     ev = zoo.evaluator(device=args.device)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_marker(out)  # a folder wsviz wrote: a later --force may write into it again
+    except OSError as e:
+        raise WsvizError(f"cannot write {out}: {e.strerror or e}; choose another path") from None
     files = {}
     for task in zoo.tasks:
         f = ev.fisher(zoo.weights(task), task, labels=args.labels, seed=args.seed,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
+from wsviz.textsafe import escape_controls
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -62,7 +64,7 @@ def describe(src, tensors: bool = False, fingerprint: bool = False) -> str:
             blk = "-" if ln.block is None else str(ln.block)
             lines.append(f"    {n:64s} {tuple(i.shape)!s:>18s} "
                          f"{str(i.dtype).replace('torch.', ''):>9s}  block={blk:>3s} {ln.kind}")
-    return "\n".join(lines)
+    return "\n".join(escape_controls(ln) for ln in lines)  # a name's "\n" stays on its line
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 from wsviz.errors import WsvizError
@@ -113,6 +114,8 @@ def run(args) -> int:
         raise WsvizError(f"{space_path}: no such search-space file")
     if args.trials < 1:
         raise WsvizError(f"--trials must be at least 1, got {args.trials}")
+    if args.scheduler and not args.local:
+        check_scheduler(args.scheduler)
     recipe, ctx, zoo = build(args)
     recipe.validate()
     storage = args.storage or f"{space_path.stem}.search.db"
@@ -121,7 +124,7 @@ def run(args) -> int:
 
         best = Path(args.best)
         check_output(best, [args.recipe, space_path, storage, *recipe.labels, recipe.base],
-                     force=args.force, kind="file", hint="pass --force to overwrite it")
+                     force=args.force, kind="recipe", hint="pass --force to overwrite it")
         if best.suffix.lower() not in (".yml", ".yaml", ".json"):
             raise WsvizError(f"--best {best}: use a .yml (mergekit) or .json (wsviz) file name")
         if best.suffix.lower() != ".json" and not recipe.spec.in_mergekit:
@@ -153,6 +156,47 @@ def run(args) -> int:
             search.close()
     _report(result, args, probe, zoo)
     return 0
+
+
+_SCHEDULER_RE = re.compile(r"^(?:(?P<scheme>[a-z]+)://)?(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])"
+                           r"(?::(?P<port>\d{1,5}))?/?$")
+#: seconds to wait for a scheduler to connect and send its handshake
+SCHEDULER_WAIT_S = 15.0
+
+
+def check_scheduler(address: str, wait_s: float = SCHEDULER_WAIT_S) -> None:
+    """WsvizError unless ``address`` (``--scheduler``) is ``[tcp://]HOST[:PORT]`` (or another
+    Dask scheme) and, for TCP, something there speaks first as a Dask scheduler does: it
+    sends its handshake on accept; a web server (or anything else) stays silent, and the
+    wait is bounded by ``wait_s`` instead of hanging."""
+    import socket
+
+    m = _SCHEDULER_RE.match(address.strip())
+    if not m or (m["port"] and not 0 < int(m["port"]) < 65536):
+        raise WsvizError(f"--scheduler {address!r} is not a Dask scheduler address; use "
+                         "tcp://HOST:PORT (e.g. tcp://10.0.0.5:8786)")
+    scheme = m["scheme"] or "tcp"
+    if scheme not in ("tcp", "tls", "ucx", "inproc", "ws", "wss"):
+        raise WsvizError(f"--scheduler {address!r}: unknown scheme {scheme!r}; use "
+                         "tcp://HOST:PORT")
+    if scheme != "tcp":
+        return
+    host, port = m["host"].strip("[]"), int(m["port"] or 8786)
+    try:
+        with socket.create_connection((host, port), timeout=wait_s) as sock:
+            sock.settimeout(wait_s)
+            first = sock.recv(16)
+    except TimeoutError:
+        first = None
+    except OSError as e:
+        raise WsvizError(f"cannot reach the Dask scheduler at {address} ({e.strerror or e}); "
+                         "check the address and that the scheduler runs") from None
+    if not first or first[:5] in (b"HTTP/", b"SSH-2", b"<!DOC", b"<html"):
+        said = "sent nothing" if first is None else ("closed the connection" if not first
+                                                     else "answered in another protocol")
+        raise WsvizError(f"{address} is not a Dask scheduler (it {said} within "
+                         f"{wait_s:g} s, where a scheduler greets at once); give the "
+                         "scheduler's tcp:// address (port 8786 by default, not its dashboard)")
 
 
 def _open_local(ctx):

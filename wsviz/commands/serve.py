@@ -17,6 +17,7 @@ import argparse
 import ipaddress
 
 from wsviz.commands._model_args import add_model_args
+from wsviz.commands._types import port_arg
 from wsviz.errors import WsvizError
 
 
@@ -29,7 +30,7 @@ def register(sub) -> None:
         "dashboard writes merged weights only under --export-root.",
     )
     add_model_args(p)
-    p.add_argument("--port", type=int, default=5006, help="port (0 = any free port)")
+    p.add_argument("--port", type=port_arg, default=5006, help="port (0 = any free port)")
     p.add_argument("--address", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: only this machine; 0.0.0.0: all "
                    "interfaces, then name the origins with --allow-origin)")
@@ -94,7 +95,7 @@ def run(args) -> int:
         origins = websocket_origins(args.address, port, args.allow_origin)
         server = pn.serve({"/": page}, port=port, address=args.address, show=False,
                           start=False, title="wsviz", websocket_origin=origins)
-        restrict_hosts(server, origins)
+        restrict_hosts(server, origins, allow_remote=remote_allowed(args.address, origins))
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise WsvizError(f"port {args.port} on {args.address} is already in use (another "
@@ -124,12 +125,31 @@ def run(args) -> int:
     return 0
 
 
-def restrict_hosts(server, allowed: list[str]) -> None:
-    """Answer 403 to every request of the Bokeh ``server`` whose ``Host`` header is not in
-    ``allowed`` (``host:port`` patterns as for ``websocket_origin``), naming the fix once per
-    host on stderr."""
-    import sys
+def remote_allowed(address: str, origins: list[str]) -> bool:
+    """Whether peers on other machines may connect at all: only when an origin other than
+    this machine's loopback names is allowed (``--allow-origin``, or a specific non-loopback
+    ``--address`` they type). ``--address 0.0.0.0`` alone ("other machines may connect from:
+    none") keeps every non-loopback peer out, whatever ``Host`` it sends."""
+    return not is_loopback(address) and any(
+        not o.startswith(("127.0.0.1:", "localhost:")) for o in origins)
 
+
+def peer_is_loopback(remote_ip: str | None) -> bool:
+    """The TCP peer address is on this machine (``127.x``, ``::1``, ``::ffff:127.x``)."""
+    try:
+        ip = ipaddress.ip_address((remote_ip or "").split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def restrict_hosts(server, allowed: list[str], allow_remote: bool = True) -> None:
+    """Answer 403 to every request of the Bokeh ``server`` whose ``Host`` header is not in
+    ``allowed`` (``host:port`` patterns as for ``websocket_origin``), and, unless
+    ``allow_remote``, to every request whose TCP peer is not a loopback address (the
+    ``Host`` header is the client's word; the peer address is the kernel's). Names the fix
+    once per host / peer on stderr."""
     from bokeh.server.util import check_allowlist
     from tornado.web import ErrorHandler
 
@@ -139,15 +159,28 @@ def restrict_hosts(server, allowed: list[str]) -> None:
 
     def find_handler(request, **kwargs):
         host = (request.host or "").lower()
-        if check_allowlist(host, allowed):
+        if not allow_remote and not peer_is_loopback(request.remote_ip):
+            _tell(told, f"peer {request.remote_ip}", "refused a connection from "
+                  f"{request.remote_ip!r}: this server admits only this machine; restart "
+                  "with --allow-origin HOST:PORT (the name other machines type) to admit "
+                  "them")
+        elif check_allowlist(host, allowed):
             return find(request, **kwargs)
-        if host not in told and len(told) < 100:
-            told.add(host)
-            print(f"wsviz: refused a request for host {host!r}; if that is how this machine "
-                  f"is reached, restart with --allow-origin {host}", file=sys.stderr, flush=True)
+        else:
+            _tell(told, host, f"refused a request for host {host!r}; if that is how this "
+                  f"machine is reached, restart with --allow-origin {host}")
         return app.get_handler_delegate(request, ErrorHandler, {"status_code": 403})
 
     app.find_handler = find_handler
+
+
+def _tell(told: set[str], key: str, message: str) -> None:
+    """Print ``wsviz: MESSAGE`` on stderr once per ``key`` (at most 100 keys)."""
+    import sys
+
+    if key not in told and len(told) < 100:
+        told.add(key)
+        print(f"wsviz: {message}", file=sys.stderr, flush=True)
 
 
 def _free_port(address: str) -> int:

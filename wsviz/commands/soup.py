@@ -43,7 +43,7 @@ def run(args) -> int:
             raise WsvizError(f"-o {args.output}: write a .json recipe or a .yml mergekit config")
         from wsviz.io.outputs import check_output
 
-        check_output(args.output, args.paths, force=args.force, kind="file",
+        check_output(args.output, args.paths, force=args.force, kind="recipe",
                      hint="pass --force to overwrite it")
     if args.demo:
         from wsviz.zoo import ensure_zoo

@@ -15,7 +15,7 @@ import torch
 
 from wsviz.errors import CheckpointError
 from wsviz.io.safetensors_source import SafetensorsFileSource
-from wsviz.io.source import CheckpointSource, TensorInfo
+from wsviz.io.source import CheckpointSource, TensorInfo, open_regular
 from wsviz.io.torch_source import TorchFileSource
 
 WEIGHT_FILES = (
@@ -41,7 +41,8 @@ def read_json_object(p: Path, what: str) -> dict:
     """``p`` parsed as a JSON object; :class:`CheckpointError` naming ``p`` when it is
     unreadable, not UTF-8 / JSON, or not an object."""
     try:
-        obj = json.loads(p.read_bytes().decode("utf-8"))
+        with open_regular(p, what) as f:
+            obj = json.loads(f.read().decode("utf-8"))
     except OSError as e:
         raise CheckpointError(f"{p}: cannot read it ({e.strerror or e}); check its permissions "
                               "and symlinks") from None

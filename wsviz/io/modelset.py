@@ -22,6 +22,7 @@ from wsviz.errors import AlignmentError, CheckpointError
 from wsviz.io.layers import LayerName, parse_layer_name
 from wsviz.io.open import open_source
 from wsviz.io.source import CheckpointSource, TensorInfo
+from wsviz.textsafe import escape_controls
 
 
 @dataclass
@@ -48,7 +49,7 @@ class AlignmentReport:
 
         def names(xs):
             more = f" (+{len(xs) - limit} more)" if len(xs) > limit else ""
-            return ", ".join(xs[:limit]) + more
+            return ", ".join(escape_controls(x) for x in xs[:limit]) + more
 
         for label in sorted(set(self.missing) | set(self.extra) | set(self.shape_mismatch)
                             | set(self.buffers)):
@@ -178,8 +179,8 @@ class ModelSet:
             keep -= set(missing) | {n for n, _, _ in mism}
         if strict and not rep.ok:
             raise AlignmentError(
-                "the models do not align (pass strict=False / --no-strict to analyse the "
-                "common tensors only, or exclude patterns):\n" + rep.format(),
+                "the models do not align (open them with strict=False to use the common "
+                "tensors only, or exclude patterns):\n" + rep.format(),
                 report=rep,
             )
         return [n for n in names if n in keep]

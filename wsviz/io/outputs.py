@@ -3,9 +3,14 @@
 Every command and the dashboard write through this module:
 
 * :func:`check_output` — an output may never *be* an input, *contain* one or *lie inside*
-  one (compared on resolved paths: symlinks, ``..`` and ``~`` expanded); an existing
-  output is replaced only with ``force``, and a non-empty directory that holds no model is
-  never replaced (``-o ~ --force`` cannot wipe a home directory).
+  one, compared on resolved paths (symlinks, ``..`` and ``~`` expanded) *and* on file
+  identity (``st_dev``, ``st_ino``) of the output, its existing ancestors and its
+  descendants, so bind-mount aliases and hard links are caught too. An existing output is
+  replaced only with ``force``, and then only when it is a directory wsviz wrote (it holds
+  the :data:`MARKER` file every directory output gets) or a truly empty one (a dot-file is
+  content): never a file, a symlink or any other folder (``-o ~ --force`` cannot wipe a
+  home directory). File outputs replace only files of their kind (``kind="recipe"``:
+  ``.yml``/``.yaml``/``.json`` paths only, replacing only an existing recipe).
 * :class:`TempOutput` — the output is built under a temporary sibling
   ``.NAME.wsviz-tmp-PID-XXXX`` (same filesystem, so the final rename is atomic), locked
   with ``flock`` while its writer lives; :meth:`TempOutput.commit` swaps it into place
@@ -27,9 +32,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -42,10 +49,12 @@ OLD_TAG = ".wsviz-old-"
 LOCK_NAME = ".wsviz-lock"
 #: seconds during which a fresh temp entry is never swept (creation -> lock window)
 GRACE_S = 60.0
-#: top-level names that make an existing directory "a model" that --force may replace
-MODEL_MARKERS = ("config.json", "adapter_config.json", "wsviz_recipe.json", "wsviz_prune.json",
-                 "model.safetensors.index.json", "pytorch_model.bin.index.json")
-MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+#: the file written into every directory wsviz creates as an output; --force / "overwrite"
+#: replaces a directory only when it holds this file (or is truly empty)
+MARKER = ".wsviz-output"
+#: suffixes of recipe files (``--save-recipe``, ``kind="recipe"``)
+RECIPE_SUFFIXES = (".yml", ".yaml", ".json")
+_MAX_RECIPE_BYTES = 4 << 20
 
 _TMP_RE = re.compile(r"^\..+(?:\.wsviz-tmp-|\.wsviz-old-)(?:(\d+)-[A-Za-z0-9_]+|[A-Za-z0-9_]+)$")
 
@@ -72,23 +81,25 @@ def check_output(out, inputs: Iterable = (), *, force: bool = False, kind: str =
     """Refuse an unsafe output path; returns ``out`` as a :class:`Path`.
 
     - ``inputs``: every path the run reads (model dirs, weight files, recipe, calibration
-      data); ``None`` entries are skipped. The output may not resolve to one of them,
-      contain one (replacing it would delete the input) or lie inside one.
+      data); ``None`` entries are skipped. The output may not be one of them, contain one
+      (replacing it would delete the input) or lie inside one: compared on resolved paths
+      and on identities ``(st_dev, st_ino)`` (:func:`check_identity`).
     - ``force``: an existing output may be replaced; without it an existing one is refused
       (``hint`` says how to allow it).
-    - ``kind``: ``"dir"`` (an HF directory) or ``"file"``. A file output onto an existing
-      directory is refused; a directory output onto a non-empty directory that holds no
-      model (see :data:`MODEL_MARKERS`) is refused even with ``force``.
+    - ``kind``: ``"dir"`` (an HF directory: replaces only a directory holding
+      :data:`MARKER` or a truly empty one), ``"file"`` (replaces only a regular file) or
+      ``"recipe"`` (a file named ``*.yml|*.yaml|*.json`` that replaces only a recipe).
 
     Raises :class:`~wsviz.errors.OutputError` naming the output and the input.
     """
     out = Path(os.path.expanduser(os.fspath(out)))
     if not str(out).strip():
         raise OutputError("the output path is empty; name a file or directory")
+    if kind == "recipe" and out.suffix.lower() not in RECIPE_SUFFIXES:
+        raise OutputError(f"recipe file {out} must end in .yml, .yaml or .json")
+    inputs = [inp for inp in inputs if inp is not None]
     r_out = resolved(out)
     for inp in inputs:
-        if inp is None:
-            continue
         r_in = resolved(inp)
         if r_out == r_in:
             raise OutputError(f"output {out} is the input {inp}; write the output elsewhere "
@@ -101,18 +112,19 @@ def check_output(out, inputs: Iterable = (), *, force: bool = False, kind: str =
                               "outside the inputs")
     try:
         exists = os.path.lexists(out)
-        is_dir = out.is_dir()
     except OSError as e:  # e.g. a component is not a directory
         raise OutputError(f"output {out}: {e.strerror or e}; choose another path") from None
     if exists:
         if not force:
             raise OutputError(f"{out} already exists; {hint}")
-        if kind == "file" and is_dir:
-            raise OutputError(f"output {out} is a directory; give a file name")
-        if kind == "dir" and is_dir and not out.is_symlink() and not _replaceable_dir(out):
-            raise OutputError(f"{out} is a non-empty directory that holds no model; wsviz "
-                              "replaces only model directories, even with --force: choose a "
-                              "new name or empty it yourself")
+        _check_replaceable(out, kind)
+    check_identity(out, inputs)
+    _check_parent(out, r_out)
+    return out
+
+
+def _check_parent(out: Path, r_out: Path) -> None:
+    """The nearest existing ancestor of ``out`` is a writable directory."""
     parent = r_out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -120,18 +132,119 @@ def check_output(out, inputs: Iterable = (), *, force: bool = False, kind: str =
         raise OutputError(f"output {out}: {parent} is not a directory; choose another path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {out}: {parent} is not writable; choose another path")
-    return out
 
 
-def _replaceable_dir(d: Path) -> bool:
-    """Empty, or holds a model / wsviz output at its top level."""
+def _check_replaceable(out: Path, kind: str) -> None:
+    """``--force`` may replace the existing ``out`` (see :func:`check_output`'s ``kind``)."""
+    st = os.lstat(out)
+    if stat.S_ISLNK(st.st_mode):
+        raise OutputError(f"output {out} is a symbolic link; wsviz never replaces one, even "
+                          "with --force: remove it yourself or choose a new name")
+    is_dir, is_file = stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode)
+    if kind == "dir":
+        if not is_dir:
+            raise OutputError(f"output {out} is a file, not a directory wsviz wrote; wsviz "
+                              "never replaces a file with a model directory, even with "
+                              "--force: choose a new name")
+        if not is_wsviz_output(out) and not _truly_empty(out):
+            raise OutputError(f"{out} is a non-empty directory that wsviz did not write (no "
+                              f"{MARKER} in it); wsviz replaces only its own outputs, even "
+                              "with --force: choose a new name or empty it yourself")
+        return
+    if is_dir:
+        raise OutputError(f"output {out} is a directory; give a file name")
+    if not is_file:
+        raise OutputError(f"output {out} is not a regular file; choose another path")
+    if kind == "recipe" and not _is_recipe_file(out):
+        raise OutputError(f"{out} exists and is not a recipe; wsviz replaces only a recipe "
+                          "file with a recipe, even with --force: choose a new name")
+
+
+def _truly_empty(d: Path) -> bool:
+    """No entry at all (a dot-file is content)."""
     try:
-        names = os.listdir(d)
+        return not os.listdir(d)
     except OSError:
         return False
-    if not [n for n in names if not n.startswith(".")]:
-        return True
-    return any(n in MODEL_MARKERS or n.endswith(MODEL_SUFFIXES) for n in names)
+
+
+def is_wsviz_output(d) -> bool:
+    """``d`` is a directory (not a symlink) holding the :data:`MARKER` regular file, i.e.
+    an output wsviz wrote."""
+    try:
+        return (stat.S_ISDIR(os.lstat(d).st_mode)
+                and stat.S_ISREG(os.lstat(Path(d) / MARKER).st_mode))
+    except OSError:
+        return False
+
+
+def write_marker(d) -> None:
+    """Write :data:`MARKER` into the directory ``d`` (which wsviz is creating)."""
+    (Path(d) / MARKER).write_text(json.dumps({"written_by": "wsviz"}) + "\n")
+
+
+def _is_recipe_file(p: Path) -> bool:
+    """A small YAML / JSON mapping with a ``method`` or ``merge_method`` key."""
+    try:
+        if p.stat().st_size > _MAX_RECIPE_BYTES:
+            return False
+        import yaml
+
+        d = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(d, dict) and ("method" in d or "merge_method" in d)
+
+
+def _identity(p) -> tuple[int, int] | None:
+    try:
+        st = os.stat(p)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _input_ids(inputs: Iterable) -> dict[tuple[int, int], object]:
+    """``{(st_dev, st_ino): input}`` for every existing input and, for a directory input,
+    every entry below it (a file of a model directory reached by a hard link is caught)."""
+    ids: dict[tuple[int, int], object] = {}
+    for inp in inputs:
+        i = _identity(inp)
+        if i is None:
+            continue
+        ids.setdefault(i, inp)
+        if os.path.isdir(inp):
+            for sub, dirs, files in os.walk(inp):
+                for n in [*dirs, *files]:
+                    j = _identity(os.path.join(sub, n))
+                    if j is not None:
+                        ids.setdefault(j, inp)
+    return ids
+
+
+def check_identity(out, inputs: Iterable) -> None:
+    """Refuse ``out`` when it, one of its existing ancestors or one of its descendants has
+    the identity ``(st_dev, st_ino)`` of an input or of an entry inside an input: aliases
+    that path comparison cannot see (bind mounts, hard links, a second mount of the same
+    filesystem) are caught. Raises :class:`OutputError` naming both."""
+    ids = _input_ids(inputs)
+    if not ids:
+        return
+    out = Path(os.path.abspath(os.path.expanduser(os.fspath(out))))
+    for anc in [out, *out.parents]:
+        hit = ids.get(_identity(anc)) if os.path.lexists(anc) else None
+        if hit is not None:
+            what = "is" if anc == out else "lies inside"
+            raise OutputError(f"output {out} {what} the input {hit} (the same file on disk, "
+                              "reached by another path); write the output elsewhere")
+    if os.path.isdir(out) and not os.path.islink(out):
+        for sub, dirs, files in os.walk(out):
+            for n in [*dirs, *files]:
+                hit = ids.get(_identity(os.path.join(sub, n)))
+                if hit is not None:
+                    raise OutputError(f"output {out} contains the input {hit} (as "
+                                      f"{os.path.join(sub, n)}); replacing it would delete "
+                                      "that input: choose an output outside the inputs")
 
 
 def resolve_under(root, name: str) -> Path:
@@ -368,6 +481,7 @@ class TempOutput:
             if self.kind == "dir":
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp / LOCK_NAME)  # fd keeps the lock; the PID rule covers us now
+                write_marker(tmp)  # --force may replace it later (and nothing else)
             _apply_umask(tmp, self.kind == "dir")
             if self.kind == "dir":  # writers such as safetensors create 0600 files
                 for sub, dirs, files in os.walk(tmp):
@@ -379,6 +493,7 @@ class TempOutput:
                 if not force:
                     raise OutputError(f"{out} appeared while writing; pass --force to replace "
                                       "it")
+                _check_replaceable(out, self.kind)  # re-checked: it may have changed
                 if self.kind == "file" and not out.is_dir():
                     os.replace(tmp, out)
                 elif _exchange(tmp, out):

@@ -197,6 +197,12 @@ class LoraAdapter:
             raise CheckpointError(
                 f"{cfg_path}: use_dora is set but the adapter holds no lora_magnitude_vector; "
                 "the file is incomplete")
+        self._check_ranks(cfg_path)
+
+    def _check_ranks(self, cfg_path: Path) -> None:
+        """Each module's ``lora_A [r, in]`` and ``lora_B [out, r]`` share ``r`` > 0, and that
+        ``r`` is the config's (``rank_pattern`` / ``r``): the scale ``lora_alpha / r`` uses
+        it. CheckpointError naming both numbers otherwise."""
         for name, mod in self.modules.items():
             a, b = self._file.info(mod.A).shape, self._file.info(mod.B).shape
             if len(b) != 2 or a[0] != b[1] or a[0] == 0:
@@ -204,6 +210,12 @@ class LoraAdapter:
                     f"{self._file.where()}: LoRA module {name!r} has lora_A {list(a)} and "
                     f"lora_B {list(b)}; expected A [r, in] and B [out, r] with the same r > 0 "
                     "(the adapter is corrupt)")
+            r = _pattern_value(self.config.get("rank_pattern"), name, self.config.get("r", 8))
+            if r != a[0]:
+                raise CheckpointError(
+                    f"{cfg_path}: r = {r} (the scale lora_alpha / r uses it) but LoRA module "
+                    f"{name!r} has rank {a[0]} (lora_A {list(a)}); the config does not "
+                    "belong to these weights: fix r (or rank_pattern) or re-save the adapter")
 
     def files(self) -> list[Path]:
         """The adapter directory and its weights file."""

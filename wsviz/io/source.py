@@ -186,3 +186,26 @@ def tensor_bytes_fingerprint(t: torch.Tensor) -> bytes:
     if t.dtype == torch.bfloat16:
         t = t.view(torch.int16)
     return hashlib.sha256(t.numpy().tobytes()).digest()
+
+
+def open_regular(path, what: str = "checkpoint file"):
+    """``open(path, "rb")`` for a regular file only: a FIFO, a device or a socket named like
+    a checkpoint is refused at once (opened non-blocking, then checked with ``fstat``)
+    instead of blocking forever. Raises :class:`CheckpointError` naming ``path``; other
+    ``OSError`` s propagate."""
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a directory"
+                    if stat.S_ISDIR(mode) else "a device or socket")
+            raise CheckpointError(f"{path}: is {kind}, not a regular file; wsviz reads a "
+                                  f"{what} only from a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

@@ -9,6 +9,7 @@ others into memory.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -16,9 +17,30 @@ import torch
 
 from wsviz.errors import CheckpointError
 from wsviz.io.memory import StateDictSource, check_state_dict
-from wsviz.io.source import file_fingerprint
+from wsviz.io.source import file_fingerprint, open_regular
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "params")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\\\)?")
+
+
+def refusal_reason(text: str, limit: int = 200) -> str:
+    """The sentence of torch's ``weights_only`` refusal that names what was blocked (e.g.
+    ``Trying to load unsupported GLOBAL posix.system whose module posix is blocked``), without
+    ANSI codes and whole (a sentence too long is cut at a word, marked with …); torch's
+    advice to retry with ``weights_only=False`` is never repeated."""
+    clean = _ANSI.sub("", text)
+    lines = [ln.strip() for ln in clean.splitlines() if ln.strip()]
+    keys = ("unsupported global", "unsupported operand", "blocked", "unpickling", "global")
+    pick = next((ln for k in keys for ln in lines if k in ln.lower()
+                 and "weights_only" not in ln), None)
+    if pick is None:
+        return "the unpickler met an object that is not a tensor"
+    pick = re.split(r"(?<=[.!?])\s", pick)[0].rstrip(".")  # its first sentence, whole
+    if len(pick) > limit:
+        pick = pick[:pick.rfind(" ", 0, limit)].rstrip(" ,;:") + " …"
+    return pick
 
 
 def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -28,15 +50,19 @@ def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     :class:`CheckpointError` naming the file when it is unreadable, holds non-tensor
     objects, or is not a mapping of names to tensors.
     """
-    mmap = zipfile.is_zipfile(path)
+    try:
+        with open_regular(path, "PyTorch checkpoint"):  # never a FIFO: it would block
+            pass
+        mmap = zipfile.is_zipfile(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{path}: refused to unpickle: it holds objects other than tensors ({first[:160]}). "
-            "wsviz never executes pickled code; re-save the weights with "
-            "torch.save(model.state_dict(), ...) or as .safetensors"
+            f"{path}: refused to unpickle: it holds objects other than tensors "
+            f"({refusal_reason(str(e))}). wsviz never executes pickled code; re-save the "
+            "weights with torch.save(model.state_dict(), ...) or as .safetensors"
         ) from None
     except Exception as e:  # noqa: BLE001 - any failure of a foreign file is a user error
         raise CheckpointError(

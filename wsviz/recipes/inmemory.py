@@ -23,6 +23,7 @@ from wsviz.recipes.engine import make_generator, merge_one
 from wsviz.recipes.needs import check_needs
 from wsviz.recipes.prepass import stats_for, whole_model_stats
 from wsviz.recipes.schedule import layer_positions
+from wsviz.textsafe import cap_list
 
 _LAZY = {"ranks": sp.magnitude_ranks, "asc_ranks": sp.ascending_ranks,
          "row_ranks": sp.row_ranks}
@@ -316,6 +317,9 @@ class InMemoryMerger:
         bases, caches = self._store(recipe.dtype)
         names = self.names if names is None else list(names)
         idx = self._index(recipe)
+        rebase = self._rebase(recipe)
+        if rebase is not None:
+            return self._merge_rebased(recipe, names, idx, rebase, bases, caches, out_dtype)
         full = idx == list(range(len(self.labels)))
         idx_t = torch.tensor([max(i, 0) for i in idx], device=self.device)
         base_rows = (torch.tensor([i < 0 for i in idx], device=self.device)
@@ -352,6 +356,46 @@ class InMemoryMerger:
         if order is not names:
             out = {n: out[n] for n in names}
         return out
+
+    def _rebase(self, recipe) -> int | None:
+        """Index of the model ``recipe.base`` names when that is not the model set's base
+        (None: the set's base, or no base). ``recipe.base`` may be a label or a checkpoint
+        path; RecipeError when it names nothing in the set."""
+        b = recipe.base
+        if b is None or b in ("base", getattr(self.modelset.base, "label", "base")):
+            return None
+        if b in self.labels:
+            return self.labels.index(b)
+        import os
+
+        want = os.path.realpath(os.path.expanduser(str(b)))
+        for lab, p in self.paths().items():
+            if os.path.realpath(p) == want:
+                return None if lab in ("base", self.modelset.base.label) else \
+                    self.labels.index(lab)
+        raise RecipeError(f"base {b!r} is not in the model set: name 'base' or one of its "
+                          f"models ({cap_list(self.labels)})")
+
+    def _merge_rebased(self, recipe, names, idx, rebase, bases, caches, out_dtype):
+        """mergekit's semantics for a recipe whose base is model ``rebase`` of the set: that
+        model's tensors are the base, every task vector is taken against it (``m - ft``, in
+        the compute dtype, as mergekit computes it — not re-based cached deltas)."""
+        if stats_for(recipe, self.names, self._t, len(idx)) is not None or recipe.spec.needs:
+            raise RecipeError(f"{recipe.method} with base {recipe.base!r} (a model, not the "
+                              "model set's base) is not merged in memory; merge it to disk "
+                              "(wsviz merge / merge_to_dir) or open a model set with that base")
+        gen = make_generator(recipe, self.device)
+        order = sorted(names) if gen is not None else list(names)
+        out = {}
+        for n in order:
+            if n not in caches:
+                raise RecipeError(f"tensor {n!r} is not cached by this merger")
+            stack = caches[n]["models"]  # [n_models, *shape], compute dtype
+            rows = [stack[i] if i >= 0 else bases[n] for i in idx]
+            models = torch.stack(rows) if rows else None
+            r = merge_one(recipe, n, self._t.get(n, 0.0), stack[rebase], models, generator=gen)
+            out[n] = r if out_dtype is None else r.to(out_dtype)
+        return {n: out[n] for n in names}
 
     def _model_stats(self, recipe, caches, idx, idx_t, full, base_rows) -> dict | None:
         """Whole-model statistics of ``recipe`` over every cached tensor (memoised per method,

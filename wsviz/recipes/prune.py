@@ -308,7 +308,7 @@ class PruneRecipe:
         file without ``force`` and any path that is or lies inside an input."""
         from wsviz.io.outputs import atomic_write, check_output
 
-        p = check_output(path, inputs, force=force, kind="file")
+        p = check_output(path, inputs, force=force, kind="recipe")
         text = self.to_json() + "\n" if p.suffix.lower() == ".json" else self.to_yaml()
         return atomic_write(p, lambda t: t.write_text(text), force=force)
 

@@ -434,6 +434,7 @@ class Recipe:
             raise RecipeError("not valid YAML: nested too deeply") from None
         if not isinstance(d, Mapping):
             raise RecipeError("a mergekit config is a YAML mapping")
+        d = {k: v for k, v in d.items() if k != "name"}  # a multi-stage stage's name: ignored
         _check_size(d)
         for key in ("dtype", "out_dtype"):
             if d.get(key) is not None and not isinstance(d[key], str):

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from wsviz.io.outputs import check_output, write_marker
 from wsviz.zoo.data import SEQ_LEN, TASKS, VOCAB_SIZE, load_digits_split, tokenize
 from wsviz.zoo.model import (
     ENCODER_PREFIX,
@@ -230,7 +231,18 @@ def build_zoo_into(
         "torch": torch.__version__,
     }
     (out / "zoo.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_marker(out)  # `zoo build --force` may replace it later
     return manifest
+
+
+def _is_built_zoo(root: Path) -> bool:
+    """A zoo directory built by an earlier wsviz (before outputs carried the marker): its
+    ``zoo.json`` is a wsviz-zoo manifest."""
+    try:
+        return (root.is_dir() and not root.is_symlink() and json.loads(
+            (root / "zoo.json").read_text()).get("format") == "wsviz-zoo")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def build_zoo(
@@ -245,6 +257,8 @@ def build_zoo(
     root = Path(root)
     if (root / "zoo.json").is_file() and not force:
         return json.loads((root / "zoo.json").read_text())
+    if os.path.lexists(root) and not _is_built_zoo(root):
+        check_output(root, force=True, hint="")  # only a zoo wsviz wrote, or an empty dir
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
     try:
