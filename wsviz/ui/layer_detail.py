@@ -13,6 +13,7 @@ from holoviews.operation.datashader import rasterize
 from panel.viewable import Viewer
 
 from wsviz.analysis.maps import CELL_RANGE_JS, view_shape
+from wsviz.ui.plot_style import READABLE, sig
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import submit_with_spinner
 from wsviz.ui.workspace import LayerDetailView
@@ -36,9 +37,12 @@ def spectra_plot(d: LayerDetailView):
         g = g[g["sigma"] > 0]
         dash = "dashed" if str(series).startswith("delta") else "solid"
         curves.append(hv.Curve(g, "index", "sigma", label=str(series)).opts(line_dash=dash))
+    # the legend below the data, in columns (long labels such as "delta ft-prose" would
+    # squeeze the plot from the side and overprint its x ticks)
     return hv.Overlay(curves).opts(
-        logy=True, title="Singular values (log scale)", legend_position="right",
-        responsive=True, height=320, xlabel="index i", ylabel="σ_i")
+        logy=True, title="Singular values (log scale)", legend_position="bottom",
+        legend_cols=min(3, len(curves)) or 1, responsive=True, height=360, xlabel="index i",
+        ylabel="σ_i", xticks=5, fontsize={"legend": 8}, **READABLE)
 
 
 def esd_plot(d: LayerDetailView, series: str | None = None):
@@ -71,10 +75,13 @@ def esd_plot(d: LayerDetailView, series: str | None = None):
                 xs = np.logspace(np.log10(xmin), np.log10(lam.max()), 50)
                 ys = (alpha - 1) / xmin * (xs / xmin) ** (-alpha) * (tail.size / lam.size)
                 layers.append(hv.Curve((xs, ys), kdims=["λ = σ²"], vdims=["density"],
-                                       label=f"power law α={alpha:.2f}").opts(color="red"))
-                title += f" — α = {alpha:.2f}, λ_min = {xmin:.3g}"
+                                       label=f"power law α={sig(alpha, 3)}, "
+                                             f"λ ≥ {sig(xmin, 3)}").opts(color="red"))
+                title += f": α = {sig(alpha, 3)}"
+    # short title (the fit's λ_min is in the legend), legend below the data
     return hv.Overlay(layers).opts(logx=True, logy=True, title=title, responsive=True,
-                                   height=320, legend_position="top_right")
+                                   height=360, legend_position="bottom", legend_cols=2,
+                                   fontsize={"legend": 8, "title": 10}, **READABLE)
 
 
 def delta_hist_plot(d: LayerDetailView):
@@ -86,7 +93,9 @@ def delta_hist_plot(d: LayerDetailView):
         hists.append(hv.Histogram((edges, g["count"].to_numpy()), kdims=["Δ value"],
                                   vdims=["count"], label=str(series)).opts(alpha=0.45))
     return hv.Overlay(hists).opts(title="Histogram of delta values", responsive=True,
-                                  height=320, legend_position="top_right")
+                                  height=360, legend_position="bottom",
+                                  legend_cols=min(3, len(hists)) or 1, xticks=5,
+                                  fontsize={"legend": 8}, **READABLE)
 
 
 def matrix_plot(arr: np.ndarray, title: str, cmap: str = "RdBu_r", symmetric: bool = True,
@@ -120,7 +129,8 @@ def matrix_plot(arr: np.ndarray, title: str, cmap: str = "RdBu_r", symmetric: bo
         f" — {mode} to {h}×{w}, a cell ≈ {rows / h:.3g}×{cols / w:.3g}")
     opts = dict(cmap=cmap, colorbar=True, clim=clim, responsive=True, height=360,
                 title=f"{title} [{rows}×{cols}]{how}", invert_yaxis=True, shared_axes=False,
-                xlim=(0, cols), ylim=(0, rows))
+                xlim=(0, cols), ylim=(0, rows), xticks=5, yticks=5, fontsize={"title": 10},
+                **READABLE)
     if h * w > RASTERIZE_CELLS:
         return rasterize(img, aggregator="mean").opts(tools=["hover"], **opts)
     fmt = {axis: CustomJSHover(args=dict(n=n, m=m, mode=mode), code=CELL_RANGE_JS)
@@ -136,10 +146,16 @@ def agreement_plot(agreement: pd.DataFrame):
     df.columns = df.columns.astype(str)
     long = df.stack().rename("agreement").reset_index()
     long.columns = ["a", "b", "agreement"]
-    return hv.HeatMap(long, ["a", "b"], "agreement").opts(
-        cmap="RdBu", clim=(0, 1), colorbar=True, tools=["hover"], height=320, responsive=True,
-        title="Pairwise sign agreement", xrotation=45) * hv.Labels(
-        long.assign(txt=long["agreement"].map("{:.2f}".format)), ["a", "b"], "txt")
+    # a fixed size per cell (>= 60 px: room for its "0.51"), labels sized to the cell
+    n = len(df)
+    cell = max(60, min(90, 480 // max(1, n)))
+    longest = max((len(str(x)) for x in df.index), default=1)
+    return (hv.HeatMap(long, ["a", "b"], "agreement").opts(
+        cmap="RdBu", clim=(0, 1), colorbar=True, tools=["hover"], xrotation=45,
+        title="Pairwise sign agreement", xlabel="", ylabel="", fontsize={"title": 10},
+        ) * hv.Labels(long.assign(txt=long["agreement"].map("{:.2f}".format)), ["a", "b"],
+                      "txt").opts(text_font_size="9pt")).opts(
+        width=cell * n + 7 * longest + 120, height=cell * n + 6 * longest + 70, **READABLE)
 
 
 def intruder_table(d: LayerDetailView):
@@ -174,7 +190,7 @@ class LayerDetail(Viewer):
         self._hist = pn.pane.HoloViews(None, sizing_mode="stretch_width")
         self._matrix = pn.pane.HoloViews(None, sizing_mode="stretch_width")
         self._conflict = pn.pane.HoloViews(None, sizing_mode="stretch_width")
-        self._agree = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._agree = pn.pane.HoloViews(None)  # fixed size per cell (agreement_plot)
         self._intruders = pn.Column(sizing_mode="stretch_width")
         self._spinner = pn.indicators.LoadingSpinner(value=False, size=24)
         session.param.watch(self._load, "layer")
@@ -249,8 +265,8 @@ class LayerDetail(Viewer):
                     pn.widgets.Select.from_param(self.param.matrix_of, name="Matrix",
                                                  width=240),
                     self._matrix, sizing_mode="stretch_width")),
-                ("Sign conflicts", pn.Row(self._conflict, self._agree,
-                                          sizing_mode="stretch_width")),
+                ("Sign conflicts", pn.Column(self._conflict, self._agree,
+                                             sizing_mode="stretch_width")),
                 ("Intruders", self._intruders),
                 dynamic=True, sizing_mode="stretch_width",
             ),

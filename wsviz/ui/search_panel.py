@@ -22,6 +22,7 @@ from panel.viewable import Viewer
 
 from wsviz.eval.metrics import MetricSpec
 from wsviz.search.pareto import pareto_mask
+from wsviz.ui.plot_style import READABLE
 from wsviz.ui.session import Session
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "map", "cmaes")
@@ -270,7 +271,8 @@ class SearchPanel(Viewer):
             color="kind", cmap=KIND_COLORS, size=10, tools=["hover", "tap"], responsive=True,
             height=360, nonselection_alpha=0.6, title=title, framewise=True,
             xlabel=f"{self._x.value or 'task'}: {m.label}",
-            ylabel=f"{self._y.value or 'task'}: {m.label}")
+            ylabel=f"{self._y.value or 'task'}: {m.label}", legend_position="bottom",
+            legend_cols=3, **READABLE)  # legend off the points
         return pts
 
     def _front_el(self, data: pd.DataFrame):
