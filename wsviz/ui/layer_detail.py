@@ -99,7 +99,8 @@ def delta_hist_plot(d: LayerDetailView):
 
 
 def matrix_plot(arr: np.ndarray, title: str, cmap: str = "RdBu_r", symmetric: bool = True,
-                shape: tuple[int, ...] | None = None, mode: str = "strided", key: str = "matrix"):
+                shape: tuple[int, ...] | None = None, mode: str = "strided", key: str = "matrix",
+                label: str = "value"):
     """Image of a 2-D array on the axes of the tensor it shows: ``shape`` is the tensor's
     shape (its ``[rows, cols]`` view, see :func:`wsviz.analysis.maps.view_shape`; default
     the array's own), so a down-sampled map still spans rows ``0..rows`` and columns
@@ -107,7 +108,7 @@ def matrix_plot(arr: np.ndarray, title: str, cmap: str = "RdBu_r", symmetric: bo
     covers (``mode`` "strided" for sampled matrices, "pooled" for block averages).
     ``key`` names the axes' dimensions so that two maps never share (link) their axes.
     Symmetric colour limits unless ``symmetric=False``; rasterized by datashader when the
-    array is larger than :data:`RASTERIZE_CELLS`."""
+    array is larger than :data:`RASTERIZE_CELLS`. ``label`` titles the colour bar."""
     arr = np.asarray(arr, dtype=float)
     if arr.ndim == 1:
         arr = arr[None, :]
@@ -124,7 +125,7 @@ def matrix_plot(arr: np.ndarray, title: str, cmap: str = "RdBu_r", symmetric: bo
     ydim = hv.Dimension(f"{key}_row", label="row")
     # array row 0 at y in [0, rows/h): Image puts its first array row at the top, so flip
     # the array and invert the axis (row 0 drawn at the top, y = real row index)
-    img = hv.Image(arr[::-1], bounds=(0, 0, cols, rows), kdims=[xdim, ydim], vdims=["v"])
+    img = hv.Image(arr[::-1], bounds=(0, 0, cols, rows), kdims=[xdim, ydim], vdims=[hv.Dimension("v", label=label)])
     how = "" if (h, w) == (rows, cols) else (
         f" — {mode} to {h}×{w}, a cell ≈ {rows / h:.3g}×{cols / w:.3g}")
     opts = dict(cmap=cmap, colorbar=True, clim=clim, responsive=True, height=360,
@@ -230,7 +231,8 @@ class LayerDetail(Viewer):
         if d.sign_conflict is not None:
             self._conflict.object = matrix_plot(
                 d.sign_conflict, "Sign-conflict map (fraction disagreeing)", cmap="magma",
-                symmetric=False, shape=d.shape, mode="pooled", key="conflict")
+                symmetric=False, shape=d.shape, mode="pooled", key="conflict",
+                label="fraction disagreeing")
         else:
             self._conflict.object = _note(d, "sign_conflict", "No sign-conflict map.")
         self._agree.object = (agreement_plot(d.agreement) if d.agreement is not None
@@ -243,7 +245,8 @@ class LayerDetail(Viewer):
             return
         if self.matrix_of and self.matrix_of in d.matrix:
             self._matrix.object = matrix_plot(d.matrix[self.matrix_of], self.matrix_of,
-                                              shape=d.shape, mode="strided", key="matrix")
+                                              shape=d.shape, mode="strided", key="matrix",
+                                              label=self.matrix_of)
         else:
             self._matrix.object = _note(d, "matrix", "No matrix view (1-D tensor).")
 
@@ -258,7 +261,7 @@ class LayerDetail(Viewer):
             pn.Tabs(
                 ("Spectra", pn.Column(
                     pn.widgets.Select.from_param(self.param.esd_of, name="ESD of", width=220),
-                    pn.Row(self._spectra, self._esd, sizing_mode="stretch_width"),
+                    self._spectra, self._esd,  # stacked: each gets the full width
                     sizing_mode="stretch_width")),
                 ("Δ histogram", self._hist),
                 ("Matrix", pn.Column(

@@ -126,7 +126,9 @@ class MergeTuner(Viewer):
         front = hv.DynamicMap(self._front_el, streams=[self._history_pipe])
         self._selection = hv.streams.Selection1D(source=points)
         self._selection.add_subscriber(self._on_history_tap)
-        self._history_pane = pn.pane.HoloViews(points * front, sizing_mode="stretch_width")
+        # the wheel setting is the overlay's (its hooks run after the elements')
+        self._history_pane = pn.pane.HoloViews((points * front).opts(**READABLE),
+                                               sizing_mode="stretch_width")
         self._busy = pn.indicators.LoadingSpinner(value=False, size=24)
         self._refresh = pn.widgets.Button(name="Re-evaluate", button_type="default", width=120)
         self._refresh.on_click(lambda e: self.request())
@@ -383,7 +385,8 @@ class MergeTuner(Viewer):
             xlabel=spec.labelled(f"mean {spec.name}"),
             ylabel=spec.labelled(f"worst-task {spec.name}"),
             xlim=rng or (None, None), ylim=rng or (None, None), framewise=True,
-            legend_position="bottom", legend_cols=2, **READABLE)  # legend off the points
+            legend_position="bottom", legend_cols=2, fontsize={"labels": 9},
+            **READABLE)  # legend off the points, axis labels that fit
         return pts
 
     def _front_el(self, data: pd.DataFrame):

@@ -294,7 +294,7 @@ class Overview(Viewer):
             streams=[self._outline])
         self._grid_tap = hv.streams.Tap(source=cells, x=None, y=None)
         self._grid_tap.add_subscriber(self._on_grid_tap)
-        self._grid.object = cells * outline
+        self._grid.object = (cells * outline).opts(**READABLE)
 
     def _redraw_grid(self, *_):
         if (self._updating or self.session.table is None or not self.layout.has_blocks

@@ -94,3 +94,49 @@ def _colour_dim(plot, element) -> str | None:
 
 #: ``.opts(**READABLE)`` on every figure of the dashboard
 READABLE = dict(hooks=[readable_hook])
+
+
+#: ``CustomJSTransform`` code: a categorical x (``xs``) moved by the ``off`` column of ``src``
+#: (fractions of a category's width), so points of one category sit side by side
+DODGE_JS = "return xs.map((x, i) => r.synthetic(x) + (src.data.off ? src.data.off[i] : 0));"
+
+
+def dodge_offsets(keys, width: float = 0.5) -> list[float]:
+    """Offsets (fractions of a category) spreading the rows of each key side by side:
+    ``k`` rows sharing a key get ``width · (i - (k-1)/2) / k`` for ``i = 0..k-1``."""
+    keys = list(keys)
+    counts: dict = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    seen: dict = {}
+    out = []
+    for k in keys:
+        i = seen.get(k, 0)
+        seen[k] = i + 1
+        n = counts[k]
+        out.append(width * (i - (n - 1) / 2) / n)
+    return out
+
+
+def dodge_hook(plot, element) -> None:
+    """HoloViews bokeh hook for a Scatter on a categorical x axis with an ``off`` column
+    (:func:`dodge_offsets`): each point is drawn at its category plus its offset, so
+    reference values of one task do not hide each other."""
+    from bokeh.models import CustomJSTransform
+
+    renderer = plot.handles.get("glyph_renderer")
+    if renderer is None or "off" not in renderer.data_source.data:
+        return
+    glyph = renderer.glyph
+    x = glyph.x
+    if isinstance(x, str):
+        field, current = x, None
+    elif isinstance(x, dict):
+        field, current = x.get("field"), x.get("transform")
+    else:
+        field, current = getattr(x, "field", None), getattr(x, "transform", None)
+    if not field or isinstance(current, CustomJSTransform):
+        return  # not a column, or already dodged
+    transform = CustomJSTransform(args=dict(r=plot.state.x_range, src=renderer.data_source),
+                                  v_func=DODGE_JS)
+    glyph.x = {"field": field, "transform": transform}

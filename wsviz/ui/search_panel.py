@@ -89,7 +89,8 @@ class SearchPanel(Viewer):
         front = hv.DynamicMap(self._front_el, streams=[self._pipe])
         self._tap = hv.streams.Selection1D(source=points)
         self._tap.add_subscriber(self._on_tap)
-        self._plot = pn.pane.HoloViews(points * front, sizing_mode="stretch_width")
+        self._plot = pn.pane.HoloViews((points * front).opts(**READABLE),
+                                       sizing_mode="stretch_width")
         self._detail = pn.pane.Markdown("*click a point to load its recipe*",
                                         css_classes=["wsviz-search-selected"],
                                         sizing_mode="stretch_width")

@@ -118,11 +118,13 @@ class TaskMap(Viewer):
                     cmap="Category10", show_legend=False)
         a, b = dims
         pts_el = hv.Points(pts, [a, b], ["model"]).opts(**opts, title=f"{name}: {self.group}")
-        # labels centred above their point, inside ranges padded for the longest label
+        # labels centred above their point (clear of the marker), inside ranges padded for
+        # the longest label
+        ylim = label_range(pts[b], None, 0.25)
         pane.object = (pts_el * hv.Labels(pts, [a, b], "model").opts(
             text_font_size="9pt", text_align="center", text_baseline="bottom",
-            yoffset=0.0)).opts(xlim=label_range(pts[a], pts["model"]),
-                               ylim=label_range(pts[b], None, 0.25), **READABLE)
+            yoffset=0.06 * (ylim[1] - ylim[0]))).opts(
+            xlim=label_range(pts[a], pts["model"]), ylim=ylim, **READABLE)
 
     def _show_cos(self, cos: pd.DataFrame):
         df = cos.copy()
@@ -130,12 +132,12 @@ class TaskMap(Viewer):
         df.columns = df.columns.astype(str)
         long = df.stack().rename("cos").reset_index()
         long.columns = ["a", "b", "cos"]
-        self._cos.object = hv.HeatMap(long, ["a", "b"], "cos").opts(
+        self._cos.object = (hv.HeatMap(long, ["a", "b"], "cos").opts(
             cmap="RdBu_r", clim=(-1, 1), colorbar=True, tools=["hover"], height=360,
             responsive=True, title="Task-vector cosine similarity (whole model)",
-            xrotation=45, **READABLE) * hv.Labels(
+            xrotation=45) * hv.Labels(
                 long.assign(t=long["cos"].map("{:.2f}".format)), ["a", "b"], "t").opts(
-                text_font_size="9pt")
+                text_font_size="9pt", text_color="black")).opts(**READABLE)
 
     def __panel__(self):
         if self.autostart:

@@ -121,9 +121,10 @@ def layer_plot(frame: pd.DataFrame, col: str, x: str = "order",
     ylim = (-0.03, 1.03) if col in ("kept", "elected_away") else (None, None)  # shares
     # explicit x limits: switching tensor -> block view (another x dimension) must not keep
     # the previous view's range
+    # (a dimension range: a DynamicMap re-reads it on every frame, unlike xlim)
     return (lines * dots).opts(title=title, ylabel=ylabel, xlabel=xlabel, responsive=True,
                                height=200, framewise=True, ylim=ylim,
-                               xlim=x_range(d[x]), **READABLE)
+                               **READABLE).redim.range(**{x: x_range(d[x])})
 
 
 def layer_plots(frame: pd.DataFrame, x: str = "order", xlabel: str = "tensor (by depth)",

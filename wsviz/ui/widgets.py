@@ -16,7 +16,7 @@ from panel.viewable import Viewer
 from wsviz.errors import RecipeError
 from wsviz.eval.metrics import FRACTION, KNOWN, MetricSpec
 from wsviz.ui.param_grid import check_value, range_text, slider_grid, tidy
-from wsviz.ui.plot_style import READABLE
+from wsviz.ui.plot_style import READABLE, dodge_hook, dodge_offsets
 from wsviz.ui.workspace import ParamView
 
 
@@ -342,10 +342,13 @@ def metrics_plot(metrics: dict[str, float], refs: dict[str, dict[str, float]], t
     rows = [{"task": t, "metric": float(refs[k][t]), "reference": k}
             for k in fts for t in metrics if t in refs[k]]
     ft_df = pd.DataFrame(rows, columns=["task", "metric", "reference"])
+    ft_df["off"] = dodge_offsets(ft_df["task"])  # side by side within their task
     cmap = {k: FT_PALETTE[i % len(FT_PALETTE)] for i, k in enumerate(fts)} or {"": "black"}
-    layers.append(hv.Scatter(ft_df, "task", ["metric", "reference"],
+    layers.append(hv.Scatter(ft_df, "task", ["metric", "reference", "off"],
                              label="fine-tunes" if len(ft_df) else "").opts(
-        color="reference", cmap=cmap, marker="circle", size=10, tools=["hover"]))
+        color="reference", cmap=cmap, marker="circle", size=10, tools=["hover"],
+        hover_tooltips=[("reference", "@reference"), ("task", "@task"),
+                        ("metric", "@metric")], hooks=[dodge_hook]))
     values = [*df["metric"], *(v for r in refs.values() for t, v in r.items() if t in metrics)]
     ylim = (None, None)
     if spec.unit == FRACTION and spec.hi is not None and values:  # bars start at 0
