@@ -11,6 +11,7 @@ import subprocess
 
 import numpy as np
 import pandas as pd
+import param
 import pytest
 import torch
 from bokeh.document import Document
@@ -228,5 +229,23 @@ def test_refused_value_message_cleared_by_a_later_valid_edit(ws):
     assert d.error == "" and not d._msg.visible
     d.type_value(-2)
     assert d._msg.visible
-    d.slider.value_throttled = 0.3  # a slider release
+    with param.edit_constant(d.slider):  # a slider release, as the browser sends it
+        d.slider.value_throttled = 0.3
     assert not d._msg.visible and d.value == 0.3
+
+
+def test_live_bars_follow_each_evaluation_and_keep_the_wheel_off():
+    """LiveBars updates in place: the y range follows every evaluation (it used to keep the
+    first frame's range), never below perplexity's floor, and no update re-activates the
+    wheel zoom."""
+    from wsviz.ui.widgets import LiveBars
+
+    refs: dict = {}
+    bars = LiveBars(lambda: refs, label="pruned", spec_getter=lambda: KNOWN["perplexity"])
+    bars.update({"story": 130.0}, "first")
+    fig = figure(bars.pane)
+    assert 100 < fig.y_range.start < 130 < fig.y_range.end < 160
+    refs.update({"pretrained": {"story": 3.0}, "ft:ft-prose": {"story": 150.0}})
+    bars.update({"story": 10.0}, "second")
+    assert 1.0 <= fig.y_range.start <= 3.0 and fig.y_range.end >= 150.0
+    assert fig.toolbar.active_scroll is None

@@ -13,7 +13,7 @@ from holoviews.operation.datashader import rasterize
 from panel.viewable import Viewer
 
 from wsviz.analysis.maps import CELL_RANGE_JS, view_shape
-from wsviz.ui.plot_style import READABLE, sig
+from wsviz.ui.plot_style import READABLE, cell_labels, sig
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import submit_with_spinner
 from wsviz.ui.workspace import LayerDetailView
@@ -154,8 +154,8 @@ def agreement_plot(agreement: pd.DataFrame):
     return (hv.HeatMap(long, ["a", "b"], "agreement").opts(
         cmap="RdBu", clim=(0, 1), colorbar=True, tools=["hover"], xrotation=45,
         title="Pairwise sign agreement", xlabel="", ylabel="", fontsize={"title": 10},
-        ) * hv.Labels(long.assign(txt=long["agreement"].map("{:.2f}".format)), ["a", "b"],
-                      "txt").opts(text_font_size="9pt")).opts(
+        ) * cell_labels(long, ["a", "b"], "agreement",
+                        (long["agreement"] - 0.5).abs() > 0.3)).opts(
         width=cell * n + 7 * longest + 120, height=cell * n + 6 * longest + 70, **READABLE)
 
 

@@ -27,7 +27,7 @@ from wsviz.analysis.blocks import (
     module_profiles,
     reduce_models,
 )
-from wsviz.ui.plot_style import READABLE
+from wsviz.ui.plot_style import READABLE, READABLE_NO_PAN
 from wsviz.ui.session import Session
 
 # Metrics shown first when present (the rest follow in table order).
@@ -218,12 +218,12 @@ class Overview(Viewer):
         self._heat_pipe = hv.streams.Pipe(data=empty)
 
         def heatmap(data):
-            vdims = [hv.Dimension("score", label="score (scaled per metric)"), "value"]
+            vdims = [hv.Dimension("score", label="scaled score"), "value"]
             return hv.HeatMap(data, kdims=["metric", "layer"], vdims=vdims).opts(
                 cmap="viridis", colorbar=True, tools=["hover", "tap"], xrotation=45,
                 invert_yaxis=True, responsive=True, height=height, clim=(0, 1), title=title,
                 toolbar="above", default_tools=["save", "reset"], framewise=True, **NO_FADE,
-                selection_line_color="red", selection_line_width=3, **READABLE)
+                selection_line_color="red", selection_line_width=3, **READABLE_NO_PAN)
 
         hm = hv.DynamicMap(heatmap, streams=[self._heat_pipe])
         self._tap = hv.streams.Tap(source=hm, x=None, y=None)
@@ -283,7 +283,7 @@ class Overview(Viewer):
                 xlabel="module", ylabel="block",
                 title=f"Depth × module ({len(blocks)} blocks)", toolbar="above",
                 default_tools=["save", "reset"], fontsize={"title": 10}, shared_axes=False,
-                framewise=True, **READABLE)
+                framewise=True, **READABLE_NO_PAN)
             self._cells = rects
             return rects
 
@@ -294,7 +294,7 @@ class Overview(Viewer):
             streams=[self._outline])
         self._grid_tap = hv.streams.Tap(source=cells, x=None, y=None)
         self._grid_tap.add_subscriber(self._on_grid_tap)
-        self._grid.object = (cells * outline).opts(**READABLE)
+        self._grid.object = (cells * outline).opts(**READABLE_NO_PAN)
 
     def _redraw_grid(self, *_):
         if (self._updating or self.session.table is None or not self.layout.has_blocks

@@ -1,7 +1,8 @@
 """Plot options shared by the dashboard's figures, so that each is readable on a real model.
 
 - The mouse wheel scrolls the page: no scroll tool is active when a figure is drawn (the
-  toolbar still offers wheel zoom, one click away) — :func:`readable_hook`.
+  toolbar still offers wheel zoom, one click away, and a DynamicMap update keeps the
+  user's choice) — :func:`readable_hook` with ``active_tools=["pan"]``.
 - Hover numbers keep 4 significant digits (``0.001634``, ``1.235e+05``), so neighbouring
   cells with values 0.0016 … 0.0023 stay apart — :data:`SIG_JS`, :func:`sig`.
 - A colour bar is titled with its colour dimension's label (the metric), also when a
@@ -92,8 +93,13 @@ def _colour_dim(plot, element) -> str | None:
     return dim.pprint_label if dim is not None else None
 
 
-#: ``.opts(**READABLE)`` on every figure of the dashboard
-READABLE = dict(hooks=[readable_hook])
+#: ``.opts(**READABLE)`` on every figure of the dashboard (on an overlay, not its layers: the
+#: overlay sets the active tools after its layers' hooks ran). ``active_tools=["pan"]``: on
+#: every update HoloViews activates pan only and leaves the scroll tool as the user set it
+#: (its default would re-activate wheel zoom); figures without a pan tool use
+#: :data:`READABLE_NO_PAN`.
+READABLE = dict(active_tools=["pan"], hooks=[readable_hook])
+READABLE_NO_PAN = dict(active_tools=[], hooks=[readable_hook])
 
 
 #: ``CustomJSTransform`` code: a categorical x (``xs``) moved by the ``off`` column of ``src``
@@ -140,3 +146,30 @@ def dodge_hook(plot, element) -> None:
     transform = CustomJSTransform(args=dict(r=plot.state.x_range, src=renderer.data_source),
                                   v_func=DODGE_JS)
     glyph.x = {"field": field, "transform": transform}
+
+
+def y_range_hook(plot, element) -> None:
+    """HoloViews bokeh hook: the figure's y range = the range of the y dimension (first value
+    dimension) of ``element`` or of its first layer, when both ends are set — on every
+    frame of a DynamicMap (whose overlay ``ylim`` applies to the first frame only)."""
+    layers = list(element.values()) if hasattr(element, "values") and not hasattr(
+        element, "vdims") else [element]
+    for layer in layers:
+        if getattr(layer, "vdims", None):
+            lo, hi = layer.vdims[0].range
+            if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+                plot.state.y_range.update(start=float(lo), end=float(hi))
+            return
+
+
+def cell_labels(frame, kdims: list[str], col: str, dark, fmt: str = "{:.2f}"):
+    """Value labels (``fmt``) of heatmap cells: white on the cells where the boolean mask
+    ``dark`` holds, black elsewhere, so every number stays readable on its colour."""
+    import holoviews as hv
+
+    text = frame.assign(txt=frame[col].map(fmt.format))
+    dark = list(dark)
+    on_dark = text[dark] if len(text) else text
+    on_light = text[[not d for d in dark]] if len(text) else text
+    return (hv.Labels(on_light, kdims, "txt").opts(text_font_size="9pt", text_color="black")
+            * hv.Labels(on_dark, kdims, "txt").opts(text_font_size="9pt", text_color="white"))

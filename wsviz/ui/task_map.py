@@ -10,7 +10,7 @@ import panel as pn
 import param
 from panel.viewable import Viewer
 
-from wsviz.ui.plot_style import READABLE
+from wsviz.ui.plot_style import READABLE, cell_labels
 from wsviz.ui.session import Session
 
 WHOLE = "whole model"
@@ -135,9 +135,8 @@ class TaskMap(Viewer):
         self._cos.object = (hv.HeatMap(long, ["a", "b"], "cos").opts(
             cmap="RdBu_r", clim=(-1, 1), colorbar=True, tools=["hover"], height=360,
             responsive=True, title="Task-vector cosine similarity (whole model)",
-            xrotation=45) * hv.Labels(
-                long.assign(t=long["cos"].map("{:.2f}".format)), ["a", "b"], "t").opts(
-                text_font_size="9pt", text_color="black")).opts(**READABLE)
+            xrotation=45) * cell_labels(long, ["a", "b"], "cos", long["cos"].abs() > 0.6)
+            ).opts(**READABLE)
 
     def __panel__(self):
         if self.autostart:

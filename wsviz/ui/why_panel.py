@@ -107,24 +107,26 @@ def layer_plot(frame: pd.DataFrame, col: str, x: str = "order",
     key = "layer" if "layer" in frame else "block"
     d = frame.drop_duplicates(x).assign(model="merged") if col == "merged_norm" else frame
     extra = [] if key == x else [key]
-    d = d[[x, col, "model", *extra]]
+    # one x dimension ("pos", labelled per view) whatever ``x`` is: HoloViews keys a plot's
+    # ranges by dimension, so a new dimension name would keep the previous view's x range
+    pos = hv.Dimension("pos", label=xlabel)
+    d = d.assign(pos=d[x])[["pos", col, "model", *extra]]
     colors = colors or model_colors(dict.fromkeys(d["model"]))
-    paths = [{x: g[x].to_numpy(), col: g[col].to_numpy(), "model": str(m)}
+    paths = [{"pos": g["pos"].to_numpy(), col: g[col].to_numpy(), "model": str(m)}
              for m, g in d.groupby("model", sort=False)]
     if not paths:  # nothing computed yet (e.g. the tab shown before the first anatomy)
-        paths = [{x: np.zeros(1), col: np.full(1, np.nan), "model": ""}]
-    lines = hv.Path(paths, [x, col], vdims=["model"]).opts(
-        color="model", cmap=colors, line_width=1.5, show_legend=False)
-    dots = hv.Scatter(d.astype({"model": str}), x, [col, "model", *extra]).opts(
+        paths = [{"pos": np.zeros(1), col: np.full(1, np.nan), "model": ""}]
+    lines = hv.Path(paths, [pos, col], vdims=["model"]).opts(
+        color="model", cmap=colors, line_width=1.5, show_legend=False, framewise=True)
+    dots = hv.Scatter(d.astype({"model": str}), pos, [col, "model", *extra]).opts(
         color="model", cmap=colors, size=5, tools=["hover"], show_legend=col == "kept",
-        legend_position="right")
+        legend_position="right", framewise=True)
     ylim = (-0.03, 1.03) if col in ("kept", "elected_away") else (None, None)  # shares
-    # explicit x limits: switching tensor -> block view (another x dimension) must not keep
-    # the previous view's range
-    # (a dimension range: a DynamicMap re-reads it on every frame, unlike xlim)
+    # x limits around the points of this view (a dimension range, re-read on every frame:
+    # framewise must be set on the elements, the overlay's own setting is not enough)
     return (lines * dots).opts(title=title, ylabel=ylabel, xlabel=xlabel, responsive=True,
                                height=200, framewise=True, ylim=ylim,
-                               **READABLE).redim.range(**{x: x_range(d[x])})
+                               **READABLE).redim.range(pos=x_range(d["pos"]))
 
 
 def layer_plots(frame: pd.DataFrame, x: str = "order", xlabel: str = "tensor (by depth)",

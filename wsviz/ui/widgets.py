@@ -16,7 +16,7 @@ from panel.viewable import Viewer
 from wsviz.errors import RecipeError
 from wsviz.eval.metrics import FRACTION, KNOWN, MetricSpec
 from wsviz.ui.param_grid import check_value, range_text, slider_grid, tidy
-from wsviz.ui.plot_style import READABLE, dodge_hook, dodge_offsets
+from wsviz.ui.plot_style import dodge_hook, dodge_offsets, readable_hook, y_range_hook
 from wsviz.ui.workspace import ParamView
 
 
@@ -98,7 +98,9 @@ class ParamEntry(Viewer):
         self._sync = False
         self.slider.param.watch(self._on_drag, "value")
         self.slider.param.watch(self._on_release, "value_throttled")
-        self.input.param.watch(self._on_typed, "value")
+        # every typed value counts, also one equal to the current value (after a refusal the
+        # browser may still show the refused one): it clears the refusal message
+        self.input.param.watch(self._on_typed, "value", onlychanged=False)
         self.param.watch(self._on_value, "value")
         self.param.watch(self.clear_error, "value")  # a new value, however set: no stale error
         self.param.watch(self._on_fallback, "fallback")
@@ -357,8 +359,12 @@ def metrics_plot(metrics: dict[str, float], refs: dict[str, dict[str, float]], t
     elif values:  # unbounded (perplexity ~ 130 for every merge): zoom on the values,
         lo, hi = padded_range(values, 0.25)  # never below the metric's natural floor
         ylim = (lo if spec.lo is None else max(lo, spec.lo), hi)
-    return hv.Overlay(layers).opts(responsive=True, height=320, title=title, ylim=ylim,
-                                   legend_position="right", ylabel=spec.label, **READABLE)
+    plot = hv.Overlay(layers).opts(responsive=True, height=320, title=title, ylim=ylim,
+                                   legend_position="right", ylabel=spec.label,
+                                   active_tools=["pan"], hooks=[readable_hook, y_range_hook])
+    # the y range travels as the metric's dimension range, which y_range_hook applies on
+    # every update of a DynamicMap (LiveBars): an overlay's ylim is read on its first frame
+    return plot.redim.range(metric=ylim) if ylim != (None, None) else plot
 
 
 class LiveBars:
