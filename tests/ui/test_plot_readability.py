@@ -249,3 +249,16 @@ def test_live_bars_follow_each_evaluation_and_keep_the_wheel_off():
     bars.update({"story": 10.0}, "second")
     assert 1.0 <= fig.y_range.start <= 3.0 and fig.y_range.end >= 150.0
     assert fig.toolbar.active_scroll is None
+
+
+def test_reference_dots_side_by_side_off_the_dashes():
+    from wsviz.ui.plot_style import dodge_offsets
+
+    off = dodge_offsets(["story"] * 3 + ["code"])
+    assert len(set(off[:3])) == 3 and 0.0 not in off  # apart, and off the centre dashes
+    assert off[3] != 0.0 and all(abs(o) <= 0.3 for o in off)
+    spec = KNOWN["perplexity"]
+    refs = {f"ft:{n}": {"story": 30.0} for n in FTS}
+    fig = figure(metrics_plot({"story": 35.0}, refs, "t", spec=spec))
+    (dots,) = [r for r in fig.renderers if "off" in r.data_source.data]
+    assert dots.glyph.x.transform is not None  # drawn at task + offset

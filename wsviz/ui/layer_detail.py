@@ -81,6 +81,7 @@ def esd_plot(d: LayerDetailView, series: str | None = None):
     # short title (the fit's λ_min is in the legend), legend below the data
     return hv.Overlay(layers).opts(logx=True, logy=True, title=title, responsive=True,
                                    height=360, legend_position="bottom", legend_cols=2,
+                                   xticks=3,  # under a decade: linear ticks, crowded
                                    fontsize={"legend": 8, "title": 10}, **READABLE)
 
 

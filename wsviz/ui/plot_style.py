@@ -107,9 +107,11 @@ READABLE_NO_PAN = dict(active_tools=[], hooks=[readable_hook])
 DODGE_JS = "return xs.map((x, i) => r.synthetic(x) + (src.data.off ? src.data.off[i] : 0));"
 
 
-def dodge_offsets(keys, width: float = 0.5) -> list[float]:
-    """Offsets (fractions of a category) spreading the rows of each key side by side:
-    ``k`` rows sharing a key get ``width · (i - (k-1)/2) / k`` for ``i = 0..k-1``."""
+def dodge_offsets(keys, width: float = 0.6) -> list[float]:
+    """Offsets (fractions of a category) spreading the rows of each key side by side and
+    off the category's centre (where the reference dashes are drawn): the ``k`` rows of a
+    key take the first ``k`` of ``m`` evenly spaced slots over ``[-width/2, width/2]``
+    (``m = k`` for even ``k``, ``k + 1`` for odd ``k``, so no slot is at 0)."""
     keys = list(keys)
     counts: dict = {}
     for k in keys:
@@ -120,7 +122,8 @@ def dodge_offsets(keys, width: float = 0.5) -> list[float]:
         i = seen.get(k, 0)
         seen[k] = i + 1
         n = counts[k]
-        out.append(width * (i - (n - 1) / 2) / n)
+        m = n if n % 2 == 0 else n + 1
+        out.append(-width / 2 + width * i / (m - 1))
     return out
 
 
