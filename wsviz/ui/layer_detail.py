@@ -13,6 +13,7 @@ from holoviews.operation.datashader import rasterize
 from panel.viewable import Viewer
 
 from wsviz.analysis.maps import CELL_RANGE_JS, view_shape
+from wsviz.ui.plot_style import READABLE, cell_labels, sig
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import submit_with_spinner
 from wsviz.ui.workspace import LayerDetailView
@@ -36,9 +37,12 @@ def spectra_plot(d: LayerDetailView):
         g = g[g["sigma"] > 0]
         dash = "dashed" if str(series).startswith("delta") else "solid"
         curves.append(hv.Curve(g, "index", "sigma", label=str(series)).opts(line_dash=dash))
+    # the legend below the data, in columns (long labels such as "delta ft-prose" would
+    # squeeze the plot from the side and overprint its x ticks)
     return hv.Overlay(curves).opts(
-        logy=True, title="Singular values (log scale)", legend_position="right",
-        responsive=True, height=320, xlabel="index i", ylabel="σ_i")
+        logy=True, title="Singular values (log scale)", legend_position="bottom",
+        legend_cols=min(3, len(curves)) or 1, responsive=True, height=360, xlabel="index i",
+        ylabel="σ_i", xticks=5, fontsize={"legend": 8}, **READABLE)
 
 
 def esd_plot(d: LayerDetailView, series: str | None = None):
@@ -71,10 +75,14 @@ def esd_plot(d: LayerDetailView, series: str | None = None):
                 xs = np.logspace(np.log10(xmin), np.log10(lam.max()), 50)
                 ys = (alpha - 1) / xmin * (xs / xmin) ** (-alpha) * (tail.size / lam.size)
                 layers.append(hv.Curve((xs, ys), kdims=["λ = σ²"], vdims=["density"],
-                                       label=f"power law α={alpha:.2f}").opts(color="red"))
-                title += f" — α = {alpha:.2f}, λ_min = {xmin:.3g}"
+                                       label=f"power law α={sig(alpha, 3)}, "
+                                             f"λ ≥ {sig(xmin, 3)}").opts(color="red"))
+                title += f": α = {sig(alpha, 3)}"
+    # short title (the fit's λ_min is in the legend), legend below the data
     return hv.Overlay(layers).opts(logx=True, logy=True, title=title, responsive=True,
-                                   height=320, legend_position="top_right")
+                                   height=360, legend_position="bottom", legend_cols=2,
+                                   xticks=3,  # under a decade: linear ticks, crowded
+                                   fontsize={"legend": 8, "title": 10}, **READABLE)
 
 
 def delta_hist_plot(d: LayerDetailView):
@@ -86,11 +94,14 @@ def delta_hist_plot(d: LayerDetailView):
         hists.append(hv.Histogram((edges, g["count"].to_numpy()), kdims=["Δ value"],
                                   vdims=["count"], label=str(series)).opts(alpha=0.45))
     return hv.Overlay(hists).opts(title="Histogram of delta values", responsive=True,
-                                  height=320, legend_position="top_right")
+                                  height=360, legend_position="bottom",
+                                  legend_cols=min(3, len(hists)) or 1, xticks=5,
+                                  fontsize={"legend": 8}, **READABLE)
 
 
 def matrix_plot(arr: np.ndarray, title: str, cmap: str = "RdBu_r", symmetric: bool = True,
-                shape: tuple[int, ...] | None = None, mode: str = "strided", key: str = "matrix"):
+                shape: tuple[int, ...] | None = None, mode: str = "strided", key: str = "matrix",
+                label: str = "value"):
     """Image of a 2-D array on the axes of the tensor it shows: ``shape`` is the tensor's
     shape (its ``[rows, cols]`` view, see :func:`wsviz.analysis.maps.view_shape`; default
     the array's own), so a down-sampled map still spans rows ``0..rows`` and columns
@@ -98,7 +109,7 @@ def matrix_plot(arr: np.ndarray, title: str, cmap: str = "RdBu_r", symmetric: bo
     covers (``mode`` "strided" for sampled matrices, "pooled" for block averages).
     ``key`` names the axes' dimensions so that two maps never share (link) their axes.
     Symmetric colour limits unless ``symmetric=False``; rasterized by datashader when the
-    array is larger than :data:`RASTERIZE_CELLS`."""
+    array is larger than :data:`RASTERIZE_CELLS`. ``label`` titles the colour bar."""
     arr = np.asarray(arr, dtype=float)
     if arr.ndim == 1:
         arr = arr[None, :]
@@ -115,12 +126,13 @@ def matrix_plot(arr: np.ndarray, title: str, cmap: str = "RdBu_r", symmetric: bo
     ydim = hv.Dimension(f"{key}_row", label="row")
     # array row 0 at y in [0, rows/h): Image puts its first array row at the top, so flip
     # the array and invert the axis (row 0 drawn at the top, y = real row index)
-    img = hv.Image(arr[::-1], bounds=(0, 0, cols, rows), kdims=[xdim, ydim], vdims=["v"])
+    img = hv.Image(arr[::-1], bounds=(0, 0, cols, rows), kdims=[xdim, ydim], vdims=[hv.Dimension("v", label=label)])
     how = "" if (h, w) == (rows, cols) else (
         f" — {mode} to {h}×{w}, a cell ≈ {rows / h:.3g}×{cols / w:.3g}")
     opts = dict(cmap=cmap, colorbar=True, clim=clim, responsive=True, height=360,
                 title=f"{title} [{rows}×{cols}]{how}", invert_yaxis=True, shared_axes=False,
-                xlim=(0, cols), ylim=(0, rows))
+                xlim=(0, cols), ylim=(0, rows), xticks=5, yticks=5, fontsize={"title": 10},
+                **READABLE)
     if h * w > RASTERIZE_CELLS:
         return rasterize(img, aggregator="mean").opts(tools=["hover"], **opts)
     fmt = {axis: CustomJSHover(args=dict(n=n, m=m, mode=mode), code=CELL_RANGE_JS)
@@ -136,10 +148,16 @@ def agreement_plot(agreement: pd.DataFrame):
     df.columns = df.columns.astype(str)
     long = df.stack().rename("agreement").reset_index()
     long.columns = ["a", "b", "agreement"]
-    return hv.HeatMap(long, ["a", "b"], "agreement").opts(
-        cmap="RdBu", clim=(0, 1), colorbar=True, tools=["hover"], height=320, responsive=True,
-        title="Pairwise sign agreement", xrotation=45) * hv.Labels(
-        long.assign(txt=long["agreement"].map("{:.2f}".format)), ["a", "b"], "txt")
+    # a fixed size per cell (>= 60 px: room for its "0.51"), labels sized to the cell
+    n = len(df)
+    cell = max(60, min(90, 480 // max(1, n)))
+    longest = max((len(str(x)) for x in df.index), default=1)
+    return (hv.HeatMap(long, ["a", "b"], "agreement").opts(
+        cmap="RdBu", clim=(0, 1), colorbar=True, tools=["hover"], xrotation=45,
+        title="Pairwise sign agreement", xlabel="", ylabel="", fontsize={"title": 10},
+        ) * cell_labels(long, ["a", "b"], "agreement",
+                        (long["agreement"] - 0.5).abs() > 0.3)).opts(
+        width=cell * n + 7 * longest + 120, height=cell * n + 6 * longest + 70, **READABLE)
 
 
 def intruder_table(d: LayerDetailView):
@@ -174,7 +192,7 @@ class LayerDetail(Viewer):
         self._hist = pn.pane.HoloViews(None, sizing_mode="stretch_width")
         self._matrix = pn.pane.HoloViews(None, sizing_mode="stretch_width")
         self._conflict = pn.pane.HoloViews(None, sizing_mode="stretch_width")
-        self._agree = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._agree = pn.pane.HoloViews(None)  # fixed size per cell (agreement_plot)
         self._intruders = pn.Column(sizing_mode="stretch_width")
         self._spinner = pn.indicators.LoadingSpinner(value=False, size=24)
         session.param.watch(self._load, "layer")
@@ -214,7 +232,8 @@ class LayerDetail(Viewer):
         if d.sign_conflict is not None:
             self._conflict.object = matrix_plot(
                 d.sign_conflict, "Sign-conflict map (fraction disagreeing)", cmap="magma",
-                symmetric=False, shape=d.shape, mode="pooled", key="conflict")
+                symmetric=False, shape=d.shape, mode="pooled", key="conflict",
+                label="fraction disagreeing")
         else:
             self._conflict.object = _note(d, "sign_conflict", "No sign-conflict map.")
         self._agree.object = (agreement_plot(d.agreement) if d.agreement is not None
@@ -227,7 +246,8 @@ class LayerDetail(Viewer):
             return
         if self.matrix_of and self.matrix_of in d.matrix:
             self._matrix.object = matrix_plot(d.matrix[self.matrix_of], self.matrix_of,
-                                              shape=d.shape, mode="strided", key="matrix")
+                                              shape=d.shape, mode="strided", key="matrix",
+                                              label=self.matrix_of)
         else:
             self._matrix.object = _note(d, "matrix", "No matrix view (1-D tensor).")
 
@@ -242,15 +262,15 @@ class LayerDetail(Viewer):
             pn.Tabs(
                 ("Spectra", pn.Column(
                     pn.widgets.Select.from_param(self.param.esd_of, name="ESD of", width=220),
-                    pn.Row(self._spectra, self._esd, sizing_mode="stretch_width"),
+                    self._spectra, self._esd,  # stacked: each gets the full width
                     sizing_mode="stretch_width")),
                 ("Δ histogram", self._hist),
                 ("Matrix", pn.Column(
                     pn.widgets.Select.from_param(self.param.matrix_of, name="Matrix",
                                                  width=240),
                     self._matrix, sizing_mode="stretch_width")),
-                ("Sign conflicts", pn.Row(self._conflict, self._agree,
-                                          sizing_mode="stretch_width")),
+                ("Sign conflicts", pn.Column(self._conflict, self._agree,
+                                             sizing_mode="stretch_width")),
                 ("Intruders", self._intruders),
                 dynamic=True, sizing_mode="stretch_width",
             ),

@@ -16,6 +16,7 @@ from panel.viewable import Viewer
 
 from wsviz.errors import RecipeError
 from wsviz.eval.pareto import pareto_mask
+from wsviz.ui.plot_style import READABLE
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import (
     LiveBars,
@@ -117,7 +118,9 @@ class MergeTuner(Viewer):
         front = hv.DynamicMap(self._front_el, streams=[self._history_pipe])
         self._selection = hv.streams.Selection1D(source=points)
         self._selection.add_subscriber(self._on_history_tap)
-        self._history_pane = pn.pane.HoloViews(points * front, sizing_mode="stretch_width")
+        # the wheel setting is the overlay's (its hooks run after the elements')
+        self._history_pane = pn.pane.HoloViews((points * front).opts(**READABLE),
+                                               sizing_mode="stretch_width")
         self._busy = pn.indicators.LoadingSpinner(value=False, size=24)
         self._refresh = pn.widgets.Button(name="Re-evaluate", button_type="default", width=120)
         self._refresh.on_click(lambda e: self.request())
@@ -200,6 +203,7 @@ class MergeTuner(Viewer):
                     watch_widget(w, self.request)
             for w in self._entries():
                 w.param.watch(self._on_entry_error, "error")
+                w.param.watch(self._clear_entry_errors, "value")
             self._global_box[:] = list(self._widgets.values()) or [
                 pn.pane.Markdown("*no global parameters*")]
             self._model_box[:] = rows or [pn.pane.Markdown("*no per-model parameters*")]
@@ -225,6 +229,12 @@ class MergeTuner(Viewer):
     def _on_entry_error(self, event) -> None:
         if event.new:
             self.session.notify_error(RecipeError(event.new))
+
+    def _clear_entry_errors(self, *_) -> None:
+        """A value committed in any entry: the refusal messages of the others are stale."""
+        for w in self._entries():
+            if w.error:
+                w.clear_error()
 
     def entry(self, name: str, model: str | None = None) -> ParamEntry:
         """The :class:`ParamEntry` of parameter ``name`` (global, or of ``model``)."""
@@ -365,7 +375,9 @@ class MergeTuner(Viewer):
             title=f"Recipes tried (click one to restore it; best: {good})",
             xlabel=spec.labelled(f"mean {spec.name}"),
             ylabel=spec.labelled(f"worst-task {spec.name}"),
-            xlim=rng or (None, None), ylim=rng or (None, None), framewise=True)
+            xlim=rng or (None, None), ylim=rng or (None, None), framewise=True,
+            legend_position="bottom", legend_cols=2, fontsize={"labels": 9},
+            **READABLE)  # legend off the points, axis labels that fit
         return pts
 
     def _front_el(self, data: pd.DataFrame):
@@ -428,7 +440,7 @@ class MergeTuner(Viewer):
                            color="red", line_width=3, line_dash="dashed")]
             self._sweep_plot.object = hv.Overlay(curves).opts(
                 responsive=True, height=320, title=f"Sweep of {name} ({base_state['method']})",
-                xlabel=name, ylabel=spec.label, legend_position="right")
+                xlabel=name, ylabel=spec.label, legend_position="right", **READABLE)
 
         def error(exc):
             self._sweep_btn.disabled = False

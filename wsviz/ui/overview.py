@@ -27,6 +27,7 @@ from wsviz.analysis.blocks import (
     module_profiles,
     reduce_models,
 )
+from wsviz.ui.plot_style import READABLE, READABLE_NO_PAN
 from wsviz.ui.session import Session
 
 # Metrics shown first when present (the rest follow in table order).
@@ -217,11 +218,12 @@ class Overview(Viewer):
         self._heat_pipe = hv.streams.Pipe(data=empty)
 
         def heatmap(data):
-            return hv.HeatMap(data, kdims=["metric", "layer"], vdims=["score", "value"]).opts(
+            vdims = [hv.Dimension("score", label="scaled score"), "value"]
+            return hv.HeatMap(data, kdims=["metric", "layer"], vdims=vdims).opts(
                 cmap="viridis", colorbar=True, tools=["hover", "tap"], xrotation=45,
                 invert_yaxis=True, responsive=True, height=height, clim=(0, 1), title=title,
                 toolbar="above", default_tools=["save", "reset"], framewise=True, **NO_FADE,
-                selection_line_color="red", selection_line_width=3)
+                selection_line_color="red", selection_line_width=3, **READABLE_NO_PAN)
 
         hm = hv.DynamicMap(heatmap, streams=[self._heat_pipe])
         self._tap = hv.streams.Tap(source=hm, x=None, y=None)
@@ -266,19 +268,22 @@ class Overview(Viewer):
         def cells_element(data: pd.DataFrame) -> hv.Rectangles:
             finite = data["value"].to_numpy(dtype=float)
             lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            # the colour bar is titled with the metric (the hook keeps it so on updates);
+            # hover values with 4 significant digits (plot_style.READABLE)
+            value = hv.Dimension("value", label=self.metric or "value")
             rects = hv.Rectangles(data, kdims=["x0", "y0", "x1", "y1"],
-                                  vdims=["value", "layer", "module", "block"]).opts(
+                                  vdims=[value, "layer", "module", "block"]).opts(
                 color="value", cmap="viridis", clim=(lo, hi if hi > lo else lo + 1e-12),
                 colorbar=True, line_color=None, tools=["hover", "tap"], **NO_FADE,
                 hover_tooltips=[("tensor", "@layer"), ("block", "@block"),
-                                ("module", "@module"), ("value", "@value{0.[0000]}")],
+                                ("module", "@module"), ("value", "@value")],
                 width=GRID_WIDTH, height=height, xticks=xticks, yticks=yticks,
                 xrotation=60 if long_labels else 0, invert_yaxis=True,
                 xlim=(-0.5, n_cols - 0.5), ylim=(blocks[0] - 0.5, blocks[-1] + 0.5),
                 xlabel="module", ylabel="block",
                 title=f"Depth × module ({len(blocks)} blocks)", toolbar="above",
                 default_tools=["save", "reset"], fontsize={"title": 10}, shared_axes=False,
-                framewise=True)
+                framewise=True, **READABLE_NO_PAN)
             self._cells = rects
             return rects
 
@@ -289,7 +294,7 @@ class Overview(Viewer):
             streams=[self._outline])
         self._grid_tap = hv.streams.Tap(source=cells, x=None, y=None)
         self._grid_tap.add_subscriber(self._on_grid_tap)
-        self._grid.object = cells * outline
+        self._grid.object = (cells * outline).opts(**READABLE_NO_PAN)
 
     def _redraw_grid(self, *_):
         if (self._updating or self.session.table is None or not self.layout.has_blocks
@@ -319,7 +324,7 @@ class Overview(Viewer):
         return dict(width=PROFILE_WIDTH, height=340, xlabel="block", ylabel=self.metric,
                     title=title, legend_position="bottom", legend_cols=3,
                     fontsize={"title": 10, "legend": 8}, toolbar="above",
-                    shared_axes=False, show_grid=True, tools=["hover"])
+                    shared_axes=False, show_grid=True, tools=["hover"], **READABLE)
 
     def _module_profile_plot(self, df: pd.DataFrame):
         prof = module_profiles(df)

@@ -219,7 +219,7 @@ class PruneTuner(Viewer):
                 kept = float(mask.mean()) if mask.size else 0.0
                 self._mask.object = matrix_plot(
                     mask.astype(float), f"keep-mask of {layer} (kept {kept:.1%})",
-                    cmap="gray", symmetric=False)
+                    cmap="gray", symmetric=False, label="kept (1) / pruned (0)")
 
         self.session.runner.submit("prune-mask", work, done)
 

@@ -22,6 +22,7 @@ from panel.viewable import Viewer
 
 from wsviz.eval.metrics import MetricSpec
 from wsviz.eval.pareto import pareto_mask
+from wsviz.ui.plot_style import READABLE
 from wsviz.ui.session import Session
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "map", "cmaes")
@@ -88,7 +89,8 @@ class SearchPanel(Viewer):
         front = hv.DynamicMap(self._front_el, streams=[self._pipe])
         self._tap = hv.streams.Selection1D(source=points)
         self._tap.add_subscriber(self._on_tap)
-        self._plot = pn.pane.HoloViews(points * front, sizing_mode="stretch_width")
+        self._plot = pn.pane.HoloViews((points * front).opts(**READABLE),
+                                       sizing_mode="stretch_width")
         self._detail = pn.pane.Markdown("*click a point to load its recipe*",
                                         css_classes=["wsviz-search-selected"],
                                         sizing_mode="stretch_width")
@@ -270,7 +272,8 @@ class SearchPanel(Viewer):
             color="kind", cmap=KIND_COLORS, size=10, tools=["hover", "tap"], responsive=True,
             height=360, nonselection_alpha=0.6, title=title, framewise=True,
             xlabel=f"{self._x.value or 'task'}: {m.label}",
-            ylabel=f"{self._y.value or 'task'}: {m.label}")
+            ylabel=f"{self._y.value or 'task'}: {m.label}", legend_position="bottom",
+            legend_cols=3, **READABLE)  # legend off the points
         return pts
 
     def _front_el(self, data: pd.DataFrame):

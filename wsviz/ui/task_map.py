@@ -10,6 +10,7 @@ import panel as pn
 import param
 from panel.viewable import Viewer
 
+from wsviz.ui.plot_style import READABLE, cell_labels
 from wsviz.ui.session import Session
 
 WHOLE = "whole model"
@@ -37,6 +38,21 @@ def project_2d(X: np.ndarray, how: str, seed: int = 0) -> np.ndarray:
     if Y.shape[1] < 2:
         Y = np.c_[Y, np.zeros(n)]
     return Y
+
+
+def label_range(values, labels=None, pad: float = 0.15) -> tuple[float, float]:
+    """Axis limits around ``values`` with room for text labels centred on the points: the
+    span padded by ``pad`` plus, with ``labels``, 2.5 % of the span per character of the
+    longest label on each side (a 300-600 px wide plot); a span of 1 when all are equal."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return (-1.0, 1.0)
+    lo, hi = float(v.min()), float(v.max())
+    span = (hi - lo) or max(1.0, abs(hi))
+    chars = max((len(str(t)) for t in labels), default=0) if labels is not None else 0
+    extra = span * (pad + 0.025 * chars)
+    return (lo - extra, hi + extra)
 
 
 class TaskMap(Viewer):
@@ -102,8 +118,13 @@ class TaskMap(Viewer):
                     cmap="Category10", show_legend=False)
         a, b = dims
         pts_el = hv.Points(pts, [a, b], ["model"]).opts(**opts, title=f"{name}: {self.group}")
-        pane.object = pts_el * hv.Labels(pts, [a, b], "model").opts(
-            yoffset=0.0, text_font_size="9pt", text_align="left")
+        # labels centred above their point (clear of the marker), inside ranges padded for
+        # the longest label
+        ylim = label_range(pts[b], None, 0.25)
+        pane.object = (pts_el * hv.Labels(pts, [a, b], "model").opts(
+            text_font_size="9pt", text_align="center", text_baseline="bottom",
+            yoffset=0.06 * (ylim[1] - ylim[0]))).opts(
+            xlim=label_range(pts[a], pts["model"]), ylim=ylim, **READABLE)
 
     def _show_cos(self, cos: pd.DataFrame):
         df = cos.copy()
@@ -111,11 +132,11 @@ class TaskMap(Viewer):
         df.columns = df.columns.astype(str)
         long = df.stack().rename("cos").reset_index()
         long.columns = ["a", "b", "cos"]
-        self._cos.object = hv.HeatMap(long, ["a", "b"], "cos").opts(
+        self._cos.object = (hv.HeatMap(long, ["a", "b"], "cos").opts(
             cmap="RdBu_r", clim=(-1, 1), colorbar=True, tools=["hover"], height=360,
             responsive=True, title="Task-vector cosine similarity (whole model)",
-            xrotation=45) * hv.Labels(long.assign(t=long["cos"].map("{:.2f}".format)),
-                                      ["a", "b"], "t")
+            xrotation=45) * cell_labels(long, ["a", "b"], "cos", long["cos"].abs() > 0.6)
+            ).opts(**READABLE)
 
     def __panel__(self):
         if self.autostart:

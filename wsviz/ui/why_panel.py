@@ -22,6 +22,7 @@ from panel.io.state import set_curdoc
 from panel.viewable import Viewer
 
 from wsviz.errors import WsvizError
+from wsviz.ui.plot_style import READABLE
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import FT_PALETTE
 
@@ -37,6 +38,17 @@ PANELS = (
 #: live metrics of the next change
 SETTLE_MS = 800
 TABLE_COLUMNS = ["layer", "model", "kept", "elected_away", "cos", "task_norm", "merged_norm"]
+#: the caption above the plots, per grouping
+CAPTIONS = {
+    "tensor": "Per tensor (sorted by depth): the share of each model's |delta| mass the trim "
+              "keeps, the share the sign election throws away, how well the merged delta "
+              "lines up with each task vector, and its size. No evaluator needed.",
+    "block": "Per block (-1: tensors before the first block, the last number: tensors after "
+             "the last block), mass-weighted over the block's tensors: the share of each "
+             "model's |delta| mass the trim keeps, the share the sign election throws away, "
+             "how well the merged delta lines up with each task vector, and its size. No "
+             "evaluator needed.",
+}
 
 
 def summary_frame(table: pd.DataFrame) -> pd.DataFrame:
@@ -72,6 +84,18 @@ def model_colors(labels) -> dict[str, str]:
     return out
 
 
+def x_range(values) -> tuple[float, float]:
+    """x-axis limits around ``values`` (tensor orders or block numbers): 3 % of the span,
+    at least half a step, on each side; ``(-0.5, 0.5)`` with no values."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return (-0.5, 0.5)
+    lo, hi = float(v.min()), float(v.max())
+    pad = max(0.5, 0.03 * (hi - lo))
+    return (lo - pad, hi + pad)
+
+
 def layer_plot(frame: pd.DataFrame, col: str, x: str = "order",
                xlabel: str = "tensor (by depth)", colors: dict | None = None):
     """One of the :data:`PANELS` plots: ``col`` over ``x``, a line and markers per model
@@ -83,20 +107,26 @@ def layer_plot(frame: pd.DataFrame, col: str, x: str = "order",
     key = "layer" if "layer" in frame else "block"
     d = frame.drop_duplicates(x).assign(model="merged") if col == "merged_norm" else frame
     extra = [] if key == x else [key]
-    d = d[[x, col, "model", *extra]]
+    # one x dimension ("pos", labelled per view) whatever ``x`` is: HoloViews keys a plot's
+    # ranges by dimension, so a new dimension name would keep the previous view's x range
+    pos = hv.Dimension("pos", label=xlabel)
+    d = d.assign(pos=d[x])[["pos", col, "model", *extra]]
     colors = colors or model_colors(dict.fromkeys(d["model"]))
-    paths = [{x: g[x].to_numpy(), col: g[col].to_numpy(), "model": str(m)}
+    paths = [{"pos": g["pos"].to_numpy(), col: g[col].to_numpy(), "model": str(m)}
              for m, g in d.groupby("model", sort=False)]
     if not paths:  # nothing computed yet (e.g. the tab shown before the first anatomy)
-        paths = [{x: np.zeros(1), col: np.full(1, np.nan), "model": ""}]
-    lines = hv.Path(paths, [x, col], vdims=["model"]).opts(
-        color="model", cmap=colors, line_width=1.5, show_legend=False)
-    dots = hv.Scatter(d.astype({"model": str}), x, [col, "model", *extra]).opts(
+        paths = [{"pos": np.zeros(1), col: np.full(1, np.nan), "model": ""}]
+    lines = hv.Path(paths, [pos, col], vdims=["model"]).opts(
+        color="model", cmap=colors, line_width=1.5, show_legend=False, framewise=True)
+    dots = hv.Scatter(d.astype({"model": str}), pos, [col, "model", *extra]).opts(
         color="model", cmap=colors, size=5, tools=["hover"], show_legend=col == "kept",
-        legend_position="right")
+        legend_position="right", framewise=True)
     ylim = (-0.03, 1.03) if col in ("kept", "elected_away") else (None, None)  # shares
+    # x limits around the points of this view (a dimension range, re-read on every frame:
+    # framewise must be set on the elements, the overlay's own setting is not enough)
     return (lines * dots).opts(title=title, ylabel=ylabel, xlabel=xlabel, responsive=True,
-                               height=200, framewise=True, ylim=ylim)
+                               height=200, framewise=True, ylim=ylim,
+                               **READABLE).redim.range(pos=x_range(d["pos"]))
 
 
 def layer_plots(frame: pd.DataFrame, x: str = "order", xlabel: str = "tensor (by depth)",
@@ -118,6 +148,9 @@ class WhyPanel(Viewer):
         super().__init__(**params)
         self.session = session
         self.tuner = tuner
+        self._caption = pn.pane.Markdown(CAPTIONS[self.group], styles={"color": "#555"},
+                                         css_classes=["wsviz-why-caption"],
+                                         sizing_mode="stretch_width")
         self._summary = pn.pane.Markdown("*waiting for a valid recipe…*",
                                          css_classes=["wsviz-why-summary"],
                                          sizing_mode="stretch_width")
@@ -212,6 +245,7 @@ class WhyPanel(Viewer):
             self._draw()
 
     def _draw(self) -> None:
+        self._caption.object = CAPTIONS[self.group]
         table = self.table
         if table is None:
             return
@@ -229,11 +263,6 @@ class WhyPanel(Viewer):
         return pn.Column(
             pn.Row(pn.pane.Markdown("### Why this merge", margin=(0, 10)), self._busy,
                    self._progress, self._group_w),
-            pn.pane.Markdown(
-                "Per tensor (sorted by depth): the share of each model's |delta| mass the "
-                "trim keeps, the share the sign election throws away, how well the merged "
-                "delta lines up with each task vector, and its size. No evaluator needed.",
-                styles={"color": "#555"}, sizing_mode="stretch_width"),
-            self._summary, self._plots, self._table,
+            self._caption, self._summary, self._plots, self._table,
             sizing_mode="stretch_width",
         )

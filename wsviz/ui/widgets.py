@@ -16,6 +16,7 @@ from panel.viewable import Viewer
 from wsviz.errors import RecipeError
 from wsviz.eval.metrics import FRACTION, KNOWN, MetricSpec
 from wsviz.ui.param_grid import check_value, range_text, slider_grid, tidy
+from wsviz.ui.plot_style import dodge_hook, dodge_offsets, readable_hook, y_range_hook
 from wsviz.ui.workspace import ParamView
 
 
@@ -97,8 +98,11 @@ class ParamEntry(Viewer):
         self._sync = False
         self.slider.param.watch(self._on_drag, "value")
         self.slider.param.watch(self._on_release, "value_throttled")
-        self.input.param.watch(self._on_typed, "value")
+        # every typed value counts, also one equal to the current value (after a refusal the
+        # browser may still show the refused one): it clears the refusal message
+        self.input.param.watch(self._on_typed, "value", onlychanged=False)
         self.param.watch(self._on_value, "value")
+        self.param.watch(self.clear_error, "value")  # a new value, however set: no stale error
         self.param.watch(self._on_fallback, "fallback")
         self._layout = pn.Column(pn.Row(self.slider, self.input, self.tooltip, margin=0),
                                  self._msg, margin=0)
@@ -137,9 +141,15 @@ class ParamEntry(Viewer):
             return
         self._commit(v)
 
-    def _commit(self, v) -> None:
+    def clear_error(self, *_) -> None:
+        """Hide the message of a refused value (a later valid edit, here or in another
+        entry of the same recipe, makes it stale)."""
         self.error = ""
+        self._msg.object = ""
         self._msg.visible = False
+
+    def _commit(self, v) -> None:
+        self.clear_error()
         if v == self.value and type(v) is type(self.value):
             self._on_value()  # put both widgets back on it
         else:
@@ -288,8 +298,9 @@ def axis_range(spec: MetricSpec, values, pad: float = 0.05) -> tuple | None:
     bounded = spec.unit == FRACTION and spec.hi is not None
     if not vals:
         return (spec.lo or 0.0, spec.hi) if bounded else None
-    if not bounded:
-        return padded_range(vals)
+    if not bounded:  # padded, but never below the natural floor (perplexity >= 1)
+        lo, hi = padded_range(vals)
+        return (lo if spec.lo is None else max(lo, spec.lo), hi)
     if spec.higher_is_better:
         return (max(spec.lo or 0.0, min(vals) - pad), spec.hi)
     return (spec.lo or 0.0, min(spec.hi, max(vals) + pad))
@@ -325,24 +336,35 @@ def metrics_plot(metrics: dict[str, float], refs: dict[str, dict[str, float]], t
         ref = refs.get(kind) or {}
         pts = pd.DataFrame({"task": [t for t in metrics if t in ref],
                             "metric": [float(ref[t]) for t in metrics if t in ref]})
-        layers.append(hv.Scatter(pts, "task", "metric", label=kind).opts(
+        # no legend entry for a reference row with no value (it would show a label and
+        # no marker): an empty label leaves the legend
+        layers.append(hv.Scatter(pts, "task", "metric", label=kind if len(pts) else "").opts(
             marker="dash", size=36, line_width=3, color=color, tools=["hover"]))
     fts = [k for k in refs if k.startswith("ft:")]
     rows = [{"task": t, "metric": float(refs[k][t]), "reference": k}
             for k in fts for t in metrics if t in refs[k]]
     ft_df = pd.DataFrame(rows, columns=["task", "metric", "reference"])
+    ft_df["off"] = dodge_offsets(ft_df["task"])  # side by side within their task
     cmap = {k: FT_PALETTE[i % len(FT_PALETTE)] for i, k in enumerate(fts)} or {"": "black"}
-    layers.append(hv.Scatter(ft_df, "task", ["metric", "reference"], label="fine-tunes").opts(
-        color="reference", cmap=cmap, marker="circle", size=10, tools=["hover"]))
+    layers.append(hv.Scatter(ft_df, "task", ["metric", "reference", "off"],
+                             label="fine-tunes" if len(ft_df) else "").opts(
+        color="reference", cmap=cmap, marker="circle", size=10, tools=["hover"],
+        hover_tooltips=[("reference", "@reference"), ("task", "@task"),
+                        ("metric", "@metric")], hooks=[dodge_hook]))
     values = [*df["metric"], *(v for r in refs.values() for t, v in r.items() if t in metrics)]
     ylim = (None, None)
     if spec.unit == FRACTION and spec.hi is not None and values:  # bars start at 0
         top = spec.hi if spec.higher_is_better else min(spec.hi, max(values) + 0.05)
         ylim = (0.0, 1.05 * top)
-    elif values:  # unbounded (perplexity ~ 130 for every merge): zoom on the values
-        ylim = padded_range(values, 0.25)
-    return hv.Overlay(layers).opts(responsive=True, height=320, title=title, ylim=ylim,
-                                   legend_position="right", ylabel=spec.label)
+    elif values:  # unbounded (perplexity ~ 130 for every merge): zoom on the values,
+        lo, hi = padded_range(values, 0.25)  # never below the metric's natural floor
+        ylim = (lo if spec.lo is None else max(lo, spec.lo), hi)
+    plot = hv.Overlay(layers).opts(responsive=True, height=320, title=title, ylim=ylim,
+                                   legend_position="right", ylabel=spec.label,
+                                   active_tools=["pan"], hooks=[readable_hook, y_range_hook])
+    # the y range travels as the metric's dimension range, which y_range_hook applies on
+    # every update of a DynamicMap (LiveBars): an overlay's ylim is read on its first frame
+    return plot.redim.range(metric=ylim) if ylim != (None, None) else plot
 
 
 class LiveBars:
