@@ -700,7 +700,9 @@ class ApiWorkspace(Workspace):
         for lab, src in self.ms.models.items():
             if src.path is not None:
                 paths[lab] = str(src.path)
-        return paths
+        from wsviz.recipes.portable import absolute_paths
+
+        return absolute_paths(paths)  # exports work from any directory (issue 19)
 
     def _path_recipe(self, recipe):
         """Copy of ``recipe`` with model-set labels replaced by checkpoint paths."""
