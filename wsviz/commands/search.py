@@ -91,14 +91,11 @@ def build(args):
         zoo = ensure_zoo()
         recipe = Recipe.load(args.recipe) if args.recipe else zoo_recipe(zoo.tasks, "ties")
         return recipe, EvalContext.for_zoo(zoo, split=args.split, device=args.device), zoo
-    if not args.recipe:
-        raise WsvizError("give a RECIPE file (or --demo)")
-    if not args.eval:
-        raise WsvizError("give an evaluator with --eval SPEC (module:function, file.py:function "
-                         "or a text file for perplexity)")
-    recipe = Recipe.load(args.recipe)
-    labels = recipe.labels
-    base = recipe.base or labels[0]
+    from wsviz.commands._recipe_args import recipe_and_models
+
+    recipe, base, labels = recipe_and_models(
+        args.recipe, args.eval, "module:function, file.py:function or a text file for "
+        "perplexity")
     ctx = EvalContext(base=base, models=tuple(labels), labels=tuple(labels),
                       evaluator=_abs_spec(args.eval), device=args.device,
                       sys_path=(os.getcwd(),))
