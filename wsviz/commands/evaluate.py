@@ -77,7 +77,7 @@ def _evaluate_models(dirs: list[str], args, opts: dict) -> int:
                          "and --references (they apply to a RECIPE)")
     if not args.eval:
         raise WsvizError(f"give an evaluator with --eval SPEC ({SPECS})")
-    rows, evaluator = {}, None
+    rows, evaluator, said = {}, None, set()
     for d in dirs:
         evaluator = make_evaluator(args.eval, device=args.device, model_dir=d, **opts)
         if args.metric:
@@ -89,7 +89,9 @@ def _evaluate_models(dirs: list[str], args, opts: dict) -> int:
             names = getattr(evaluator, "names", None) or list(src.infos())
             weights = {n: src.get(n, device=args.device) for n in names}
         rows[d] = evaluator.evaluate(weights)
-        _describe(evaluator)
+        if getattr(evaluator, "description", None) not in said:  # once when all agree
+            said.add(getattr(evaluator, "description", None))
+            _describe(evaluator)
     if len(rows) == 1:
         _print_results(next(iter(rows.values())), evaluator)
     else:
