@@ -92,14 +92,15 @@ class Dimension:
 
     def short(self, v):
         """``v`` as written in recipes: a float on a ``step`` grid rounded to the step's
-        decimals (``0.30000000000000004`` -> ``0.3``), another float to 4 significant
-        digits (what the search resolves); ints, bools and choices unchanged."""
+        decimals (``0.30000000000000004`` -> ``0.3``), another float to 6 significant
+        digits (a relative change below 5e-6, far under what a search resolves); ints,
+        bools and choices unchanged."""
         if not isinstance(v, float) or self.integer or self.choices is not None:
             return v
         if self.step:
             decimals = max(0, -math.floor(math.log10(abs(float(self.step)))) + 3)
             return round(v, decimals) + 0.0
-        return float(f"{v:.4g}")
+        return float(f"{v:.6g}")
 
     def to_unit(self, v: float) -> float:
         """``v`` mapped to [0, 1] (log scale when ``log``)."""
