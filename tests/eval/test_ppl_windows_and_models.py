@@ -127,3 +127,16 @@ def test_evaluate_model_directories(llama_set_bf16, char_tokenizer, ppl_text, ca
     assert "not both" in capsys.readouterr().err
     assert main(["evaluate", str(s.base), "--sweep", "lambda=0,1", *opts]) == 2
     assert "drop --demo, --sweep" in capsys.readouterr().err
+
+
+def test_batches_hold_a_bounded_number_of_tokens(llama_set_bf16, char_tokenizer, long_text,
+                                                 monkeypatch):
+    """Long windows are batched fewer at a time (fp32 logits stay bounded); same result."""
+    import wsviz.eval.perplexity as ppl
+
+    ev = PerplexityEvaluator(llama_set_bf16.base, long_text, tokenizer=char_tokenizer,
+                             max_tokens=1000, batch_size=8)
+    want = ev.evaluate({})["long"]["perplexity"]
+    monkeypatch.setattr(ppl, "BATCH_TOKENS", 128)
+    assert max(x.shape[0] * x.shape[1] for x, _ in ev._batches()) == 128
+    assert ev.evaluate({})["long"]["perplexity"] == pytest.approx(want, rel=1e-6)

@@ -42,6 +42,10 @@ def read_text(path: str | Path) -> str:
     return text
 
 
+#: tokens per forward pass at most (one window when it is longer): 8 x 512 as before
+BATCH_TOKENS = 4096
+
+
 def sliding_windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
     """``[(begin, end, n_scored)]`` over ``n`` tokens: windows ``[begin, end)`` of at most
     ``context`` tokens starting every ``stride`` (<= ``context``); each scores the predictions
@@ -146,14 +150,17 @@ class PerplexityEvaluator:
                 f"{self.stride}")
 
     def _batches(self):
-        """``(input_ids [b, L], scored [b, L-1] bool)``: windows of one length batched; a
-        window scores its last ``n`` next-token predictions."""
+        """``(input_ids [b, L], scored [b, L-1] bool)``: windows of one length batched (at
+        most ``batch_size`` and :data:`BATCH_TOKENS` tokens per batch, so the fp32 logits
+        ``[b, L, vocab]`` stay bounded for long contexts); a window scores its last ``n``
+        next-token predictions."""
         by_len: dict[int, list] = {}
         for a, b, n in self.windows:
             by_len.setdefault(b - a, []).append((a, b, n))
         for length, ws in by_len.items():
-            for i in range(0, len(ws), self.batch_size):
-                chunk = ws[i:i + self.batch_size]
+            per = max(1, min(self.batch_size, BATCH_TOKENS // length))  # bounded logits
+            for i in range(0, len(ws), per):
+                chunk = ws[i:i + per]
                 x = torch.stack([self.ids[a:b] for a, b, _ in chunk])
                 pos = torch.arange(length - 1)
                 scored = torch.stack([pos >= length - 1 - n for _, _, n in chunk])
