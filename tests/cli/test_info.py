@@ -19,7 +19,8 @@ def test_info_lists_tensors_and_alignment(llama_set, capsys):
     assert main(["info", str(llama_set.base), *map(str, llama_set.fts), "--tensors"]) == 0
     out = capsys.readouterr().out
     assert "model.layers.3.mlp.gate_proj.weight" in out and "block=  3 mlp_gate" in out
-    assert "alignment against base" in out and ": OK" in out
+    assert f"alignment against the base ({llama_set.base}): OK" in out
+    assert "base base" not in out
 
 
 def test_info_mismatch_exits_1(llama_set, minilm_dir, capsys):

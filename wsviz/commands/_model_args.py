@@ -48,6 +48,13 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-eval-limit", dest="lm_eval_limit", default=None, type=float,
                    metavar="N", help="evaluate only the first N documents of each lm-eval "
                    "task (a fraction when < 1): faster live metrics")
+    p.add_argument("--max-tokens", dest="max_tokens", default=None, type=int, metavar="N",
+                   help="ppl: score only the text's first N tokens [the whole file]")
+    p.add_argument("--window", default=None, type=int, metavar="N",
+                   help="ppl: tokens per sliding window [the model's context]")
+    p.add_argument("--stride", default=None, type=int, metavar="N",
+                   help="ppl: tokens between window starts; < window gives each scored token "
+                        "window - stride tokens of extra context [the window]")
 
 
 def eval_options(ns: argparse.Namespace) -> dict:
@@ -57,4 +64,5 @@ def eval_options(ns: argparse.Namespace) -> dict:
         limit = int(limit)
     return {"tokenizer": getattr(ns, "tokenizer", None),
             "lm_eval_include": getattr(ns, "lm_eval_include", None),
-            "lm_eval_limit": limit}
+            "lm_eval_limit": limit,
+            **{k: getattr(ns, k, None) for k in ("max_tokens", "window", "stride")}}

@@ -1,4 +1,5 @@
-"""``wsviz evaluate``: merge a recipe in memory and print live metrics (optionally a sweep)."""
+"""``wsviz evaluate``: merge a recipe in memory and print live metrics (optionally a sweep),
+or evaluate checkpoints themselves (``wsviz evaluate pruned/ merged/ --eval ppl:text.txt``)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,19 @@ from wsviz.errors import WsvizError
 def register(sub) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="merge a recipe in memory and evaluate it (optionally sweep 1-2 parameters)",
-        description="Merge RECIPE in memory (no files written) and print per-task metrics. "
+        help="evaluate a recipe merged in memory (optionally sweep 1-2 parameters) or "
+        "model directories",
+        description="Merge RECIPE in memory (no files written) and print per-task metrics; "
+        "or give one or more MODEL directories (e.g. a pruned or merged model) to evaluate "
+        "them as they are (several: one table row each). "
         "With --demo the model set is the built-in zoo (recipe models are task names; default "
         "recipe: task arithmetic λ=0.5 over all tasks; default evaluator: the zoo's). "
         "--sweep PARAM=VALUES (twice at most) evaluates a grid, e.g. --sweep lambda=0:1:0.1 "
         "--sweep density=0.2,0.5.",
     )
-    p.add_argument("recipe", nargs="?", metavar="RECIPE",
-                   help="recipe file: .json (wsviz) or .yml (mergekit)")
+    p.add_argument("recipe", nargs="*", metavar="RECIPE|MODEL",
+                   help="recipe file: .json (wsviz) or .yml (mergekit); or model directories "
+                   "(HF, with config.json) to evaluate as they are")
     p.add_argument("--demo", action="store_true", help="use the built-in demo zoo")
     p.add_argument("--eval", dest="eval", default=None, metavar="SPEC",
                    help="'zoo', ppl:TEXT_FILE (perplexity; a bare text file works too), "
@@ -34,6 +39,104 @@ def register(sub) -> None:
     add_eval_options(p)
     p.add_argument("--device", default=None, help="torch device for merging / evaluation")
     p.set_defaults(func=run)
+
+
+SPECS = "ppl:text.txt, mc:file.jsonl, lm-eval:TASK, module:function"
+
+
+def _model_targets(paths: list[str]) -> list[str]:
+    """The paths when they name model directories (not a recipe file); [] for a recipe or
+    nothing. WsvizError for a mix, for several recipes, or for a missing path."""
+    from pathlib import Path
+
+    if not paths:
+        return []
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise WsvizError(f"{missing[0]}: no such recipe file or model directory")
+    dirs = [p for p in paths if Path(p).is_dir()]
+    if not dirs:
+        if len(paths) > 1:
+            raise WsvizError(f"give one RECIPE file, not {len(paths)}: {' '.join(paths)}")
+        return []
+    if len(dirs) != len(paths):
+        raise WsvizError("give either one RECIPE file or model directories, not both: "
+                         + " ".join(p for p in paths if p not in dirs))
+    return dirs
+
+
+def _evaluate_models(dirs: list[str], args, opts: dict) -> int:
+    """Evaluate each model directory as it is (the LLM evaluators run it directly; other
+    evaluators get its tensors) and print one block, or one table row per model."""
+    from wsviz.eval import make_evaluator
+    from wsviz.eval.metrics import declare_metric
+    from wsviz.io import open_source
+
+    if args.demo or args.sweep or args.references:
+        raise WsvizError("model directories are evaluated as they are: drop --demo, --sweep "
+                         "and --references (they apply to a RECIPE)")
+    if not args.eval:
+        raise WsvizError(f"give an evaluator with --eval SPEC ({SPECS})")
+    rows, evaluator, said = {}, None, set()
+    for d in dirs:
+        evaluator = make_evaluator(args.eval, device=args.device, model_dir=d, **opts)
+        if args.metric:
+            declare_metric(evaluator, args.metric)
+        if hasattr(evaluator, "lm"):  # runs the directory's own model and weights
+            weights = {}
+        else:
+            src = open_source(d)
+            names = getattr(evaluator, "names", None) or list(src.infos())
+            weights = {n: src.get(n, device=args.device) for n in names}
+        rows[d] = evaluator.evaluate(weights)
+        if getattr(evaluator, "description", None) not in said:  # once when all agree
+            said.add(getattr(evaluator, "description", None))
+            _describe(evaluator)
+    if len(rows) == 1:
+        _print_results(next(iter(rows.values())), evaluator)
+    else:
+        _print_model_table(rows, evaluator)
+    return 0
+
+
+def _describe(evaluator) -> None:
+    """The evaluator's own account of what it scored (perplexity: tokens, window, stride)."""
+    text = getattr(evaluator, "description", None)
+    if text:
+        print(f"# {text}")
+
+
+def _cell(spec, value: float, width: int) -> str:
+    """``value`` right-aligned: a count as an integer, a metric with 4 decimals."""
+    if spec.is_count:
+        return f"{round(value):{width}d}" if value == value else f"{'–':>{width}s}"
+    return f"{value:{width}.4f}"
+
+
+def _print_model_table(rows: dict, evaluator) -> None:
+    """One row per model directory, one column per (task, metric)."""
+    from wsviz.eval.metrics import metric_specs
+
+    first = next(iter(rows.values()))
+    specs = metric_specs(evaluator, first)
+    cols = [(t, m) for t, ms_ in first.items() for m in specs if m in ms_]
+    heads = [f"{t} {m} {specs[m].arrow}".strip() for t, m in cols]
+    _legend(specs, [m for _, m in cols])
+    w = _width(rows)
+    cw = max([14, *(len(h) + 2 for h in heads)])
+    print(f"{'model':{w}s}" + "".join(f"{h:>{cw}s}" for h in heads))
+    for name, res in rows.items():
+        print(f"{name:{w}s}" + "".join(_cell(specs[m], res.get(t, {}).get(m, float("nan")),
+                                              cw) for t, m in cols))
+
+
+def _legend(specs, metrics) -> None:
+    """``# perplexity: lower is better · loss: ...`` (counts are not metrics: left out)."""
+    shown = [m for m in dict.fromkeys(metrics) if not specs[m].is_count]
+    if shown:
+        print("# " + " · ".join(
+            f"{m}: {'higher' if specs[m].higher_is_better else 'lower'} is better"
+            + (f" ({specs[m].unit})" if specs[m].unit else "") for m in shown))
 
 
 def parse_values(text: str) -> list:
@@ -68,6 +171,10 @@ def run(args) -> int:
     from wsviz.recipes import InMemoryMerger, Recipe
 
     opts = eval_options(args)
+    models = _model_targets(args.recipe)
+    if models:
+        return _evaluate_models(models, args, opts)
+    args.recipe = args.recipe[0] if args.recipe else None
     if args.demo:
         from wsviz.zoo import ensure_zoo
         from wsviz.zoo.table import zoo_recipe
@@ -79,16 +186,10 @@ def run(args) -> int:
         evaluator = (zoo.evaluator(device=args.device) if args.eval in (None, "zoo")
                      else make_evaluator(args.eval, ms, device=args.device, **opts))
     else:
-        if not args.recipe:
-            raise WsvizError("give a RECIPE file (or --demo)")
-        if not args.eval:
-            raise WsvizError("give an evaluator with --eval SPEC (ppl:text.txt, mc:file.jsonl, "
-                             "lm-eval:TASK, module:function)")
+        from wsviz.commands._recipe_args import recipe_and_models
         from wsviz.io import ModelSet
 
-        recipe = Recipe.load(args.recipe)
-        labels = recipe.labels
-        base = recipe.base or labels[0]
+        recipe, base, labels = recipe_and_models(args.recipe, args.eval, SPECS)
         ms = ModelSet.open(base, labels, labels=labels)
         evaluator = make_evaluator(args.eval, ms, device=args.device, **opts)
     if args.metric:
@@ -98,6 +199,7 @@ def run(args) -> int:
     merger = InMemoryMerger(ms, device=args.device, names=names)
     if not args.sweep:
         res = evaluate_recipe(recipe, evaluator, merger)
+        _describe(evaluator)
         _print_results(res, evaluator)
         if args.references:
             _print_references(res, evaluator, ms, names, args.device)
@@ -124,17 +226,17 @@ def _print_results(res, evaluator) -> None:
 
     specs = metric_specs(evaluator, res)
     metrics = [m for m in specs if any(m in ms_ for ms_ in res.values())]
-    print("# " + " · ".join(f"{m}: {'higher' if specs[m].higher_is_better else 'lower'} is "
-                            f"better" + (f" ({specs[m].unit})" if specs[m].unit else "")
-                            for m in metrics))
+    _legend(specs, metrics)
     w = _width(res)
-    cols = [f"{m} {specs[m].arrow}" for m in metrics]
+    cols = [f"{m} {specs[m].arrow}".strip() for m in metrics]
     cw = max([14, *(len(c) + 2 for c in cols)])
     print(f"{'task':{w}s}" + "".join(f"{c:>{cw}s}" for c in cols))
     for t, ms_ in res.items():
-        print(f"{t:{w}s}" + "".join(f"{ms_.get(m, float('nan')):{cw}.4f}" for m in metrics))
+        print(f"{t:{w}s}" + "".join(_cell(specs[m], ms_.get(m, float("nan")), cw)
+                                    for m in metrics))
     mm = mean_metrics(res)
-    print(f"{'mean':{w}s}" + "".join(f"{mm.get(m, float('nan')):{cw}.4f}" for m in metrics))
+    print(f"{'mean':{w}s}" + "".join(_cell(specs[m], mm.get(m, float("nan")), cw)
+                                     for m in metrics))
 
 
 def _print_references(res, evaluator, ms, names, device) -> None:

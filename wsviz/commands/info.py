@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         print(describe(src, tensors=args.tensors, fingerprint=args.fingerprint))
     if len(sources) > 1:
         ms = ModelSet.open(sources[0], sources[1:], strict=False)
+        ms.report.base = str(args.paths[0])  # name the base by its path, not its label
         print(ms.report.format())
         print(f"  aligned tensors: {len(ms.names)} ({ms.num_params():,} parameters)")
         return 0 if ms.report.ok else 1

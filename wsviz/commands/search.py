@@ -92,14 +92,11 @@ def build(args):
         zoo = ensure_zoo()
         recipe = Recipe.load(args.recipe) if args.recipe else zoo_recipe(zoo.tasks, "ties")
         return recipe, EvalContext.for_zoo(zoo, split=args.split, device=args.device), zoo
-    if not args.recipe:
-        raise WsvizError("give a RECIPE file (or --demo)")
-    if not args.eval:
-        raise WsvizError("give an evaluator with --eval SPEC (module:function, file.py:function "
-                         "or a text file for perplexity)")
-    recipe = Recipe.load(args.recipe)
-    labels = recipe.labels
-    base = recipe.base or labels[0]
+    from wsviz.commands._recipe_args import recipe_and_models
+
+    recipe, base, labels = recipe_and_models(
+        args.recipe, args.eval, "module:function, file.py:function or a text file for "
+        "perplexity")
     ctx = EvalContext(base=base, models=tuple(labels), labels=tuple(labels),
                       evaluator=_abs_spec(args.eval), device=args.device,
                       sys_path=(os.getcwd(),))
@@ -267,12 +264,29 @@ def _zoo_test_report(result, front, zoo, device) -> None:
               f"worst {min(acc):.4f}")
 
 
+def hoist_common(recipe):
+    """``recipe`` with every parameter that all its models set to the same value (and that
+    has no global value) moved to the global parameters, where mergekit and wsviz read it as
+    each model's default: the same merge, written once instead of once per model."""
+    if not recipe.models:
+        return recipe
+    first = recipe.models[0].params
+    for name in list(first):
+        if name in recipe.params or any(m.params.get(name, object()) != first[name]
+                                        for m in recipe.models):
+            continue
+        recipe.params[name] = first[name]
+        for m in recipe.models:
+            del m.params[name]
+    return recipe.validate()
+
+
 def _write_best(result, args, probe) -> None:
     best = result.best(args.by)
     if best is None:
         raise WsvizError(f"--best: no feasible complete trial to choose by {args.by!r} (valid: "
                          f"mean, worst, {', '.join(result.objective_names)})")
-    recipe = result.recipe(int(best["number"]))
+    recipe = hoist_common(result.recipe(int(best["number"])))
     out = Path(args.best)
     if out.suffix.lower() in (".yml", ".yaml"):
         text = recipe.to_mergekit_yaml(paths=probe.get("paths") or {})

@@ -108,8 +108,10 @@ class CausalLM:
         self.dtype = dtype
         self.tokenizer = load_tokenizer(self.model_dir, tokenizer, feature)
         try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                str(self.model_dir), local_files_only=True, dtype=dtype)
+            from wsviz.io.transformers_load import load_pretrained
+
+            model = load_pretrained(transformers.AutoModelForCausalLM, self.model_dir,
+                                    local_files_only=True, dtype=dtype)
         except Exception as e:  # noqa: BLE001
             raise EvalError(f"{self.model_dir}: cannot load a causal LM ({type(e).__name__}: "
                             f"{e})") from None

@@ -29,17 +29,23 @@ SPEC_HELP = ("'zoo', ppl:TEXT_FILE (or a text file), mc:FILE.jsonl, lm-eval:TASK
 
 
 def make_evaluator(spec: str, modelset=None, device=None, model_dir=None, tokenizer=None,
-                   lm_eval_include=None, lm_eval_limit=None, metric: str | None = None):
+                   lm_eval_include=None, lm_eval_limit=None, metric: str | None = None,
+                   max_tokens: int | None = None, window: int | None = None,
+                   stride: int | None = None):
     """The evaluator for ``spec`` (see the module docstring).
 
     ``modelset``: gives the default ``model_dir`` (its base's directory) of the LLM
     evaluators; ``tokenizer``: an HF tokenizer directory or tokenizer.json for them;
     ``lm_eval_include``: directory of lm-eval task YAMLs; ``lm_eval_limit``: documents per
     lm-eval task; ``metric``: ``"NAME"`` or ``"NAME:min|max"`` made the evaluator's primary
-    metric (:func:`wsviz.eval.metrics.declare_metric`).
+    metric (:func:`wsviz.eval.metrics.declare_metric`); ``max_tokens``, ``window``,
+    ``stride``: perplexity's cap on the tokens read (None: the whole file), its window (None:
+    the model's context) and stride (None: the window) — see :class:`PerplexityEvaluator`.
     Raises :class:`EvalError` naming the spec when it is none of these or cannot be built.
     """
-    ev = _make(spec, modelset, device, model_dir, tokenizer, lm_eval_include, lm_eval_limit)
+    ppl = {"max_tokens": max_tokens, "context": window, "stride": stride}
+    ev = _make(spec, modelset, device, model_dir, tokenizer, lm_eval_include, lm_eval_limit,
+               ppl)
     if metric:
         from wsviz.eval.metrics import declare_metric
 
@@ -58,7 +64,8 @@ def _llm_dir(kind: str, spec: str, modelset, model_dir):
     return model_dir_of(modelset)
 
 
-def _make(spec, modelset, device, model_dir, tokenizer, lm_eval_include, lm_eval_limit):
+def _make(spec, modelset, device, model_dir, tokenizer, lm_eval_include, lm_eval_limit,
+          ppl: dict):
     if not spec or not isinstance(spec, str):
         raise EvalError(f"evaluator spec {spec!r}: give {SPEC_HELP}")
     if spec == "zoo":
@@ -90,7 +97,7 @@ def _make(spec, modelset, device, model_dir, tokenizer, lm_eval_include, lm_eval
         from wsviz.eval.perplexity import PerplexityEvaluator
 
         return PerplexityEvaluator(_llm_dir("perplexity", spec, modelset, model_dir), p,
-                                   device=device, tokenizer=tokenizer)
+                                   device=device, tokenizer=tokenizer, **ppl)
     if ":" in spec:
         from wsviz.eval.user import CallableEvaluator
 

@@ -26,6 +26,8 @@ from wsviz.errors import EvalError
 #: Units :meth:`MetricSpec.format` knows: "fraction" (a value in [0, 1] shown as a percent),
 #: "%" (already a percent), anything else is printed after the number.
 FRACTION = "fraction"
+#: The unit of a count (tokens scored, examples): printed as an integer, with no direction.
+COUNT = "count"
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,16 @@ class MetricSpec:
             return "–"
         if self.unit == FRACTION:
             return f"{100 * value:.{max(0, digits - 3)}f} %"
+        if self.unit == COUNT:
+            return f"{round(value):d}"
         text = f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
         return f"{text} {self.unit}".strip() if self.unit and self.unit != "%" else (
             text + (" %" if self.unit == "%" else ""))
+
+    @property
+    def is_count(self) -> bool:
+        """True for a count (unit :data:`COUNT`): not a quality, so no direction."""
+        return self.unit == COUNT
 
     @property
     def label(self) -> str:
@@ -91,13 +100,18 @@ class MetricSpec:
         return self.labelled(self.name)
 
     def labelled(self, text: str) -> str:
-        """``text`` with the direction appended: ``"mean perplexity (lower is better)"``."""
+        """``text`` with the direction appended: ``"mean perplexity (lower is better)"``
+        (a count: ``text`` alone)."""
+        if self.is_count:
+            return text
         arrow = "higher" if self.higher_is_better else "lower"
         return f"{text} ({arrow} is better)"
 
     @property
     def arrow(self) -> str:
-        """``"↑"`` (higher is better) or ``"↓"``."""
+        """``"↑"`` (higher is better), ``"↓"``, or ``""`` for a count."""
+        if self.is_count:
+            return ""
         return "↑" if self.higher_is_better else "↓"
 
     def normalized(self, value: float, reference: float) -> float:

@@ -45,7 +45,7 @@ class AlignmentReport:
 
     def format(self, limit: int = 8) -> str:
         """Multi-line human-readable report."""
-        lines = [f"alignment against base {self.base}: {'OK' if self.ok else 'MISMATCH'}"]
+        lines = [f"alignment against the base ({self.base}): {'OK' if self.ok else 'MISMATCH'}"]
 
         def names(xs):
             more = f" (+{len(xs) - limit} more)" if len(xs) > limit else ""

@@ -91,6 +91,18 @@ class Dimension:
         return FloatDistribution(float(self.low), float(self.high), log=self.log,
                                  step=self.step)
 
+    def short(self, v):
+        """``v`` as written in recipes: a float on a ``step`` grid rounded to the step's
+        decimals (``0.30000000000000004`` -> ``0.3``), another float to 6 significant
+        digits (a relative change below 5e-6, far under what a search resolves); ints,
+        bools and choices unchanged."""
+        if not isinstance(v, float) or self.integer or self.choices is not None:
+            return v
+        if self.step:
+            decimals = max(0, -math.floor(math.log10(abs(float(self.step)))) + 3)
+            return round(v, decimals) + 0.0
+        return float(f"{v:.6g}")
+
     def to_unit(self, v: float) -> float:
         """``v`` mapped to [0, 1] (log scale when ``log``)."""
         lo, hi = float(self.low), float(self.high)
@@ -259,8 +271,8 @@ class SearchSpace:
         r = copy.deepcopy(self.recipe)
         spec = r.spec
         by_target: dict[tuple[str, str | None], dict[str | None, Any]] = {}
-        for d in self.dims:
-            by_target.setdefault((d.param, d.model), {})[d.group] = point[d.name]
+        for d in self.dims:  # short values: the recipe evaluated is the one exported
+            by_target.setdefault((d.param, d.model), {})[d.group] = d.short(point[d.name])
         for (pname, model), vals in by_target.items():
             if list(vals) == [None]:
                 setting = vals[None]

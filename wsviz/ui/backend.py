@@ -700,7 +700,9 @@ class ApiWorkspace(Workspace):
         for lab, src in self.ms.models.items():
             if src.path is not None:
                 paths[lab] = str(src.path)
-        return paths
+        from wsviz.recipes.portable import absolute_paths
+
+        return absolute_paths(paths)  # exports work from any directory (issue 19)
 
     def _path_recipe(self, recipe):
         """Copy of ``recipe`` with model-set labels replaced by checkpoint paths."""
@@ -892,7 +894,7 @@ def _zoo_input_norms(zoo, target: str, weights=None) -> dict:
     return {f"{k.removeprefix('m.')}.weight": v for k, v in norms.items()}
 
 
-def _hf_input_norms(paths: dict, calib: str, device, target: str, weights=None) -> dict:
+def _hf_input_norms(paths: dict, calib: str, device, target: str, weights=None, tokenizer=None) -> dict:
     """Wanda calibration for a transformers model set: module input norms of ``target``
     (``paths[target]``; with ``weights``, the base's architecture holding them) on the
     ``calib`` file, exactly as ``wsviz prune --calib`` computes them
@@ -900,7 +902,7 @@ def _hf_input_norms(paths: dict, calib: str, device, target: str, weights=None) 
     from wsviz.recipes.calibration import calibration_norms
 
     path = paths["base"] if weights is not None or target == "base" else paths[target]
-    return calibration_norms(path, calib, device, weights=weights)
+    return calibration_norms(path, calib, device, weights=weights, tokenizer=tokenizer)
 
 
 def load_evaluator(spec: str | None, modelset=None, device=None, **options):
@@ -931,7 +933,7 @@ def open_workspace(base, models, eval_spec: str | None = None, device=None,
         if not Path(calib).is_file():
             raise WsvizError(f"--calib {calib}: no such file")
         paths = {"base": str(base), **dict(zip(ms.labels, map(str, models)))}
-        norms = partial(_hf_input_norms, paths, str(calib), device)
+        norms = partial(_hf_input_norms, paths, str(calib), device, tokenizer=eval_options.get("tokenizer"))
     ws = ApiWorkspace(ms, evaluator, title=f"{Path(str(base)).name} + {len(ms.labels)}",
                       device=device, metric=metric, input_norms=norms)
     ws.calib = str(calib) if calib is not None else None

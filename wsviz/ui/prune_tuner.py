@@ -96,8 +96,9 @@ class PruneTuner(Viewer):
         self.param.watch(lambda e: self.request(), "target")
         session.param.watch(lambda e: self._draw_mask(), "layer")
         session.param.watch(self._on_merge, "merge_recipe")
-        with param.parameterized.discard_events(self):
-            self.target = ws.labels[0] if ws.labels else "base"
+        with param.parameterized.discard_events(self):  # the current merge when there is one
+            self.target = (MERGE_TARGET if session.merge_recipe is not None
+                           else ws.labels[0] if ws.labels else "base")
         self.method = "magnitude" if "magnitude" in self.methods else list(self.methods)[0]
 
     def _set_refs(self, refs: dict) -> None:
@@ -167,7 +168,7 @@ class PruneTuner(Viewer):
         except Exception as exc:  # noqa: BLE001
             self.recipe_text = ""
             self._yaml.value = ""
-            self.session.notify_error(exc)
+            self._failed(state, exc)
             return
         self._yaml.value = self.recipe_text
         merge = self._merge(state)
@@ -179,7 +180,18 @@ class PruneTuner(Viewer):
             self.session.runner, self._busy, "prune-eval",
             lambda: (state, ws.evaluate_prune(state["target"], state["method"], params,
                                               merge=merge)),
-            self._show)
+            self._show, lambda exc: self._failed(state, exc, notify=False))
+
+    def _failed(self, state: dict, exc, notify: bool = True) -> None:
+        """An evaluation of ``state`` failed: the previous result is withdrawn (the summary,
+        bars and mask say nothing was computed for these settings), the error is shown."""
+        if notify:
+            self.session.notify_error(exc)
+        self.metrics = None
+        self._summary.object = (f"**no result** for {state['method']} on `{state['target']}` "
+                                "(see the notification)")
+        self._live.update({}, f"{state['method']} on {state['target']}: failed")
+        self._mask.object = None
 
     def _show(self, result):
         state, metrics = result
@@ -221,7 +233,10 @@ class PruneTuner(Viewer):
                     mask.astype(float), f"keep-mask of {layer} (kept {kept:.1%})",
                     cmap="gray", symmetric=False, label="kept (1) / pruned (0)")
 
-        self.session.runner.submit("prune-mask", work, done)
+        def failed(exc):
+            self._mask.object = None  # the error is shown; no stale mask stays
+
+        self.session.runner.submit("prune-mask", work, done, failed)
 
     def write(self, outdir: str | None = None, force: bool | None = None) -> None:
         """Write the pruned target to ``outdir`` inside the export root (off the event loop,

@@ -28,13 +28,26 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def clip_message(msg: str, limit: int = 280, word: int = 48) -> str:
+    """``msg`` fit for a toast: whitespace runs (newlines) collapsed, cut to ``limit``
+    characters with "…", and words longer than ``word`` characters (paths, tensor names) given
+    zero-width break points after ``/ . _ -`` so the toast wraps instead of overflowing."""
+    text = " ".join(str(msg).split())
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    zw = "\u200b"
+    return " ".join(w if len(w) <= word else "".join(c + zw if c in "/._-" else c for c in w)
+                    for w in text.split(" "))
+
+
 def _toast(kind: str, msg: str, duration: int) -> None:
-    """Show ``msg`` as a Panel notification of ``kind`` ("error"/"success") when the page has
-    a notification area; failures are logged, never raised."""
+    """Show ``msg`` (clipped, :func:`clip_message`; the full text stays in
+    ``Session.errors``) as a Panel notification of ``kind`` ("error"/"success") when the page
+    has a notification area; failures are logged, never raised."""
     notifications = getattr(pn.state, "notifications", None)
     if notifications is not None:
         try:
-            getattr(notifications, kind)(msg, duration=duration)
+            getattr(notifications, kind)(clip_message(msg), duration=duration)
         except Exception:
             log.exception("could not show notification")
 
