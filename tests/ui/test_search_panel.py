@@ -12,8 +12,8 @@ import yaml
 import wsviz.ui  # noqa: F401 - loads the bokeh plotting backend
 from tests.ui.fake_workspace import FakeWorkspace
 from wsviz.eval.metrics import KNOWN
+from wsviz.session import demo_workspace
 from wsviz.ui.app import build_components
-from wsviz.ui.backend import demo_workspace
 
 
 @pytest.fixture(scope="module")

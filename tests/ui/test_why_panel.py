@@ -47,7 +47,7 @@ def test_layer_plots_one_series_per_model():
 
 @pytest.fixture(scope="module")
 def demo_ws():
-    from wsviz.ui.backend import demo_workspace
+    from wsviz.session import demo_workspace
 
     return demo_workspace()
 

@@ -21,7 +21,7 @@ RUNNER = Path(__file__).parents[1] / "recipes" / "mergekit_runner.py"
 
 @pytest.fixture(scope="module")
 def workspace(zoo):
-    from wsviz.ui.backend import ApiWorkspace
+    from wsviz.session import ApiWorkspace
 
     return ApiWorkspace(zoo.modelset(), zoo.evaluator(n_samples=100), title="demo zoo")
 

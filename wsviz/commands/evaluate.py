@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from wsviz.commands._model_args import add_eval_options, eval_options
 from wsviz.errors import WsvizError
+from wsviz.session.args import add_eval_options, eval_options
 
 
 def register(sub) -> None:
@@ -63,9 +63,10 @@ def parse_values(text: str) -> list:
 
 
 def run(args) -> int:
-    from wsviz.eval import evaluate_recipe, make_evaluator, sweep
+    from wsviz.eval import evaluate_recipe, sweep
     from wsviz.eval.metrics import declare_metric
     from wsviz.recipes import InMemoryMerger, Recipe
+    from wsviz.session.open import load_evaluator
 
     opts = eval_options(args)
     if args.demo:
@@ -77,7 +78,7 @@ def run(args) -> int:
         recipe = Recipe.load(args.recipe) if args.recipe else zoo_recipe(
             zoo.tasks, "task_arithmetic")
         evaluator = (zoo.evaluator(device=args.device) if args.eval in (None, "zoo")
-                     else make_evaluator(args.eval, ms, device=args.device, **opts))
+                     else load_evaluator(args.eval, ms, device=args.device, **opts))
     else:
         if not args.recipe:
             raise WsvizError("give a RECIPE file (or --demo)")
@@ -90,7 +91,7 @@ def run(args) -> int:
         labels = recipe.labels
         base = recipe.base or labels[0]
         ms = ModelSet.open(base, labels, labels=labels)
-        evaluator = make_evaluator(args.eval, ms, device=args.device, **opts)
+        evaluator = load_evaluator(args.eval, ms, device=args.device, **opts)
     if args.metric:
         declare_metric(evaluator, args.metric)
     recipe.validate()

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 
-from wsviz.commands._model_args import add_model_args
 from wsviz.errors import WsvizError
+from wsviz.session.args import add_model_args
 
 
 def register(sub) -> None:

@@ -8,9 +8,10 @@ import importlib
 import threading
 from pathlib import Path
 
-from wsviz.commands._model_args import add_model_args, eval_options
 from wsviz.errors import WsvizError
-from wsviz.ui.workspace import DEFAULT_EXPORT_DIR, Workspace
+from wsviz.session.args import add_model_args, eval_options
+from wsviz.session.base import Workspace
+from wsviz.session.views import DEFAULT_EXPORT_DIR
 
 _CACHE: dict[tuple, Workspace] = {}
 _LOCK = threading.Lock()
@@ -63,7 +64,7 @@ def _make(ns: argparse.Namespace) -> Workspace:
         except (ImportError, AttributeError) as exc:
             raise WsvizError(f"--workspace {ns.workspace!r} cannot be imported: {exc}") from None
         return factory()
-    from wsviz.ui import backend
+    from wsviz.session import open as backend
 
     if ns.demo:
         if ns.paths:

@@ -16,6 +16,7 @@ from panel.viewable import Viewer
 
 from wsviz.errors import RecipeError
 from wsviz.eval.metrics import pareto_mask as _pareto
+from wsviz.session.views import MethodView
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import (
     LiveBars,
@@ -30,7 +31,6 @@ from wsviz.ui.widgets import (
     watch_widget,
     widget_value,
 )
-from wsviz.ui.workspace import MethodView
 
 DEFAULT_METHOD = "task_arithmetic"
 NO_EVALUATOR = ("*No evaluator: live metrics are off (the recipe still exports). Start with "
