@@ -21,7 +21,7 @@ class ExportMixin:
         beside the weights (and, for the current merge, its ``wsviz_recipe.json`` with
         checkpoint paths): ``wsviz merge`` + ``wsviz prune --recipe`` reproduce it."""
         from wsviz.io.outputs import check_output, resolve_under
-        from wsviz.recipes.prune import prune_to_dir, write_pruned
+        from wsviz.recipes.prune import prune_to_dir
 
         recipe = self.prune_recipe(method, params)
         target = self._check_target(target, merge)
@@ -38,15 +38,8 @@ class ExportMixin:
         norms = self._wanda_norms(target, merge) if recipe.method == "wanda" else None
         try:
             if target == MERGE_TARGET:
-                plan, get = self._prune_plan(target, recipe, merge)
-                base_dir = self.ms.base.path
-                base_dir = base_dir if base_dir is not None and Path(base_dir).is_dir() \
-                    else None
-                path, _ = write_pruned(
-                    plan, get, out, force=force, copy_from=base_dir,
-                    inputs=self.input_files(), device=self.device, progress=step,
-                    model="current merge",
-                    extra_files={"wsviz_recipe.json": self.recipe_json(merge)})
+                path, _ = self.write_merge_pruned(merge, recipe, out, force=force,
+                                                  progress=step)
             else:
                 src = self.ms.base if target == "base" else self.ms.models[target]
                 path, _ = prune_to_dir(recipe, src, out, force=force, device=self.device,
@@ -56,6 +49,27 @@ class ExportMixin:
         if progress:
             progress(1.0, "done")
         return str(path)
+
+    def write_merge_pruned(self, merge, recipe, out, *, force: bool = False,
+                           progress=None, max_shard_bytes: int | str = "2GB",
+                           model: str = "current merge", inputs=()):
+        """The merge -> prune -> write pipeline: merge ``merge`` in memory (cached), prune it
+        with the :class:`~wsviz.recipes.prune.PruneRecipe` ``recipe`` and stream it into the
+        HF directory ``out`` (:func:`wsviz.recipes.prune.write_pruned`: atomic, never over
+        an input), config files copied from the base directory, ``wsviz_recipe.json`` (the
+        merge with checkpoint paths) and ``wsviz_prune.yml`` beside the weights.
+        ``progress(i, total)`` per tensor; ``inputs``: further paths read (recipe files).
+        Returns ``(path, {tensor: sparsity})``. ``wsviz merge --prune`` runs this too."""
+        from wsviz.recipes.prune import write_pruned
+
+        plan, get = self._prune_plan(MERGE_TARGET, recipe, merge)
+        base_dir = self.ms.base.path
+        base_dir = base_dir if base_dir is not None and Path(base_dir).is_dir() else None
+        return write_pruned(
+            plan, get, out, force=force, copy_from=base_dir,
+            inputs=[*self.input_files(), *inputs], device=self.device, progress=progress,
+            model=model, max_shard_bytes=max_shard_bytes,
+            extra_files={"wsviz_recipe.json": self.recipe_json(merge)})
 
     # -- export -----------------------------------------------------------------------------
     def _paths(self) -> dict[str, str]:
