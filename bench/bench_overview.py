@@ -74,8 +74,8 @@ def server_side(base: Path, fts: list[Path], repeat: int) -> tuple[float, float,
 
     import wsviz.ui  # noqa: F401 - bokeh backend
     from wsviz.analysis.blocks import block_layout, depth_frame
+    from wsviz.session import open_workspace
     from wsviz.ui.app import build_components
-    from wsviz.ui.backend import open_workspace
 
     ws = open_workspace(str(base), [str(f) for f in fts])
     table = ws.analysis_table()  # from the server's cache

@@ -63,7 +63,7 @@ def browser_context_args(browser_context_args):
 def demo_ws():
     """The demo-zoo workspace, built once per session and shared by the modules that only
     read it (a test that changes its settings, such as ``export_root``, builds its own)."""
-    from wsviz.ui.backend import demo_workspace
+    from wsviz.session import demo_workspace
 
     return demo_workspace()
 

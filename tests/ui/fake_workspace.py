@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from wsviz.errors import EvalError, RecipeError
-from wsviz.ui.workspace import LayerDetailView, MethodView, ParamView, Workspace
+from wsviz.session.base import Workspace
+from wsviz.session.views import LayerDetailView, MethodView, ParamView
 
 LAYERS = ["enc.0.weight", "enc.0.bias", "enc.1.weight", "enc.1.bias"]
 LABELS = ["a", "b", "c"]

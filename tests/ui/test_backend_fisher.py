@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from wsviz.ui.backend import ApiWorkspace
+from wsviz.session import ApiWorkspace
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import yaml
 from safetensors.torch import load_file
 
 import wsviz.ui  # noqa: F401 - loads the bokeh plotting backend
+from wsviz.session import open_workspace
 from wsviz.ui.app import build_components
-from wsviz.ui.backend import open_workspace
 
 
 def run_mergekit_yaml(config: Path, out: Path, cwd: Path) -> None:

@@ -10,8 +10,8 @@ import wsviz.ui  # noqa: F401 - loads the plotting backend
 from tests.contract import copy_model, snapshot
 from tests.ui.fake_workspace import FakeWorkspace
 from wsviz.errors import WsvizError
+from wsviz.session import open_workspace
 from wsviz.ui.app import build_components
-from wsviz.ui.backend import open_workspace
 from wsviz.ui.launch import workspace_from_args
 
 

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from tests.checkpoints import build_llama_set, save_char_tokenizer
 from tests.contract import run_cli
-from wsviz.ui.backend import open_workspace
-from wsviz.ui.workspace import MERGE_TARGET
+from wsviz.session import open_workspace
+from wsviz.session.views import MERGE_TARGET
 
 TEXT = "the cat sees a bird in the tree.\nthe dog sees the moon.\na fish in the rain.\n"
 

@@ -1,4 +1,4 @@
-"""Round slider grids and typed-value checks (wsviz.ui.param_grid), and the merge tuner's
+"""Round slider grids and typed-value checks (wsviz.session.param_grid), and the merge tuner's
 exact parameter entry on the demo zoo: typed / slid values reach the exported YAML exactly."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import yaml
 
 import wsviz.ui  # noqa: F401 - loads the bokeh plotting backend
 from wsviz.errors import RecipeError
-from wsviz.ui.param_grid import check_value, nice_step, slider_grid, tidy
+from wsviz.session.param_grid import check_value, nice_step, slider_grid, tidy
 
 
 def test_nice_step_is_1_2_5_times_a_power_of_ten():
@@ -158,7 +158,7 @@ def test_per_model_density_reaches_the_recipe_and_yaml(comps):
     assert cfg["models"][2]["parameters"]["density"] == 0.7
     assert cfg["parameters"]["density"] == 0.4
     # the tuner state of a recipe with per-model densities restores them (search rows)
-    from wsviz.ui.backend import tuner_state
+    from wsviz.session.tuner import tuner_state
 
     st = tuner_state(m.recipe, m.methods, labels)
     assert st["model_params"][labels[2]]["density"] == 0.7

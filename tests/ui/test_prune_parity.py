@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from tests.contract import assert_user_error, run_cli
 from wsviz.errors import WsvizError
 from wsviz.recipes.prune import PruneRecipe
-from wsviz.ui.backend import open_workspace
-from wsviz.ui.workspace import MERGE_TARGET
+from wsviz.session import open_workspace
+from wsviz.session.views import MERGE_TARGET
 
 RECIPES = [
     {"method": "magnitude", "sparsity": 0.5},

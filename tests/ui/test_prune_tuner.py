@@ -12,8 +12,8 @@ import torch
 
 import wsviz.ui  # noqa: F401 - loads the bokeh plotting backend
 from tests.ui.fake_workspace import TASKS, FakeWorkspace
+from wsviz.session.views import MERGE_TARGET
 from wsviz.ui.app import build_components
-from wsviz.ui.workspace import MERGE_TARGET
 
 
 def test_prune_current_merge_follows_the_merge_tuner(tmp_path):
@@ -71,8 +71,8 @@ def demo(demo_ws):
 
 def test_demo_prune_current_merge_metrics_and_wanda(demo):
     from wsviz.compute import masks
-    from wsviz.ui.backend import _zoo_input_norms
     from wsviz.zoo import ensure_zoo
+    from wsviz.zoo.calibration import zoo_input_norms as _zoo_input_norms
 
     merge = demo.make_recipe("task_arithmetic", {"lambda": 0.3},
                              {lab: {"weight": 1.0} for lab in demo.labels})

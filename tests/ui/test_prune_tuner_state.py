@@ -9,9 +9,9 @@ import pytest
 import wsviz.ui  # noqa: F401 - loads the bokeh plotting backend
 from tests.ui.fake_workspace import TASKS, FakeWorkspace
 from wsviz.errors import EvalError
+from wsviz.session.views import MERGE_TARGET
 from wsviz.ui.app import build_components
 from wsviz.ui.session import clip_message
-from wsviz.ui.workspace import MERGE_TARGET
 
 LONG = ("NotImplementedError: Cannot copy out of meta tensor; no data! Please use "
         "torch.nn.Module.to_empty() instead of torch.nn.Module.to() when moving module from "

@@ -17,7 +17,7 @@ from tests.recipes.mergekit_runner import run_mergekit
 
 @pytest.fixture(scope="module")
 def workspace(zoo):
-    from wsviz.ui.backend import ApiWorkspace
+    from wsviz.session import ApiWorkspace
 
     return ApiWorkspace(zoo.modelset(), zoo.evaluator(n_samples=100), title="demo zoo")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from wsviz.commands._model_args import add_eval_options, eval_options
 from wsviz.errors import WsvizError
+from wsviz.session.args import add_eval_options, eval_options
 
 
 def register(sub) -> None:
@@ -166,9 +166,10 @@ def parse_values(text: str) -> list:
 
 
 def run(args) -> int:
-    from wsviz.eval import evaluate_recipe, make_evaluator, sweep
+    from wsviz.eval import evaluate_recipe, sweep
     from wsviz.eval.metrics import declare_metric
     from wsviz.recipes import InMemoryMerger, Recipe
+    from wsviz.session.open import load_evaluator
 
     opts = eval_options(args)
     models = _model_targets(args.recipe)
@@ -184,14 +185,14 @@ def run(args) -> int:
         recipe = Recipe.load(args.recipe) if args.recipe else zoo_recipe(
             zoo.tasks, "task_arithmetic")
         evaluator = (zoo.evaluator(device=args.device) if args.eval in (None, "zoo")
-                     else make_evaluator(args.eval, ms, device=args.device, **opts))
+                     else load_evaluator(args.eval, ms, device=args.device, **opts))
     else:
         from wsviz.commands._recipe_args import recipe_and_models
         from wsviz.io import ModelSet
 
         recipe, base, labels = recipe_and_models(args.recipe, args.eval, SPECS)
         ms = ModelSet.open(base, labels, labels=labels)
-        evaluator = make_evaluator(args.eval, ms, device=args.device, **opts)
+        evaluator = load_evaluator(args.eval, ms, device=args.device, **opts)
     if args.metric:
         declare_metric(evaluator, args.metric)
     recipe.validate()

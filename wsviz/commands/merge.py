@@ -26,6 +26,14 @@ def register(sub) -> None:
     p.add_argument("--shard-size", default="2GB", type=size_arg,
                    help="max bytes per output shard, e.g. 500MB, 2GB [2GB]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--prune", default=None, metavar="PRUNE_RECIPE",
+                   help="prune the merge before writing it (a prune recipe .yml/.json as "
+                   "`wsviz prune --recipe` takes, e.g. the dashboard's wsviz_prune.yml): merges "
+                   "in memory (every input model is held), exactly as the dashboard's 'prune "
+                   "the current merge' export")
+    p.add_argument("--calib", default=None, metavar="FILE",
+                   help="with --prune and a wanda recipe: calibration input (.pt token ids "
+                   "[batch, seq] or .txt), run through the merged model")
     p.add_argument("--to-yaml", action="store_true",
                    help="print the recipe as a mergekit YAML and exit (no merge)")
     p.add_argument("--to-json", action="store_true",
@@ -48,8 +56,47 @@ def run(args) -> int:
         return 0
     if not args.out:
         raise WsvizError("give the output directory with -o OUTDIR")
+    if args.prune is not None:
+        return _merge_prune(recipe, args)
+    if args.calib is not None:
+        raise WsvizError("--calib calibrates a wanda --prune recipe; add --prune FILE or drop "
+                         "--calib")
     out = merge_to_dir(recipe, args.out, force=args.force, device=args.device,
                        progress=not args.no_progress, max_shard_bytes=args.shard_size,
                        inputs=[args.recipe])
     print(f"wrote {out}")
+    return 0
+
+
+def _merge_prune(recipe, args) -> int:
+    """``--prune``: :func:`wsviz.session.pipeline.merge_prune_to_dir` with a progress bar."""
+    from tqdm.auto import tqdm
+
+    from wsviz.recipes.prune import PruneRecipe
+    from wsviz.session.pipeline import merge_prune_to_dir
+
+    prune = PruneRecipe.load(args.prune)
+    if args.calib is not None:
+        if prune.method != "wanda":
+            raise WsvizError(f"--calib is for wanda; {args.prune} prunes by {prune.method}")
+        prune.calib = args.calib
+    elif prune.method == "wanda" and prune.calib is None:
+        raise WsvizError("wanda needs calibration data: --calib FILE (.pt token ids or .txt)")
+    bars = []
+
+    def progress(i, total):
+        if not bars:
+            bars.append(tqdm(total=total, desc="merge+prune", unit="tensor",
+                             disable=args.no_progress))
+        bars[0].update(1)
+
+    try:
+        out, report = merge_prune_to_dir(
+            recipe, prune, args.out, force=args.force, device=args.device,
+            max_shard_bytes=args.shard_size, progress=progress,
+            inputs=[args.recipe, args.prune, prune.calib])
+    finally:
+        for b in bars:
+            b.close()
+    print(f"wrote {out}: merged, then pruned {len(report)} tensors with {prune.describe()}")
     return 0

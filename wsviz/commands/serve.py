@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 
-from wsviz.commands._model_args import add_model_args
 from wsviz.commands._types import port_arg
 from wsviz.errors import WsvizError
+from wsviz.session.args import add_model_args
 
 
 def register(sub) -> None:

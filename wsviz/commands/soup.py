@@ -34,9 +34,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from wsviz.eval import greedy_soup, make_evaluator
+    from wsviz.eval import greedy_soup
     from wsviz.eval.metrics import primary_metric
     from wsviz.recipes import InMemoryMerger
+    from wsviz.session.open import load_evaluator
 
     if args.output is not None:
         if args.output.suffix not in (".json", ".yml", ".yaml"):
@@ -52,7 +53,7 @@ def run(args) -> int:
         ms = zoo.modelset()
         evaluator = (zoo.evaluator(split="train", device=args.device)
                      if args.eval in (None, "zoo")
-                     else make_evaluator(args.eval, ms, device=args.device))
+                     else load_evaluator(args.eval, ms, device=args.device))
     else:
         if len(args.paths) < 3:
             raise WsvizError("give BASE and at least two fine-tuned checkpoints (or --demo)")
@@ -61,7 +62,7 @@ def run(args) -> int:
         from wsviz.io import ModelSet
 
         ms = ModelSet.open(args.paths[0], args.paths[1:])
-        evaluator = make_evaluator(args.eval, ms, device=args.device)
+        evaluator = load_evaluator(args.eval, ms, device=args.device)
     names = getattr(evaluator, "names", None)
     merger = InMemoryMerger(ms, device=args.device, names=names)
     recipe, hist = greedy_soup(evaluator, merger, metric=args.metric)

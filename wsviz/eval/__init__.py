@@ -1,13 +1,13 @@
 """Live evaluation: the :class:`Evaluator` protocol and built-ins.
 
-- :class:`ZooEvaluator` — per-task accuracy / loss / normalized accuracy of the demo zoo
-  (defined in :mod:`wsviz.zoo.evaluator`; imported only on first use, so ``wsviz.eval``
-  never imports ``wsviz.zoo`` at module import time);
 - :class:`PerplexityEvaluator` — causal-LM perplexity of an HF model on a text file;
 - :class:`MultipleChoiceEvaluator` — log-likelihood multiple-choice accuracy on a JSONL file;
 - :class:`LMEvalEvaluator` — lm-evaluation-harness tasks (the ``lm-eval`` extra);
 - :class:`CallableEvaluator` — a user function given as ``"module:function"``;
-- :func:`make_evaluator` — any of these from a ``--eval`` spec string;
+- :func:`make_evaluator` — any of these from a ``--eval`` spec string, or an evaluator a
+  higher package registered under a bare name (:func:`register_evaluator`; the demo zoo's
+  ``zoo`` lives in :mod:`wsviz.zoo.evaluator` and registers itself, ``wsviz.eval`` never
+  imports ``wsviz.zoo``);
 - :func:`reference_results` / :func:`reference_rows` — the base and every fine-tune through
   the same evaluator (pre-trained / individual references);
 - :func:`evaluate_recipe`, :func:`sweep`, :func:`greedy_soup` — Recipe -> in-memory merge ->
@@ -21,10 +21,12 @@ from __future__ import annotations
 
 from wsviz.eval.base import Evaluator, Results, mean_metrics, normalize_results, to_frame
 from wsviz.eval.metrics import MetricSpec, declare_metric, metric_specs, primary_metric
+from wsviz.eval.registry import register_evaluator, registered_evaluators
 
 __all__ = [
     "CallableEvaluator", "Evaluator", "LMEvalEvaluator", "MetricSpec",
-    "MultipleChoiceEvaluator", "PerplexityEvaluator", "Results", "ZooEvaluator",
+    "MultipleChoiceEvaluator", "PerplexityEvaluator", "Results", "register_evaluator",
+    "registered_evaluators",
     "declare_metric", "metric_specs", "primary_metric", "reference_results", "reference_rows",
     "evaluate_recipe", "greedy_soup", "make_evaluator", "mean_metrics", "normalize_results",
     "scorer", "set_param", "sweep", "to_frame",
@@ -32,10 +34,6 @@ __all__ = [
 
 
 def __getattr__(name):  # lazy: keep `import wsviz.eval` cheap
-    if name == "ZooEvaluator":
-        from wsviz.zoo.evaluator import ZooEvaluator  # lazy: wsviz.zoo imports wsviz.eval
-
-        return ZooEvaluator
     if name == "PerplexityEvaluator":
         from wsviz.eval.perplexity import PerplexityEvaluator
 

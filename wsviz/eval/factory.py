@@ -1,7 +1,9 @@
 """One entry point for evaluator specs given on the command line (``--eval SPEC``).
 
 =============================  ==========================================================
-``zoo``                        the demo zoo's per-task accuracy (:class:`wsviz.zoo.ZooEvaluator`)
+``NAME``                       an evaluator registered under a bare name
+                               (:mod:`wsviz.eval.registry`; ``zoo``: the demo zoo's per-task
+                               accuracy, registered when :mod:`wsviz.zoo` is imported)
 ``ppl:FILE`` or ``FILE``       causal-LM perplexity on a UTF-8 text (:class:`PerplexityEvaluator`)
 ``mc:FILE.jsonl``              multiple-choice log-likelihood accuracy
                                (:class:`~wsviz.eval.multiple_choice.MultipleChoiceEvaluator`)
@@ -20,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wsviz.errors import EvalError
+from wsviz.eval.registry import evaluator_entry, registered_evaluators
 
 PREFIXES = {"ppl": "ppl", "perplexity": "ppl", "mc": "mc", "lm-eval": "lm-eval",
             "lm_eval": "lm-eval", "lmeval": "lm-eval"}
@@ -68,10 +71,9 @@ def _make(spec, modelset, device, model_dir, tokenizer, lm_eval_include, lm_eval
           ppl: dict):
     if not spec or not isinstance(spec, str):
         raise EvalError(f"evaluator spec {spec!r}: give {SPEC_HELP}")
-    if spec == "zoo":
-        from wsviz.zoo.evaluator import ZooEvaluator  # lazy: wsviz.zoo imports wsviz.eval
-
-        return ZooEvaluator(device=device)
+    entry = evaluator_entry(spec)
+    if entry is not None:
+        return entry.factory(modelset=modelset, device=device)
     head, sep, rest = spec.partition(":")
     kind = PREFIXES.get(head.lower()) if sep else None
     if kind == "lm-eval":
@@ -102,5 +104,9 @@ def _make(spec, modelset, device, model_dir, tokenizer, lm_eval_include, lm_eval
         from wsviz.eval.user import CallableEvaluator
 
         return CallableEvaluator(spec)
-    raise EvalError(f"evaluator spec {spec!r}: no such file, and not module:function; give "
-                    f"{SPEC_HELP}")
+    names = registered_evaluators()
+    known = f" or a registered name ({', '.join(names)})" if names else ""
+    hint = (" ('zoo' is registered by importing wsviz.zoo)" if spec == "zoo" and not names
+            else "")
+    raise EvalError(f"evaluator spec {spec!r}: no such file, not module:function{known}{hint}; "
+                    f"give {SPEC_HELP}")

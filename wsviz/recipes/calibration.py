@@ -13,7 +13,7 @@ from torch import Tensor
 
 from wsviz.errors import WsvizError
 
-__all__ = ["calibration_batch", "calibration_norms"]
+__all__ = ["calibration_batch", "calibration_norms", "hf_input_norms"]
 
 
 def calibration_batch(calib: str, tokenizer_path: str | None, device=None) -> dict:
@@ -96,3 +96,15 @@ def load_weights(model, weights) -> None:
         for k, v in weights.items():
             if k in sd:
                 sd[k].copy_(v.to(sd[k].dtype))
+
+
+def hf_input_norms(paths: dict, calib: str, device, target: str, weights=None,
+                   tokenizer=None) -> dict:
+    """Wanda calibration for a transformers model set: module input norms of ``target``
+    (``paths[target]``; with ``weights``, the base's architecture holding them) on the
+    ``calib`` file, exactly as ``wsviz prune --calib`` computes them
+    (:func:`calibration_norms`)."""
+    path = paths["base"] if weights is not None or target == "base" else paths[target]
+    return calibration_norms(path, calib, device, weights=weights, tokenizer=tokenizer)
+
+

@@ -17,7 +17,6 @@ may hold mergekit ``slices`` (layer ranges per output slice, see
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,13 +27,10 @@ import yaml
 from wsviz.errors import RecipeError
 from wsviz.recipes.plain import plain as _plain
 from wsviz.recipes.schedule import (
-    check_setting_shape,
-    evaluate_setting,
     resolve_params,
-    setting_filters,
-    setting_scalars,
 )
 from wsviz.recipes.slices import OutputSlice, as_slices, validate_slices
+from wsviz.recipes.validation import check_global_params, check_resolved, check_values
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 MERGEKIT_TOP_KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype",
@@ -221,11 +217,7 @@ class Recipe:
             raise RecipeError(f"a model is listed twice: {self.labels}")
         valid = spec.param_names
         per_model_names = [p.name for p in spec.params if p.scope == "model"]
-        for k, v in self.params.items():
-            if k not in valid:
-                raise RecipeError(f"unknown parameter {k!r} for method {spec.name!r}; valid "
-                                  f"parameters: {', '.join(valid) or '(none)'}")
-            self._check_values(spec.param(k), v, "parameters")
+        check_global_params(spec, self.params)
         for m in self.models:
             for k, v in m.params.items():
                 if k not in valid:
@@ -238,7 +230,7 @@ class Recipe:
                         f"{k!r} is a global parameter of {spec.name!r}; set it under the "
                         f"recipe's parameters, not for model {m.model!r} (mergekit would "
                         f"silently ignore it there)")
-                self._check_values(spec.param(k), v, f"model {m.model!r}")
+                check_values(spec.param(k), v, f"model {m.model!r}")
         for p in spec.params:
             if not p.required:
                 continue
@@ -252,55 +244,9 @@ class Recipe:
         self._check_resolved(spec)
         return self
 
-    @staticmethod
-    def _check_values(p, setting, where: str) -> None:
-        check_setting_shape(setting, f"{where}: {p.name}")
-        for s in setting_scalars(setting):
-            try:
-                p.check(evaluate_setting(s, "", 0.0, p.type))
-            except ValueError as e:
-                extra = " (density must be in (0, 1])" if p.name == "density" else ""
-                raise RecipeError(f"{where}: {e}{extra}") from None
-
     def _check_resolved(self, spec) -> None:
-        """Probe resolved values over layer positions and filter names for the
-        normalize / zero-sum and DELLA epsilon rules."""
-        settings = list(self.params.values()) + [v for m in self.models
-                                                 for v in m.params.values()]
-        names = {""}
-        knots = {0.0, 1.0}
-        for s in settings:
-            names.update(setting_filters(s))
-            if isinstance(s, (list, tuple)) and len(s) > 1:
-                knots.update(i / (len(s) - 1) for i in range(len(s)))
-        knots.update(i / 16 for i in range(17))
-        names_list = sorted(names)
-        consensus = spec.name in ("ties", "dare_ties", "breadcrumbs_ties", "della")
-        for name in names_list:
-            for t in sorted(knots):
-                try:
-                    vals = self.resolve(name, t)
-                except RecipeError:
-                    continue  # a filter-only setting without a catch-all; checked at merge
-                if ("normalize" in vals and vals["normalize"] and "weight" in vals
-                        and not consensus):
-                    if abs(math.fsum(vals["weight"])) < 1e-8:
-                        raise RecipeError(
-                            f"{spec.name}: the weights sum to zero with normalize=true"
-                            + (f" (tensor {name!r}, layer position {t:g})" if name else "")
-                            + "; set normalize: false or change the weights")
-                if spec.check is not None:
-                    try:
-                        spec.check(vals)
-                    except ValueError as e:
-                        where = f" (tensor {name!r}, layer position {t:g})" if name else ""
-                        raise RecipeError(f"{spec.name}: {e}{where}") from None
-                if "epsilon" in vals and "density" in vals:
-                    for d, e in zip(vals["density"], vals["epsilon"]):
-                        if d < 1 and (d - e <= 0 or d + e >= 1):
-                            raise RecipeError(
-                                f"{spec.name}: density ± epsilon must lie in (0, 1); got "
-                                f"density={d:g}, epsilon={e:g}")
+        """:func:`wsviz.recipes.validation.check_resolved` on this recipe's settings."""
+        check_resolved(spec, self.params, [m.params for m in self.models])
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -423,38 +369,8 @@ class Recipe:
         model list of methods that take a base; for ``linear`` a base not listed among the
         models is added as an input, as mergekit does. A ``--random-seed N`` in a comment
         becomes ``seed``."""
-        from wsviz.compute.merge import METHODS
-
-        try:
-            d = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            first = " ".join(str(e).split())  # one line
-            raise RecipeError(f"not valid YAML: {first}") from None
-        except RecursionError:
-            raise RecipeError("not valid YAML: nested too deeply") from None
-        if not isinstance(d, Mapping):
-            raise RecipeError("a mergekit config is a YAML mapping")
-        d = {k: v for k, v in d.items() if k != "name"}  # a multi-stage stage's name: ignored
-        _check_size(d)
-        for key in ("dtype", "out_dtype"):
-            if d.get(key) is not None and not isinstance(d[key], str):
-                raise RecipeError(f"{key} must be one of {list(DTYPES)}, got {_kind(d[key])}")
-        if "modules" in d:
-            raise RecipeError("mergekit 'modules:' configs (per-module merges of multimodal "
-                              "models) are not supported by wsviz; write the merge with "
-                              "'models:' or 'slices:'")
-        if ("slices" in d) == ("models" in d):
-            raise RecipeError("a mergekit config has exactly one of 'models:' or 'slices:'")
-        unknown = set(map(str, d)) - set(MERGEKIT_TOP_KEYS)
-        if unknown:
-            raise RecipeError(f"unknown mergekit key(s) {sorted(unknown)}; valid keys: "
-                              f"{', '.join(MERGEKIT_TOP_KEYS)}")
-        method = d.get("merge_method")
-        if not isinstance(method, str) or method not in METHODS or not METHODS[method].in_mergekit:
-            mk = sorted(k for k, s in METHODS.items() if s.in_mergekit)
-            raise RecipeError(f"unknown or unsupported merge_method {method!r}; wsviz reads "
-                              f"these mergekit methods: {', '.join(mk)}")
-        spec = METHODS[method]
+        d = _mergekit_mapping(text)
+        spec = _mergekit_method(d)
         base = d.get("base_model")
         if base is not None and not isinstance(base, str):
             raise RecipeError(f"base_model must be a path string, got {base!r}")
@@ -465,41 +381,15 @@ class Recipe:
         extra = {k: d[k] for k in ("tokenizer_source", "tokenizer", "chat_template") if k in d}
         gp = {} if d.get("parameters") is None else d["parameters"]
         _need_mapping(gp, "parameters")
-        gp = dict(gp)
+        common = dict(method=spec.name, base=base, params=dict(gp), dtype=d.get("dtype") or None,
+                      seed=seed, out_dtype=d.get("out_dtype"), extra=extra)
         if "slices" in d:
             raw = d["slices"]
             if not isinstance(raw, list) or not raw:
                 raise RecipeError("'slices:' must be a non-empty list")
             slices = [OutputSlice.from_mergekit(s, i) for i, s in enumerate(raw)]
-            return cls(method=method, base=base, params=gp,
-                       dtype=d.get("dtype") or None, seed=seed,
-                       out_dtype=d.get("out_dtype"), extra=extra, slices=slices).validate()
-        raw_models = d.get("models")
-        if not isinstance(raw_models, list) or not raw_models:
-            raise RecipeError("'models:' must be a non-empty list")
-        models = []
-        for e in raw_models:
-            if isinstance(e, str):
-                e = {"model": e}
-            if not isinstance(e, Mapping) or "model" not in e:
-                raise RecipeError(f"each model entry needs 'model:'; got {e!r}")
-            bad = set(map(str, e)) - {"model", "parameters"}
-            if bad:
-                raise RecipeError(f"unknown key(s) {sorted(bad)} in model entry "
-                                  f"{e.get('model')!r}; valid keys: model, parameters")
-            if not isinstance(e["model"], str):
-                raise RecipeError(f"model must be a path string, got {e['model']!r}")
-            mp = {} if e.get("parameters") is None else e["parameters"]
-            _need_mapping(mp, f"parameters of model {e['model']!r}")
-            models.append(ModelEntry(e["model"], dict(mp)))
-        if spec.needs_base or spec.optional_base:
-            models = [m for m in models if m.model != base]
-        elif base is not None and base not in [m.model for m in models]:
-            models.append(ModelEntry(base, {}))
-        r = cls(method=method, base=base, models=models, params=gp,
-                dtype=d.get("dtype") or None, seed=seed, out_dtype=d.get("out_dtype"),
-                extra=extra)
-        return r.validate()
+            return cls(**common, slices=slices).validate()
+        return cls(**common, models=_mergekit_models(d.get("models"), spec, base)).validate()
 
     # ------------------------------------------------------------------------------------
     @classmethod
@@ -537,6 +427,76 @@ MAX_RECIPE_BYTES = 4 << 20
 #: at most this many values after YAML aliases are expanded ("billion laughs" stops here)
 MAX_RECIPE_NODES = 200_000
 
+
+
+def _mergekit_mapping(text: str) -> dict:
+    """The top-level mapping of a mergekit YAML config after the structural checks (valid
+    YAML, size, dtype keys, no ``modules:``, exactly one of ``models:`` / ``slices:``, known
+    keys); RecipeError naming the problem."""
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = " ".join(str(e).split())  # one line
+        raise RecipeError(f"not valid YAML: {first}") from None
+    except RecursionError:
+        raise RecipeError("not valid YAML: nested too deeply") from None
+    if not isinstance(d, Mapping):
+        raise RecipeError("a mergekit config is a YAML mapping")
+    d = {k: v for k, v in d.items() if k != "name"}  # a multi-stage stage's name: ignored
+    _check_size(d)
+    for key in ("dtype", "out_dtype"):
+        if d.get(key) is not None and not isinstance(d[key], str):
+            raise RecipeError(f"{key} must be one of {list(DTYPES)}, got {_kind(d[key])}")
+    if "modules" in d:
+        raise RecipeError("mergekit 'modules:' configs (per-module merges of multimodal "
+                          "models) are not supported by wsviz; write the merge with "
+                          "'models:' or 'slices:'")
+    if ("slices" in d) == ("models" in d):
+        raise RecipeError("a mergekit config has exactly one of 'models:' or 'slices:'")
+    unknown = set(map(str, d)) - set(MERGEKIT_TOP_KEYS)
+    if unknown:
+        raise RecipeError(f"unknown mergekit key(s) {sorted(unknown)}; valid keys: "
+                          f"{', '.join(MERGEKIT_TOP_KEYS)}")
+    return d
+
+
+def _mergekit_method(d: Mapping):
+    """The :class:`~wsviz.compute.merge.MethodSpec` of ``merge_method`` (one mergekit has)."""
+    from wsviz.compute.merge import METHODS
+
+    method = d.get("merge_method")
+    if not isinstance(method, str) or method not in METHODS or not METHODS[method].in_mergekit:
+        mk = sorted(k for k, s in METHODS.items() if s.in_mergekit)
+        raise RecipeError(f"unknown or unsupported merge_method {method!r}; wsviz reads "
+                          f"these mergekit methods: {', '.join(mk)}")
+    return METHODS[method]
+
+
+def _mergekit_models(raw_models, spec, base: str | None) -> list[ModelEntry]:
+    """The model entries of a ``models:`` list, with mergekit's implicit base rules: the
+    base leaves the list of methods that take one; ``linear`` gains an unlisted base."""
+    if not isinstance(raw_models, list) or not raw_models:
+        raise RecipeError("'models:' must be a non-empty list")
+    models = []
+    for e in raw_models:
+        if isinstance(e, str):
+            e = {"model": e}
+        if not isinstance(e, Mapping) or "model" not in e:
+            raise RecipeError(f"each model entry needs 'model:'; got {e!r}")
+        bad = set(map(str, e)) - {"model", "parameters"}
+        if bad:
+            raise RecipeError(f"unknown key(s) {sorted(bad)} in model entry "
+                              f"{e.get('model')!r}; valid keys: model, parameters")
+        if not isinstance(e["model"], str):
+            raise RecipeError(f"model must be a path string, got {e['model']!r}")
+        mp = {} if e.get("parameters") is None else e["parameters"]
+        _need_mapping(mp, f"parameters of model {e['model']!r}")
+        models.append(ModelEntry(e["model"], dict(mp)))
+    if spec.needs_base or spec.optional_base:
+        models = [m for m in models if m.model != base]
+    elif base is not None and base not in [m.model for m in models]:
+        models.append(ModelEntry(base, {}))
+    return models
 
 def _kind(x) -> str:
     """``x`` described for an error message: its JSON/YAML kind and a short repr."""

@@ -37,6 +37,7 @@ import torch
 from wsviz.errors import RecipeError
 from wsviz.recipes.plain import plain as _plain
 from wsviz.recipes.schedule import evaluate_setting
+from wsviz.recipes.validation import check_global_params, check_resolved, check_values
 
 #: config.json keys holding the number of blocks, first match is updated
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
@@ -212,8 +213,6 @@ def validate_slices(recipe) -> None:
     no ``models`` beside ``slices``; equal source lengths; no model twice in a slice; the
     base among the sources; model counts; parameter names, scopes, values; required
     parameters; the method's per-tensor rules (via a flat view of each slice)."""
-    from wsviz.recipes.recipe import ModelEntry, Recipe
-
     spec = recipe.spec
     if recipe.models:
         raise RecipeError("a recipe has either 'models' or 'slices', not both")
@@ -222,76 +221,86 @@ def validate_slices(recipe) -> None:
                           f"slices cannot give; use 'models:'")
     if not recipe.slices:
         raise RecipeError("'slices' must be a non-empty list")
-    valid = spec.param_names
-    per_model_names = [p.name for p in spec.params if p.scope == "model"]
-    for k, v in recipe.params.items():
-        if k not in valid:
-            raise RecipeError(f"unknown parameter {k!r} for method {spec.name!r}; valid "
-                              f"parameters: {', '.join(valid) or '(none)'}")
-        recipe._check_values(spec.param(k), v, "parameters")
+    check_global_params(spec, recipe.params)
     for i, sl in enumerate(recipe.slices):
         where = f"slices[{i}]"
-        if not sl.sources:
-            raise RecipeError(f"{where}: a slice needs at least one source")
-        lengths = {s.length for s in sl.sources}
-        if len(lengths) != 1:
-            raise RecipeError(f"{where}: all sources must span the same number of layers; got "
-                              f"{[list(s.layer_range) for s in sl.sources]}")
-        models = [s.model for s in sl.sources]
-        if len(set(models)) != len(models):
-            raise RecipeError(f"{where}: a model is listed twice among the sources: {models}")
-        base, inputs = slice_roles(spec, sl, recipe.base)
-        if sl.base is not None and not (spec.needs_base or spec.optional_base):
-            raise RecipeError(f"{where}: base_model has no effect for {spec.name!r} (it takes "
-                              f"no base); remove it or list that model as a source")
-        if spec.needs_base and not base:
-            raise RecipeError(f"method {spec.name!r} needs a base model: set base_model (for "
-                              f"the recipe or the slice) to one of the sources of {where}")
-        if base is not None and base not in models:
-            raise RecipeError(f"{where}: the base {base!r} is not among its sources; list it "
-                              f"with the same layer_range (mergekit requires the base among a "
-                              f"slice's sources)")
-        n = len(inputs)
-        if n < spec.min_models:
-            raise RecipeError(f"method {spec.name!r} needs at least {spec.min_models} source(s) "
-                              f"besides the base in {where}; got {n}")
-        if spec.max_models is not None and n > spec.max_models:
-            raise RecipeError(f"method {spec.name!r} takes at most {spec.max_models} source(s) "
-                              f"besides the base in {where}; got {n}")
-        for k, v in sl.params.items():
+        base, inputs = _check_slice_roles(spec, sl, recipe.base, where)
+        check_global_params(spec, sl.params, where)
+        _check_source_params(spec, sl, base, where)
+        _check_slice_required(spec, sl, inputs, recipe.params, where)
+        check_resolved(spec, {**recipe.params, **sl.params},
+                       [sl.source(m).params for m in inputs])
+
+
+def _check_slice_roles(spec, sl: OutputSlice, recipe_base: str | None, where: str):
+    """``(base, inputs)`` of slice ``where`` after checking its sources (equal lengths, no
+    model twice), its base (taken by the method, among the sources) and the model count."""
+    if not sl.sources:
+        raise RecipeError(f"{where}: a slice needs at least one source")
+    lengths = {s.length for s in sl.sources}
+    if len(lengths) != 1:
+        raise RecipeError(f"{where}: all sources must span the same number of layers; got "
+                          f"{[list(s.layer_range) for s in sl.sources]}")
+    models = [s.model for s in sl.sources]
+    if len(set(models)) != len(models):
+        raise RecipeError(f"{where}: a model is listed twice among the sources: {models}")
+    base, inputs = slice_roles(spec, sl, recipe_base)
+    if sl.base is not None and not (spec.needs_base or spec.optional_base):
+        raise RecipeError(f"{where}: base_model has no effect for {spec.name!r} (it takes "
+                          f"no base); remove it or list that model as a source")
+    if spec.needs_base and not base:
+        raise RecipeError(f"method {spec.name!r} needs a base model: set base_model (for "
+                          f"the recipe or the slice) to one of the sources of {where}")
+    if base is not None and base not in models:
+        raise RecipeError(f"{where}: the base {base!r} is not among its sources; list it "
+                          f"with the same layer_range (mergekit requires the base among a "
+                          f"slice's sources)")
+    n = len(inputs)
+    if n < spec.min_models:
+        raise RecipeError(f"method {spec.name!r} needs at least {spec.min_models} source(s) "
+                          f"besides the base in {where}; got {n}")
+    if spec.max_models is not None and n > spec.max_models:
+        raise RecipeError(f"method {spec.name!r} takes at most {spec.max_models} source(s) "
+                          f"besides the base in {where}; got {n}")
+    return base, inputs
+
+
+def _check_source_params(spec, sl: OutputSlice, base: str | None, where: str) -> None:
+    """Per-source parameters of slice ``where``: known, per-model in scope, not on the base,
+    valid values."""
+    valid = spec.param_names
+    per_model_names = [p.name for p in spec.params if p.scope == "model"]
+    for s in sl.sources:
+        for k, v in s.params.items():
             if k not in valid:
-                raise RecipeError(f"unknown parameter {k!r} in {where} for method "
-                                  f"{spec.name!r}; valid parameters: {', '.join(valid) or '(none)'}")
-            recipe._check_values(spec.param(k), v, f"{where} parameters")
-        for s in sl.sources:
-            for k, v in s.params.items():
-                if k not in valid:
-                    raise RecipeError(f"unknown parameter {k!r} for source {s.model!r} of "
-                                      f"{where}; valid per-model parameters: "
-                                      f"{', '.join(per_model_names) or '(none)'}")
-                if spec.param(k).scope != "model":
-                    raise RecipeError(f"{k!r} is a global parameter of {spec.name!r}; set it "
-                                      f"for {where} or the recipe, not for source {s.model!r}")
-                if s.model == base:
-                    raise RecipeError(f"source {s.model!r} is the base of {where}: per-model "
-                                      f"parameters apply to the other sources (mergekit "
-                                      f"ignores {k!r} here)")
-                recipe._check_values(spec.param(k), v, f"{where} source {s.model!r}")
-        for p in spec.params:
-            if not p.required:
-                continue
-            if p.scope == "global" and p.name not in sl.params and p.name not in recipe.params:
-                raise RecipeError(f"method {spec.name!r} needs parameter {p.name!r} ({where})")
-            if p.scope == "model":
-                for m in inputs:
-                    if not any(p.name in d for d in (sl.source(m).params, sl.params,
-                                                      recipe.params)):
-                        raise RecipeError(f"source {m!r} of {where} has no {p.name!r}; set it "
-                                          f"for the source, the slice or globally")
-        view = Recipe(recipe.method, base=base,
-                      models=[ModelEntry(m, sl.source(m).params) for m in inputs],
-                      params={**recipe.params, **sl.params})
-        view._check_resolved(spec)
+                raise RecipeError(f"unknown parameter {k!r} for source {s.model!r} of "
+                                  f"{where}; valid per-model parameters: "
+                                  f"{', '.join(per_model_names) or '(none)'}")
+            if spec.param(k).scope != "model":
+                raise RecipeError(f"{k!r} is a global parameter of {spec.name!r}; set it "
+                                  f"for {where} or the recipe, not for source {s.model!r}")
+            if s.model == base:
+                raise RecipeError(f"source {s.model!r} is the base of {where}: per-model "
+                                  f"parameters apply to the other sources (mergekit "
+                                  f"ignores {k!r} here)")
+            check_values(spec.param(k), v, f"{where} source {s.model!r}")
+
+
+def _check_slice_required(spec, sl: OutputSlice, inputs: list[str], recipe_params,
+                          where: str) -> None:
+    """Every required parameter is set for slice ``where`` (per source, the slice or the
+    recipe)."""
+    for p in spec.params:
+        if not p.required:
+            continue
+        if p.scope == "global" and p.name not in sl.params and p.name not in recipe_params:
+            raise RecipeError(f"method {spec.name!r} needs parameter {p.name!r} ({where})")
+        if p.scope == "model":
+            for m in inputs:
+                if not any(p.name in d for d in (sl.source(m).params, sl.params,
+                                                  recipe_params)):
+                    raise RecipeError(f"source {m!r} of {where} has no {p.name!r}; set it "
+                                      f"for the source, the slice or globally")
 
 
 # --- planning ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Panel dashboards for wsviz: the layer explorer, merge / prune tuners with live evaluation,
 and export. Every component is a ``pn.viewable.Viewer`` that works the same in ``panel
 serve`` and in a notebook; none does tensor math (they call wsviz's API through a
-:class:`~wsviz.ui.workspace.Workspace`).
+:class:`~wsviz.session.Workspace`).
 
 Notebook use::
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import holoviews.plotting.bokeh  # noqa: F401 - registers the bokeh backend for .opts()
 
+from wsviz.session.base import Workspace
+from wsviz.session.views import LayerDetailView, MethodView, ParamView
 from wsviz.ui.app import Components, build_components, build_page, extension
 from wsviz.ui.export import Export
 from wsviz.ui.layer_detail import LayerDetail
@@ -26,7 +28,6 @@ from wsviz.ui.session import Session
 from wsviz.ui.task_map import TaskMap
 from wsviz.ui.why_panel import WhyPanel
 from wsviz.ui.widgets import ParamEntry
-from wsviz.ui.workspace import LayerDetailView, MethodView, ParamView, Workspace
 
 __all__ = [
     "Components", "Export", "LayerDetail", "LayerDetailView", "MergeTuner", "MethodView",
@@ -38,13 +39,13 @@ __all__ = [
 
 def demo_workspace(**kwargs) -> Workspace:
     """The built-in demo zoo as a workspace (built and cached on first use)."""
-    from wsviz.ui.backend import demo_workspace as _demo
+    from wsviz.session.open import demo_workspace as _demo
 
     return _demo(**kwargs)
 
 
 def open_workspace(base, models, **kwargs) -> Workspace:
     """A workspace over ``base`` and fine-tuned ``models`` (paths); see ApiWorkspace."""
-    from wsviz.ui.backend import open_workspace as _open
+    from wsviz.session.open import open_workspace as _open
 
     return _open(base, models, **kwargs)

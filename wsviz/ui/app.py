@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import panel as pn
 from panel.theme.fast import Fast as _PanelFast
 
+from wsviz.session.base import Workspace
 from wsviz.ui.export import Export
 from wsviz.ui.layer_detail import LayerDetail
 from wsviz.ui.merge_tuner import MergeTuner
@@ -19,7 +20,6 @@ from wsviz.ui.prune_tuner import PruneTuner
 from wsviz.ui.search_panel import SearchPanel
 from wsviz.ui.session import Session
 from wsviz.ui.task_map import TaskMap
-from wsviz.ui.workspace import Workspace
 
 EXTENSIONS = ("tabulator", "codeeditor")
 #: fonts every OS has (the Fast design would fetch Open Sans from fonts.googleapis.com)

@@ -8,9 +8,10 @@ import importlib
 import threading
 from pathlib import Path
 
-from wsviz.commands._model_args import add_model_args, eval_options
 from wsviz.errors import WsvizError
-from wsviz.ui.workspace import DEFAULT_EXPORT_DIR, Workspace
+from wsviz.session.args import add_model_args, eval_options
+from wsviz.session.base import Workspace
+from wsviz.session.views import DEFAULT_EXPORT_DIR
 
 _CACHE: dict[tuple, Workspace] = {}
 _LOCK = threading.Lock()
@@ -63,7 +64,7 @@ def _make(ns: argparse.Namespace) -> Workspace:
         except (ImportError, AttributeError) as exc:
             raise WsvizError(f"--workspace {ns.workspace!r} cannot be imported: {exc}") from None
         return factory()
-    from wsviz.ui import backend
+    from wsviz.session.open import demo_workspace, open_workspace
 
     if ns.demo:
         if ns.paths:
@@ -73,10 +74,10 @@ def _make(ns: argparse.Namespace) -> Workspace:
                              "checkpoints: BASE FT [FT...] --eval SPEC)")
         if getattr(ns, "calib", None):
             raise WsvizError("--demo calibrates Wanda on the zoo's own images; drop --calib")
-        return backend.demo_workspace(device=ns.device, metric=getattr(ns, "metric", None))
+        return demo_workspace(device=ns.device, metric=getattr(ns, "metric", None))
     if len(ns.paths) < 2:
         raise WsvizError("give a BASE checkpoint and at least one fine-tuned checkpoint "
                          "(or --demo for the built-in zoo)")
-    return backend.open_workspace(ns.paths[0], ns.paths[1:], eval_spec=ns.eval,
+    return open_workspace(ns.paths[0], ns.paths[1:], eval_spec=ns.eval,
                                   device=ns.device, metric=getattr(ns, "metric", None),
                                   calib=getattr(ns, "calib", None), **eval_options(ns))

@@ -13,10 +13,10 @@ from holoviews.operation.datashader import rasterize
 from panel.viewable import Viewer
 
 from wsviz.analysis.maps import CELL_RANGE_JS, view_shape
+from wsviz.session.views import LayerDetailView
 from wsviz.ui.plot_style import READABLE, cell_labels, sig
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import submit_with_spinner
-from wsviz.ui.workspace import LayerDetailView
 
 # Matrices larger than this many cells are drawn through datashader's rasterize (its first
 # use JIT-compiles numba code for several seconds, so small matrices go to Bokeh directly).

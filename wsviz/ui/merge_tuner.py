@@ -16,6 +16,7 @@ from panel.viewable import Viewer
 
 from wsviz.errors import RecipeError
 from wsviz.eval.pareto import pareto_mask
+from wsviz.session.views import MethodView
 from wsviz.ui.plot_style import READABLE
 from wsviz.ui.session import Session
 from wsviz.ui.widgets import (
@@ -31,7 +32,6 @@ from wsviz.ui.widgets import (
     watch_widget,
     widget_value,
 )
-from wsviz.ui.workspace import MethodView
 
 DEFAULT_METHOD = "task_arithmetic"
 NO_EVALUATOR = ("*No evaluator: live metrics are off (the recipe still exports). Start with "

@@ -17,6 +17,7 @@ import param
 from panel.viewable import Viewer
 
 from wsviz.errors import WsvizError
+from wsviz.session.views import MERGE_TARGET
 from wsviz.ui.layer_detail import matrix_plot
 from wsviz.ui.merge_tuner import NO_EVALUATOR, parse_schedule
 from wsviz.ui.session import Session
@@ -32,7 +33,6 @@ from wsviz.ui.widgets import (
     widget_value,
     write_folder_async,
 )
-from wsviz.ui.workspace import MERGE_TARGET
 
 
 class PruneTuner(Viewer):

@@ -2,7 +2,7 @@
 per-task Pareto front grow live; click a point to load its recipe into the tuner and export
 it (mergekit YAML when mergekit has the method).
 
-The search itself runs in :meth:`wsviz.ui.workspace.Workspace.search` (wsviz.search, off the
+The search itself runs in :meth:`wsviz.session.Workspace.search` (wsviz.search, off the
 event loop); this module only edits the space, draws rows and forwards clicks.
 """
 

@@ -1,6 +1,6 @@
 """Per-session UI state shared by all components of one page (or one notebook).
 
-A :class:`Session` holds the (shared, read-only) :class:`~wsviz.ui.workspace.Workspace`, the
+A :class:`Session` holds the (shared, read-only) :class:`~wsviz.session.Workspace`, the
 analysis table once computed, the selected layer, and the job runner / progress state. Create
 one per browser session (``apps/wsviz_app.py`` does so in the function Panel calls per
 session) so two tabs never share selections or tuner state.
@@ -15,8 +15,8 @@ import panel as pn
 import param
 
 from wsviz.errors import WsvizError
+from wsviz.session.base import Workspace
 from wsviz.ui.runner import Runner
-from wsviz.ui.workspace import Workspace
 
 log = logging.getLogger("wsviz.ui")
 

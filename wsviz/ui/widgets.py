@@ -1,4 +1,4 @@
-"""Widgets built from a :class:`~wsviz.ui.workspace.ParamView`, and the live metric view
+"""Widgets built from a :class:`~wsviz.session.views.ParamView`, and the live metric view
 shared by the merge and prune tuners."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from panel.viewable import Viewer
 
 from wsviz.errors import RecipeError
 from wsviz.eval.metrics import FRACTION, KNOWN, MetricSpec
-from wsviz.ui.param_grid import check_value, range_text, slider_grid, tidy
+from wsviz.session.param_grid import check_value, range_text, slider_grid, tidy
+from wsviz.session.views import ParamView
 from wsviz.ui.plot_style import dodge_hook, dodge_offsets, readable_hook, y_range_hook
-from wsviz.ui.workspace import ParamView
 
 
 def make_widget(p: ParamView, value=None, name: str | None = None, width: int = 220):
@@ -50,7 +50,7 @@ class ParamEntry(Viewer):
     sync) and a tooltip with the parameter's doc and valid range.
 
     ``value`` is the committed value: set on slider release or when a typed value passes
-    :func:`~wsviz.ui.param_grid.check_value` (a typed value outside the slider's range
+    :func:`~wsviz.session.param_grid.check_value` (a typed value outside the slider's range
     widens the slider; an invalid one sets ``error`` — a one-line message, also shown under
     the entry — and the box returns to ``value``). With ``allow_none`` (a per-model override
     of a global value) an empty box means None: "use the global value", shown by the slider

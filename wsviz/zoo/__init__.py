@@ -37,6 +37,7 @@ from pathlib import Path
 
 from wsviz.cache_dir import cache_root
 from wsviz.errors import WsvizError
+from wsviz.eval.registry import register_evaluator
 from wsviz.zoo.build import ZooConfig, build_zoo
 from wsviz.zoo.data import TASKS, Task, load_digits_split, tokenize
 from wsviz.zoo.model import (
@@ -62,6 +63,16 @@ def __getattr__(name):  # lazy: the evaluator pulls in wsviz.eval
 
         return ZooEvaluator
     raise AttributeError(f"module 'wsviz.zoo' has no attribute {name!r}")
+
+
+def _zoo_evaluator(modelset=None, device=None):
+    """``--eval zoo``: the demo zoo's per-task evaluator (``modelset`` is not needed)."""
+    from wsviz.zoo.evaluator import ZooEvaluator
+
+    return ZooEvaluator(device=device)
+
+
+register_evaluator("zoo", _zoo_evaluator, "the demo zoo's per-task accuracy / loss")
 
 ENV_VAR = "WSVIZ_ZOO_DIR"
 

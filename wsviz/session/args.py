@@ -1,5 +1,5 @@
-"""Model-set arguments shared by ``wsviz serve`` and ``apps/wsviz_app.py`` (import-light:
-parsing the command line must not import panel or torch)."""
+"""Model-set arguments shared by ``wsviz serve``, ``wsviz evaluate`` and ``apps/wsviz_app.py``
+(import-light: parsing the command line must not import panel or torch)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="the only folder the dashboard writes merged or pruned weights into (default: "
                         "./wsviz-exports); names typed in the browser are resolved inside it")
     p.add_argument("--workspace", default=None, metavar="MODULE:CALLABLE",
-                   help="advanced: a callable returning a wsviz.ui.Workspace")
+                   help="advanced: a callable returning a wsviz.session.Workspace")
 
 
 def add_eval_options(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""The real workspace adapter (wsviz.ui.backend) on the demo zoo and on tiny Llama checkpoints."""
+"""The session's workspace (wsviz.session.ApiWorkspace) on the demo zoo and on tiny Llama checkpoints."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import yaml
 
 import wsviz.ui  # noqa: F401
 from wsviz.errors import RecipeError, WsvizError
+from wsviz.session import ApiWorkspace, demo_workspace, open_workspace
 from wsviz.ui.app import build_components
-from wsviz.ui.backend import ApiWorkspace, demo_workspace, open_workspace
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +133,8 @@ def test_demo_wanda_uses_calibration_norms(demo):
     import torch
 
     from wsviz.compute import masks
-    from wsviz.ui.backend import _zoo_input_norms
     from wsviz.zoo import ensure_zoo
+    from wsviz.zoo.calibration import zoo_input_norms as _zoo_input_norms
 
     name = "model.layers.1.mlp.down_proj.weight"  # its inputs: the SwiGLU activations
     lab = demo.labels[0]
