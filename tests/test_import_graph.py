@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[1] / "wsviz"
 #: subpackage (or top-level module) -> layer; an import may only go to a lower layer or
 #: stay inside its own subpackage
 LAYERS = {
-    "wsviz": 0, "errors": 0,
+    "wsviz": 0, "errors": 0, "textsafe": 0, "cache_dir": 0,
     "io": 1, "compute": 2, "recipes": 3, "analysis": 4, "eval": 5, "zoo": 6, "search": 7,
     "session": 8, "ui": 9, "commands": 10, "cli": 11,
 }
