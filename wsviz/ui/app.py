@@ -19,6 +19,7 @@ from wsviz.ui.prune_tuner import PruneTuner
 from wsviz.ui.search_panel import SearchPanel
 from wsviz.ui.session import Session
 from wsviz.ui.task_map import TaskMap
+from wsviz.ui.text import SafeMarkdown, html_text
 from wsviz.ui.workspace import Workspace
 
 EXTENSIONS = ("tabulator", "codeeditor")
@@ -82,7 +83,7 @@ def build_page(workspace: Workspace, background: bool = True):
     s = c.session
     spinner = pn.indicators.LoadingSpinner(value=False, size=28, color="light",
                                            css_classes=["wsviz-busy"])
-    status = pn.pane.Markdown("", styles={"color": "white"}, margin=(0, 10),
+    status = SafeMarkdown("", styles={"color": "white"}, margin=(0, 10),
                               css_classes=["wsviz-header-status"])
 
     def on_busy(*_):
@@ -112,7 +113,7 @@ def build_page(workspace: Workspace, background: bool = True):
 
     tabs.param.watch(on_tab, "active")
     template = pn.template.FastListTemplate(
-        title=f"wsviz — {workspace.title}",
+        title=html_text(f"wsviz — {workspace.title}"),  # the template inserts it as HTML
         header=[pn.Row(spinner, status)],
         main=[tabs],
         accent="#4c78a8",

@@ -16,6 +16,7 @@ import param
 
 from wsviz.errors import WsvizError
 from wsviz.ui.runner import Runner
+from wsviz.ui.text import html_text
 from wsviz.ui.workspace import Workspace
 
 log = logging.getLogger("wsviz.ui")
@@ -30,11 +31,12 @@ def error_message(exc: BaseException) -> str:
 
 def _toast(kind: str, msg: str, duration: int) -> None:
     """Show ``msg`` as a Panel notification of ``kind`` ("error"/"success") when the page has
-    a notification area; failures are logged, never raised."""
+    a notification area; failures are logged, never raised. ``msg`` is shown as text (the
+    browser inserts notifications as HTML: escaped by :func:`~wsviz.ui.text.html_text`)."""
     notifications = getattr(pn.state, "notifications", None)
     if notifications is not None:
         try:
-            getattr(notifications, kind)(msg, duration=duration)
+            getattr(notifications, kind)(html_text(msg), duration=duration)
         except Exception:
             log.exception("could not show notification")
 
