@@ -37,6 +37,30 @@ class Fast(_PanelFast):
     _resources = {k: v for k, v in _PanelFast._resources.items() if k != "font"}
 
 
+def serve_assets_locally(doc=None) -> None:
+    """Make Panel resolve every stylesheet of the served document ``doc`` (default: the
+    current one) on this server, from its first model on.
+
+    Panel writes component stylesheets (``loading.css``, ``markdown.css``, ...) as
+    ``cdn.holoviz.org`` URLs and rewrites them to the server only once the document knows its
+    ``dist_url``, which Panel sets when it renders the page: models made before that (the
+    page being built, callbacks racing the first render) or later cached keep the CDN URL,
+    and the browser fetched it when they appeared (e.g. after "Write merged weights"). Setting
+    ``dist_url`` here, before any model exists, closes that window. No-op outside a server
+    session or when Bokeh resources are not served locally (``BOKEH_RESOURCES=cdn``)."""
+    from bokeh.settings import settings
+    from panel.io.resources import LOCAL_DIST
+    from panel.io.state import state
+
+    doc = doc if doc is not None else pn.state.curdoc
+    if doc is None or doc.session_context is None or state._is_pyodide:
+        return
+    if settings.resources(default="server") != "server":
+        return
+    local = f"{state.rel_path}/{LOCAL_DIST}" if state.rel_path else LOCAL_DIST
+    doc._template_variables.setdefault("dist_url", local)
+
+
 def extension(**kwargs) -> None:
     """Load Panel/HoloViews extensions wsviz needs (call once, in a notebook or app)."""
     import holoviews as hv
@@ -79,6 +103,7 @@ def build_components(workspace: Workspace, background: bool = False,
 
 def build_page(workspace: Workspace, background: bool = True):
     """The full dashboard in a template (one per browser session)."""
+    serve_assets_locally()
     c = build_components(workspace, background=background)
     s = c.session
     spinner = pn.indicators.LoadingSpinner(value=False, size=28, color="light",
