@@ -8,7 +8,7 @@ Every place that can put markup on the page is one of the safe forms, so a new p
   show a plain ``str`` as text), no ``escape=False`` (``pn.pane.DataFrame``);
 * ``Md(...)`` (trusted markup) only around string constants;
 * ``hv.Div(...)`` only of a constant or of ``html(...)`` / ``html_text(...)``;
-* templates' ``title=`` through ``html_text``; notifications only in ``session._toast``;
+* templates only in ``app.py``, through ``escape_template_text``; notifications only in ``session._toast``;
 * hover tooltips never an HTML template nor a ``{safe}`` field.
 """
 
@@ -48,7 +48,8 @@ def _constant_str(node: ast.AST) -> bool:
 
 
 def _violations(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    source = path.read_text(encoding="utf-8")
+    tree = ast.parse(source)
     out = []
 
     def bad(node, why):
@@ -80,9 +81,10 @@ def _violations(path: Path) -> list[str]:
             bad(node, "hv.Div of dynamic text: wrap it with html(template, *args)")
         if "escape" in kw and isinstance(kw["escape"], ast.Constant) and not kw["escape"].value:
             bad(node, "escape=False renders table cells as HTML")
-        if fn.startswith("pn.template.") and "title" in kw and not (
-                isinstance(kw["title"], ast.Call) and _name(kw["title"].func) in HTML_HELPERS):
-            bad(node, "a template inserts its title as HTML: title=html_text(...)")
+        if fn.startswith("pn.template.") and (
+                path.name != "app.py" or "escape_template_text(template)" not in source):
+            bad(node, "a template inserts its title as HTML: build it in app.py, "
+                "through escape_template_text")
         for key in ("tooltips", "hover_tooltips"):
             if key in kw and isinstance(kw[key], (ast.Constant, ast.JoinedStr)):
                 bad(node, f"{key} as one string is an HTML template: give (label, field) pairs")

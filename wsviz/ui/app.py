@@ -61,6 +61,23 @@ def serve_assets_locally(doc=None) -> None:
     doc._template_variables.setdefault("dist_url", local)
 
 
+def escape_template_text(template) -> None:
+    """Make a Panel template show its title (and site name) as text: the browser tab title
+    is escaped by Bokeh, but the header and ``<meta>`` take ``app_title`` / ``meta_name``
+    raw, so a model directory named ``<img onerror=...>`` ran script there."""
+    update = template._update_vars
+
+    def escaped(*args) -> None:
+        update(*args)
+        for key in ("app_title", "meta_name", "site_title"):
+            value = template._render_variables.get(key)
+            if isinstance(value, str):
+                template._render_variables[key] = html_text(value)
+
+    template._update_vars = escaped  # Panel calls it again when it renders the page
+    escaped()
+
+
 def extension(**kwargs) -> None:
     """Load Panel/HoloViews extensions wsviz needs (call once, in a notebook or app)."""
     import holoviews as hv
@@ -138,7 +155,7 @@ def build_page(workspace: Workspace, background: bool = True):
 
     tabs.param.watch(on_tab, "active")
     template = pn.template.FastListTemplate(
-        title=html_text(f"wsviz — {workspace.title}"),  # the template inserts it as HTML
+        title=f"wsviz — {workspace.title}",
         header=[pn.Row(spinner, status)],
         main=[tabs],
         accent="#4c78a8",
@@ -147,5 +164,6 @@ def build_page(workspace: Workspace, background: bool = True):
         font=SYSTEM_FONT,
         font_url="",
     )
+    escape_template_text(template)
     template.wsviz = c  # handy for debugging from the server console
     return template
