@@ -76,20 +76,25 @@ def injected(page) -> list[str]:
 
 
 def click_every_button(page, skip: tuple[str, ...] = (), pause_ms: int = 1500) -> list[str]:
-    """Click each visible, enabled button of the open tab once (Bokeh buttons live in shadow
-    roots; playwright's role locator pierces them). Returns the labels clicked."""
-    clicked = []
+    """Click each visible, enabled button of the open tab once, by label (Bokeh buttons live
+    in shadow roots; playwright's role locator pierces them); labels containing a ``skip``
+    string and MultiChoice "Remove item" chips are left alone. Returns the labels clicked."""
     buttons = page.get_by_role("button")
+    labels = []
     for i in range(buttons.count()):
-        b = buttons.nth(i)
         try:
-            if not (b.is_visible() and b.is_enabled()):
-                continue
-            label = (b.inner_text(timeout=5000) or b.get_attribute("title") or "").strip()
-            if any(s in label for s in skip):
-                continue
-            b.click(timeout=20_000)
-        except Exception:  # noqa: BLE001 - a button that vanished meanwhile (tab re-render)
+            b = buttons.nth(i)
+            if b.is_visible() and b.is_enabled():
+                labels.append((b.inner_text(timeout=5000) or "").strip())
+        except Exception:  # noqa: BLE001 - a button that vanished meanwhile (re-render)
+            continue
+    clicked = []
+    for label in dict.fromkeys(labels):
+        if not label or label == "Remove item" or any(s in label for s in skip):
+            continue
+        try:
+            page.get_by_role("button", name=label, exact=True).first.click(timeout=20_000)
+        except Exception:  # noqa: BLE001
             continue
         clicked.append(label)
         page.wait_for_timeout(pause_ms)

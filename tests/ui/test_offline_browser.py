@@ -193,6 +193,6 @@ def test_every_button_and_page_state_stays_offline(browser, llama_set, tmp_path,
         page.screenshot(path=str(artifacts_dir / "offline_every_button.png"), full_page=True)
     finally:
         stop(proc)
+    assert sorted(set(outside)) == []
     assert {"Write merged weights", "Write pruned weights"} <= set(clicked), clicked
     assert (exports / "merged-out" / "config.json").is_file()
-    assert sorted(set(outside)) == []

@@ -36,7 +36,7 @@ _NEWLINES = re.compile(r"[\r\n\u2028\u2029]+")
 #: an underscore that could open or close emphasis (not between two letters/digits)
 _EDGE_UNDERSCORE = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
 _BACKTICKS = re.compile(r"`+")
-_LINE_START = re.compile(r"^(?:[ \t]+|[-+=]|\d+[.)])+")
+_LINE_START = re.compile(r"^(?:[ \t]+|=+|[-+](?=[\s\-+]|$)|\d{1,9}[.)](?=\s|$))+")
 
 
 class Md(str):
