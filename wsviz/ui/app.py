@@ -61,6 +61,31 @@ def serve_assets_locally(doc=None) -> None:
     doc._template_variables.setdefault("dist_url", local)
 
 
+def _keep_stylesheets_local() -> None:
+    """Where Panel falls back to its CDN for a stylesheet (a model built or updated without a
+    document, e.g. a plot's child model), use the current served document's local
+    ``dist_url`` instead (set by :func:`serve_assets_locally`); elsewhere Panel decides."""
+    import panel.reactive
+    import panel.theme.base
+    from panel.io import resources
+
+    original = resources.patch_stylesheet
+    if getattr(original, "wsviz_local", False):
+        return
+
+    def patch_stylesheet(stylesheet, dist_url):
+        if dist_url == resources.CDN_DIST:
+            doc = pn.state.curdoc
+            local = doc._template_variables.get("dist_url") if doc is not None else None
+            if local and local != resources.CDN_DIST:
+                dist_url = local
+        return original(stylesheet, dist_url)
+
+    patch_stylesheet.wsviz_local = True
+    for module in (resources, panel.reactive, panel.theme.base):
+        module.patch_stylesheet = patch_stylesheet
+
+
 def escape_template_text(template) -> None:
     """Make a Panel template show its title (and site name) as text: the browser tab title
     is escaped by Bokeh, but the header and ``<meta>`` take ``app_title`` / ``meta_name``
@@ -84,6 +109,7 @@ def extension(**kwargs) -> None:
 
     hv.extension("bokeh", logo=False)
     pn.extension(*EXTENSIONS, notifications=True, **kwargs)
+    _keep_stylesheets_local()
 
 
 @dataclass
