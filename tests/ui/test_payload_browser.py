@@ -75,7 +75,5 @@ def test_untrusted_strings_reach_the_page_as_text(browser, payload_app, artifact
     assert injected(page) == []
     assert dialogs == []
     assert outside == []
-    # the NaN tensor's error and the refused / written export quote the payloads as text
+    # the NaN tensor's error quotes the tensor name as text
     assert any(BAD_TENSOR in n for n in notes), notes
-    assert not list(exports.glob("*wsviz-pwned*")) or all(
-        p.name == EXPORT_NAME for p in exports.iterdir())
