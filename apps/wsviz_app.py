@@ -11,10 +11,9 @@ import logging
 import os
 import sys
 
-import panel as pn
-
 from wsviz.ui import build_page, extension
 from wsviz.ui.launch import parse_app_args, workspace_from_args
+from wsviz.ui.text import SafeAlert
 
 if os.environ.get("WSVIZ_UI_DEBUG"):
     logging.basicConfig(level=logging.INFO)
@@ -23,5 +22,5 @@ extension()
 try:
     page = build_page(workspace_from_args(parse_app_args(sys.argv[1:])))
 except Exception as exc:  # noqa: BLE001 - show the reason in the page instead of a blank one
-    page = pn.pane.Alert(f"wsviz could not start: {exc}", alert_type="danger")
+    page = SafeAlert(f"wsviz could not start: {exc}", alert_type="danger")
 page.servable()

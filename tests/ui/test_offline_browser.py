@@ -156,3 +156,43 @@ def test_origins_for_an_all_interfaces_bind():
                         "ws.lab:5006"})
     assert "0.0.0.0:5006" not in o
     assert "10.1.2.3:7000" in websocket_origins("10.1.2.3", 7000, [])
+
+
+def test_every_button_and_page_state_stays_offline(browser, llama_set, tmp_path,
+                                                   artifacts_dir):
+    """``wsviz serve`` on a real Llama family: every tab opened, every button clicked
+    (spinners, Markdown panes, notifications, downloads), merged and pruned weights written:
+    no request leaves 127.0.0.1 (Panel's loading.css / markdown.css were fetched from
+    cdn.holoviz.org after "Write merged weights")."""
+    from tests.ui.page_walk import TABS, click_every_button, fill, goto_tab, serve_cli, stop
+
+    exports = tmp_path / "exports"
+    proc, url = serve_cli([str(llama_set.base), *map(str, llama_set.fts), "--export-root",
+                           str(exports)], artifacts_dir / "server_offline_llama.log",
+                          cwd=tmp_path)
+    try:
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(180_000)
+        outside = watch_requests(page)
+        open_app(page, url)
+        wait_pane_text(page, "wsviz-detail-title", lambda t: "shape" in t, timeout=300)
+        clicked = []
+        for tab in TABS:
+            goto_tab(page, tab, 4000)
+            clicked += click_every_button(page, skip=("Run search",))
+        goto_tab(page, "Export")
+        fill(page, "merged-model", "merged-out")
+        page.get_by_role("button", name="Write merged weights").click()
+        wait_notification(page, "Merged model written", timeout=300)
+        goto_tab(page, "Prune")
+        fill(page, "pruned-model", "pruned-out")
+        page.get_by_role("button", name="Write pruned weights").click()
+        wait_notification(page, "Pruned model written", timeout=300)
+        page.wait_for_timeout(3000)
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(artifacts_dir / "offline_every_button.png"), full_page=True)
+    finally:
+        stop(proc)
+    assert sorted(set(outside)) == []
+    assert {"Write merged weights", "Write pruned weights"} <= set(clicked), clicked
+    assert (exports / "merged-out" / "config.json").is_file()

@@ -20,6 +20,7 @@ from wsviz.ui.prune_tuner import PruneTuner
 from wsviz.ui.search_panel import SearchPanel
 from wsviz.ui.session import Session
 from wsviz.ui.task_map import TaskMap
+from wsviz.ui.text import SafeMarkdown, html_text
 
 EXTENSIONS = ("tabulator", "codeeditor")
 #: fonts every OS has (the Fast design would fetch Open Sans from fonts.googleapis.com)
@@ -36,12 +37,79 @@ class Fast(_PanelFast):
     _resources = {k: v for k, v in _PanelFast._resources.items() if k != "font"}
 
 
+def serve_assets_locally(doc=None) -> None:
+    """Make Panel resolve every stylesheet of the served document ``doc`` (default: the
+    current one) on this server, from its first model on.
+
+    Panel writes component stylesheets (``loading.css``, ``markdown.css``, ...) as
+    ``cdn.holoviz.org`` URLs and rewrites them to the server only once the document knows its
+    ``dist_url``, which Panel sets when it renders the page: models made before that (the
+    page being built, callbacks racing the first render) or later cached keep the CDN URL,
+    and the browser fetched it when they appeared (e.g. after "Write merged weights"). Setting
+    ``dist_url`` here, before any model exists, closes that window. No-op outside a server
+    session or when Bokeh resources are not served locally (``BOKEH_RESOURCES=cdn``)."""
+    from bokeh.settings import settings
+    from panel.io.resources import LOCAL_DIST
+    from panel.io.state import state
+
+    doc = doc if doc is not None else pn.state.curdoc
+    if doc is None or doc.session_context is None or state._is_pyodide:
+        return
+    if settings.resources(default="server") != "server":
+        return
+    local = f"{state.rel_path}/{LOCAL_DIST}" if state.rel_path else LOCAL_DIST
+    doc._template_variables.setdefault("dist_url", local)
+
+
+def _keep_stylesheets_local() -> None:
+    """Where Panel falls back to its CDN for a stylesheet (a model built or updated without a
+    document, e.g. a plot's child model), use the current served document's local
+    ``dist_url`` instead (set by :func:`serve_assets_locally`); elsewhere Panel decides."""
+    import panel.reactive
+    import panel.theme.base
+    from panel.io import resources
+
+    original = resources.patch_stylesheet
+    if getattr(original, "wsviz_local", False):
+        return
+
+    def patch_stylesheet(stylesheet, dist_url):
+        if dist_url == resources.CDN_DIST:
+            doc = pn.state.curdoc
+            local = doc._template_variables.get("dist_url") if doc is not None else None
+            if local and local != resources.CDN_DIST:
+                dist_url = local
+        return original(stylesheet, dist_url)
+
+    patch_stylesheet.wsviz_local = True
+    for module in (resources, panel.reactive, panel.theme.base):
+        module.patch_stylesheet = patch_stylesheet
+
+
+def escape_template_text(template) -> None:
+    """Make a Panel template show its title (and site name) as text: the browser tab title
+    is escaped by Bokeh, but the header and ``<meta>`` take ``app_title`` / ``meta_name``
+    raw, so a model directory named ``<img onerror=...>`` ran script there."""
+    update = template._update_vars
+
+    def escaped(*args) -> None:
+        update(*args)
+        for key in ("app_title", "meta_name", "site_title"):
+            value = template._render_variables.get(key)
+            if isinstance(value, str):
+                template._render_variables[key] = html_text(value)
+
+    template._update_vars = escaped  # Panel calls it again when it renders the page
+    escaped()
+
+
 def extension(**kwargs) -> None:
     """Load Panel/HoloViews extensions wsviz needs (call once, in a notebook or app)."""
     import holoviews as hv
 
     hv.extension("bokeh", logo=False)
     pn.extension(*EXTENSIONS, notifications=True, **kwargs)
+    _keep_stylesheets_local()
 
 
 @dataclass
@@ -78,11 +146,12 @@ def build_components(workspace: Workspace, background: bool = False,
 
 def build_page(workspace: Workspace, background: bool = True):
     """The full dashboard in a template (one per browser session)."""
+    serve_assets_locally()
     c = build_components(workspace, background=background)
     s = c.session
     spinner = pn.indicators.LoadingSpinner(value=False, size=28, color="light",
                                            css_classes=["wsviz-busy"])
-    status = pn.pane.Markdown("", styles={"color": "white"}, margin=(0, 10),
+    status = SafeMarkdown("", styles={"color": "white"}, margin=(0, 10),
                               css_classes=["wsviz-header-status"])
 
     def on_busy(*_):
@@ -121,5 +190,6 @@ def build_page(workspace: Workspace, background: bool = True):
         font=SYSTEM_FONT,
         font_url="",
     )
+    escape_template_text(template)
     template.wsviz = c  # handy for debugging from the server console
     return template

@@ -16,6 +16,7 @@ from panel.viewable import Viewer
 
 from wsviz.ui.merge_tuner import MergeTuner
 from wsviz.ui.session import Session
+from wsviz.ui.text import Md, SafeMarkdown, md
 from wsviz.ui.widgets import write_folder_async
 
 
@@ -32,8 +33,8 @@ class Export(Viewer):
         super().__init__(**params)
         self.session = session
         self.tuner = tuner
-        self._status = pn.pane.Markdown("", css_classes=["wsviz-export-status"],
-                                        sizing_mode="stretch_width")
+        self._status = SafeMarkdown("", css_classes=["wsviz-export-status"],
+                                    sizing_mode="stretch_width")
         self._yaml = pn.widgets.CodeEditor(value="", language="yaml", readonly=True,
                                            height=280, sizing_mode="stretch_width")
         self._json = pn.widgets.CodeEditor(value="", language="json", readonly=True,
@@ -53,14 +54,14 @@ class Export(Viewer):
                                             width=200)
         self._write_btn.on_click(lambda e: self.write())
         self._progress = pn.indicators.Progress(value=0, max=100, width=300, visible=False)
-        self._write_msg = pn.pane.Markdown("")
+        self._write_msg = SafeMarkdown("")
         tuner.param.watch(self._update, "recipe")
         self._update()
 
     def _update(self, *_):
         recipe = self.tuner.recipe
         if recipe is None:
-            self._status.object = "*no valid recipe yet*"
+            self._status.object = Md("*no valid recipe yet*")
             return
         ws = self.session.workspace
         try:
@@ -74,11 +75,11 @@ class Export(Viewer):
             text, reason = None, str(exc)
         self.yaml_text, self.yaml_reason = text, reason
         if text is not None:
-            self._status.object = ("**mergekit YAML: valid** — validated by wsviz's strict "
-                                   "checker; mergekit reproduces this merge.")
+            self._status.object = Md("**mergekit YAML: valid** — validated by wsviz's strict "
+                                     "checker; mergekit reproduces this merge.")
             self._yaml.value = text
         else:
-            self._status.object = f"**Not expressible in mergekit:** {reason}"
+            self._status.object = md("**Not expressible in mergekit:** {}", reason)
             self._yaml.value = f"# not expressible in mergekit:\n# {reason}\n"
         self._json.value = self.json_text
         self._dl_yaml.disabled = text is None
@@ -106,13 +107,13 @@ class Export(Viewer):
             target = resolve_under(self.session.workspace.export_root, outdir)
         except Exception as exc:  # noqa: BLE001 - OutputError: shown, nothing written
             self.session.notify_error(exc)
-            self._write_msg.object = "**Nothing written** (see the notification)."
+            self._write_msg.object = Md("**Nothing written** (see the notification).")
             return
         ws = self.session.workspace
         write_folder_async(
             self, "write", target,
             lambda progress: ws.write_merged(recipe, str(target), force, progress=progress),
-            "Wrote `{path}`", "Merged model written to {path}")
+            "Wrote {path}", "Merged model written to {path}")
 
     def __panel__(self):
         return pn.Column(
@@ -120,7 +121,7 @@ class Export(Viewer):
             pn.Row(self._dl_yaml, self._dl_json),
             pn.Tabs(("mergekit YAML", self._yaml), ("JSON recipe", self._json),
                     sizing_mode="stretch_width"),
-            pn.pane.Markdown("#### Write merged weights (HF directory)"),
+            SafeMarkdown(Md("#### Write merged weights (HF directory)")),
             pn.Row(self._outdir, self._force, self._write_btn),
             self._progress, self._write_msg,
             sizing_mode="stretch_width",

@@ -16,6 +16,7 @@ from wsviz.analysis.maps import CELL_RANGE_JS, view_shape
 from wsviz.session.views import LayerDetailView
 from wsviz.ui.plot_style import READABLE, cell_labels, sig
 from wsviz.ui.session import Session
+from wsviz.ui.text import Md, SafeMarkdown, html, md, md_code
 from wsviz.ui.widgets import submit_with_spinner
 
 # Matrices larger than this many cells are drawn through datashader's rasterize (its first
@@ -24,7 +25,7 @@ RASTERIZE_CELLS = 1024 * 1024
 
 
 def _note(detail: LayerDetailView, key: str, default: str) -> hv.Div:
-    return hv.Div(f"<i>{detail.notes.get(key, default)}</i>").opts(height=60)
+    return hv.Div(html("<i>{}</i>", detail.notes.get(key, default))).opts(height=60)
 
 
 def spectra_plot(d: LayerDetailView):
@@ -162,12 +163,12 @@ def agreement_plot(agreement: pd.DataFrame):
 
 def intruder_table(d: LayerDetailView):
     if d.intruders is None:
-        return pn.pane.Markdown(f"*{d.notes.get('intruders', 'No intruder analysis.')}*")
+        return SafeMarkdown(md("*{}*", d.notes.get('intruders', 'No intruder analysis.')))
     if d.intruders.empty:
-        return pn.pane.Markdown("**Intruder dimensions:** none found (every top-k singular "
-                                "vector of the fine-tunes is close to a base direction).")
+        return SafeMarkdown(Md("**Intruder dimensions:** none found (every top-k singular "
+                               "vector of the fine-tunes is close to a base direction)."))
     return pn.Column(
-        pn.pane.Markdown(f"**Intruder dimensions:** {len(d.intruders)} found"),
+        SafeMarkdown(md("**Intruder dimensions:** {} found", len(d.intruders))),
         pn.pane.DataFrame(d.intruders, index=False, float_format="{:.3f}".format,
                           sizing_mode="stretch_width"),
     )
@@ -186,7 +187,7 @@ class LayerDetail(Viewer):
         self.session = session
         self.detail: LayerDetailView | None = None
         self._quiet = False
-        self._title = pn.pane.Markdown("", css_classes=["wsviz-detail-title"])
+        self._title = SafeMarkdown("", css_classes=["wsviz-detail-title"])
         self._spectra = pn.pane.HoloViews(None, sizing_mode="stretch_width")
         self._esd = pn.pane.HoloViews(None, sizing_mode="stretch_width")
         self._hist = pn.pane.HoloViews(None, sizing_mode="stretch_width")
@@ -204,14 +205,14 @@ class LayerDetail(Viewer):
         layer = self.session.layer
         if not layer:
             return
-        self._title.object = f"### Layer `{layer}` — loading…"
+        self._title.object = md("### Layer {} — loading…", md_code(layer))
         submit_with_spinner(self.session.runner, self._spinner, "detail",
                             lambda: self.session.workspace.detail(layer), self._show)
 
     def _show(self, d: LayerDetailView):
         self.detail = d
         shape = "×".join(map(str, d.shape)) if d.shape else "?"
-        self._title.object = f"### Layer `{d.layer}` — shape {shape}"
+        self._title.object = md("### Layer {} — shape {}", md_code(d.layer), shape)
         self._spectra.object = spectra_plot(d)
         self._hist.object = delta_hist_plot(d)
         self._quiet = True

@@ -19,6 +19,7 @@ from wsviz.eval.pareto import pareto_mask
 from wsviz.session.views import MethodView
 from wsviz.ui.plot_style import READABLE
 from wsviz.ui.session import Session
+from wsviz.ui.text import Md, SafeMarkdown, md, md_code
 from wsviz.ui.widgets import (
     LiveBars,
     ParamEntry,
@@ -104,13 +105,13 @@ class MergeTuner(Viewer):
 
         self._method_w = pn.widgets.Select.from_param(self.param.method, name="Method",
                                                       width=240)
-        self._doc = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self._doc = SafeMarkdown("", sizing_mode="stretch_width")
         self._global_box = pn.Column()
         self._model_box = pn.Column()
         self._sched_box = pn.Column()
-        self._summary = pn.pane.Markdown("*no evaluation yet*",
-                                         css_classes=["wsviz-merge-summary"],
-                                         sizing_mode="stretch_width")
+        self._summary = SafeMarkdown(Md("*no evaluation yet*"),
+                                     css_classes=["wsviz-merge-summary"],
+                                     sizing_mode="stretch_width")
         self._live = LiveBars(lambda: self.refs, spec_getter=lambda: self.spec)
         self._bars = self._live.pane
         self._history_pipe = hv.streams.Pipe(data=self.history_frame())
@@ -162,7 +163,7 @@ class MergeTuner(Viewer):
         spec = self._spec()
         self._building = True
         try:
-            self._doc.object = f"**{spec.name}** — {spec.doc}" + (
+            self._doc.object = md("**{}** — {}", spec.name, spec.doc) + Md(
                 "" if spec.mergekit else "  \n*(not in mergekit: exports as JSON only)*")
             self._widgets = {}
             for p in spec.params:
@@ -187,7 +188,7 @@ class MergeTuner(Viewer):
                         w.fallback = glob.value
                         glob.param.watch(lambda e, w=w: setattr(w, "fallback", e.new), "value")
                 self._model_widgets[label] = ws_
-                rows.append(pn.Row(ws_["include"], pn.pane.Markdown(f"`{label}`", width=90),
+                rows.append(pn.Row(ws_["include"], SafeMarkdown(md_code(label), width=90),
                                    pn.FlexBox(*[w for k, w in ws_.items() if k != "include"],
                                               min_width=260, max_width=520)))
             self._sched_widgets = {}
@@ -205,10 +206,10 @@ class MergeTuner(Viewer):
                 w.param.watch(self._on_entry_error, "error")
                 w.param.watch(self._clear_entry_errors, "value")
             self._global_box[:] = list(self._widgets.values()) or [
-                pn.pane.Markdown("*no global parameters*")]
-            self._model_box[:] = rows or [pn.pane.Markdown("*no per-model parameters*")]
+                SafeMarkdown(Md("*no global parameters*"))]
+            self._model_box[:] = rows or [SafeMarkdown(Md("*no per-model parameters*"))]
             self._sched_box[:] = list(self._sched_widgets.values()) or [
-                pn.pane.Markdown("*no schedulable parameters*")]
+                SafeMarkdown(Md("*no schedulable parameters*"))]
             floats = [p.name for p in spec.params if p.kind == "float" and p.scope != "model"]
             self._sweep_param.options = floats
             self._sweep_param.value = ("lambda" if "lambda" in floats
@@ -318,7 +319,7 @@ class MergeTuner(Viewer):
         self.recipe = recipe
         self.why.cancel()  # a newer recipe: its anatomy follows its metrics
         if not self.session.workspace.can_evaluate:
-            self._summary.object = (f"`{_short(state)}`  \n" + NO_EVALUATOR)
+            self._summary.object = md_code(_short(state)) + Md("  \n" + NO_EVALUATOR)
             self.why.schedule()
             return
         self._t_request = time.perf_counter()
@@ -342,8 +343,8 @@ class MergeTuner(Viewer):
         self.metrics = dict(metrics)
         self.n_evals += 1
         stats = summary_stats(metrics, self.refs.get("individual", {}), self.spec)
-        self._summary.object = (f"**eval #{self.n_evals}** — {summary_text(stats, self.spec)}"
-                                f"  \n`{_short(state)}`")
+        self._summary.object = (md("**eval #{}** — {}  \n{}", self.n_evals,
+                                   summary_text(stats, self.spec), md_code(_short(state))))
         self._live.update(metrics, f"{state['method']}: per-task")
         key = json.dumps(state, sort_keys=True, default=str)
         if not any(h["key"] == key for h in self.history):
@@ -453,10 +454,10 @@ class MergeTuner(Viewer):
         return pn.Column(
             pn.Row(self._method_w, self._busy, self._refresh),
             self._doc,
-            pn.pane.Markdown("#### Parameters"), self._global_box,
-            pn.pane.Markdown("#### Models (include; per-model parameters — an empty box "
-                             "uses the global value)"), self._model_box,
-            pn.pane.Markdown("#### Per-layer schedules (gradient or filters)"), self._sched_box,
+            SafeMarkdown(Md("#### Parameters")), self._global_box,
+            SafeMarkdown(Md("#### Models (include; per-model parameters — an empty box "
+                            "uses the global value)")), self._model_box,
+            SafeMarkdown(Md("#### Per-layer schedules (gradient or filters)")), self._sched_box,
             width=640,
         )
 

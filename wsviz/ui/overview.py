@@ -29,6 +29,7 @@ from wsviz.analysis.blocks import (
 )
 from wsviz.ui.plot_style import READABLE, READABLE_NO_PAN
 from wsviz.ui.session import Session
+from wsviz.ui.text import SafeMarkdown, html, md, md_code
 
 # Metrics shown first when present (the rest follow in table order).
 PREFERRED = (
@@ -123,15 +124,15 @@ class Overview(Viewer):
         self._by_module = pn.pane.HoloViews(None, width=PROFILE_WIDTH)
         self._by_model = pn.pane.HoloViews(None, width=PROFILE_WIDTH)
         self._progress = pn.indicators.Progress(value=0, max=100, width=300, active=True)
-        self._status = pn.pane.Markdown("", css_classes=["wsviz-overview-status"])
+        self._status = SafeMarkdown("", css_classes=["wsviz-overview-status"])
         self._model_w = pn.widgets.Select.from_param(self.param.model, name="Model", width=200)
         self._metric1_w = pn.widgets.Select.from_param(self.param.metric, name="Grid metric",
                                                        width=200)
         self._metric_w = pn.widgets.MultiChoice.from_param(self.param.metrics, name="Metrics",
                                                            sizing_mode="stretch_width")
-        self._selected = pn.pane.Markdown("", css_classes=["wsviz-selected-layer"])
-        self._flat_title = pn.pane.Markdown(
-            f"**Tensors outside the blocks** ({len(self.layout.flat)})"
+        self._selected = SafeMarkdown("", css_classes=["wsviz-selected-layer"])
+        self._flat_title = SafeMarkdown(
+            md("**Tensors outside the blocks** ({})", len(self.layout.flat))
             if self.layout.has_blocks else "", visible=bool(self.layout.flat))
         if self.layout.has_blocks:
             self._build_grid()
@@ -167,7 +168,7 @@ class Overview(Viewer):
         layer = self.session.layer
         cell = self.layout.cell_of(layer) if layer else None
         where = (f" — block {cell[1]}, {self.layout.modules[cell[0]]}" if cell else "")
-        self._selected.object = f"**Selected layer:** `{layer}`{where}"
+        self._selected.object = md("**Selected layer:** {}{}", md_code(layer), where)
         self._outline.send(selection_box(self.layout, layer))
         if self.layout.has_blocks and self.session.table is not None and self.metric:
             self._by_model.object = self._model_profile_plot()
@@ -307,7 +308,7 @@ class Overview(Viewer):
                                      "block"]])
         if df.empty:
             self._by_module.object = hv.Div(
-                f"<i>No values of {self.metric} in the blocks.</i>").opts(height=60)
+                html("<i>No values of {} in the blocks.</i>", self.metric)).opts(height=60)
             self._by_model.object = None
             return
         self._by_module.object = self._module_profile_plot(df)
@@ -338,7 +339,7 @@ class Overview(Viewer):
         module = self.layout.modules[cell[0]] if cell else None
         prof = model_profiles(self.session.table, self.layout, self.metric, module)
         if prof.empty:
-            return hv.Div(f"<i>No per-model values of {self.metric}.</i>").opts(height=60)
+            return hv.Div(html("<i>No per-model values of {}.</i>", self.metric)).opts(height=60)
         curves = [hv.Curve(g, "block", "value", label=str(m))
                   for m, g in prof.groupby("model", sort=False)]
         what = f"module {module}" if module else "mean over modules"

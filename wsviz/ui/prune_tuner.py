@@ -21,6 +21,7 @@ from wsviz.session.views import MERGE_TARGET
 from wsviz.ui.layer_detail import matrix_plot
 from wsviz.ui.merge_tuner import NO_EVALUATOR, parse_schedule
 from wsviz.ui.session import Session
+from wsviz.ui.text import Md, SafeMarkdown, html, md, md_code
 from wsviz.ui.widgets import (
     LiveBars,
     load_references,
@@ -67,8 +68,8 @@ class PruneTuner(Viewer):
         watch_widget(self._sched, self.request)
         watch_widget(self._exclude, self.request)
         watch_widget(self._include, self.request)
-        self._summary = pn.pane.Markdown("*no evaluation yet*",
-                                         css_classes=["wsviz-prune-summary"])
+        self._summary = SafeMarkdown(Md("*no evaluation yet*"),
+                                     css_classes=["wsviz-prune-summary"])
         self._live = LiveBars(lambda: self.refs, label="pruned",
                               spec_getter=lambda: ws.metric_spec)
         if ws.can_evaluate:
@@ -76,7 +77,7 @@ class PruneTuner(Viewer):
         self._bars = self._live.pane
         self._mask = pn.pane.HoloViews(None, sizing_mode="stretch_width")
         self._busy = pn.indicators.LoadingSpinner(value=False, size=24)
-        self._doc = pn.pane.Markdown("")
+        self._doc = SafeMarkdown("")
         # export: recipe download, pruned weights written under the export root
         self._yaml = pn.widgets.CodeEditor(value="", language="yaml", readonly=True,
                                            height=160, sizing_mode="stretch_width")
@@ -91,7 +92,7 @@ class PruneTuner(Viewer):
                                             button_type="success", width=200)
         self._write_btn.on_click(lambda e: self.write())
         self._progress = pn.indicators.Progress(value=0, max=100, width=300, visible=False)
-        self._write_msg = pn.pane.Markdown("", css_classes=["wsviz-prune-written"])
+        self._write_msg = SafeMarkdown("", css_classes=["wsviz-prune-written"])
         self.param.watch(self._on_method, "method")
         self.param.watch(lambda e: self.request(), "target")
         session.param.watch(lambda e: self._draw_mask(), "layer")
@@ -113,7 +114,7 @@ class PruneTuner(Viewer):
         spec = self.methods[self.method]
         self._building = True
         try:
-            self._doc.object = f"**{spec.name}** — {spec.doc}"
+            self._doc.object = md("**{}** — {}", spec.name, spec.doc)
             self._widgets = {p.name: make_widget(p) for p in spec.params}
             for w in self._widgets.values():
                 watch_widget(w, self.request)
@@ -174,7 +175,7 @@ class PruneTuner(Viewer):
         merge = self._merge(state)
         self._draw_mask()
         if not ws.can_evaluate:
-            self._summary.object = NO_EVALUATOR
+            self._summary.object = Md(NO_EVALUATOR)
             return
         submit_with_spinner(
             self.session.runner, self._busy, "prune-eval",
@@ -200,9 +201,9 @@ class PruneTuner(Viewer):
         spec = self.session.workspace.metric_spec
         stats = summary_stats(metrics, self.refs.get("individual", {}), spec)
         ps = ", ".join(f"{k}={v}" for k, v in state["params"].items())
-        self._summary.object = (
-            f"**eval #{self.n_evals}** — {state['method']}({ps}) on `{state['target']}`: "
-            f"{summary_text(stats, spec, normalized=False)}")
+        self._summary.object = md(
+            "**eval #{}** — {}({}) on {}: {}", self.n_evals, state["method"], ps,
+            md_code(state["target"]), summary_text(stats, spec, normalized=False))
         self._live.update(metrics, f"pruned {state['target']}: per-task")
 
     def _draw_mask(self):
@@ -224,9 +225,9 @@ class PruneTuner(Viewer):
 
         def done(mask):
             if mask is None:
-                self._mask.object = hv.Div(f"<i>{layer} is not pruned (only 2-D weight "
-                                           "matrices, no embeddings, heads or excluded "
-                                           "tensors).</i>")
+                self._mask.object = hv.Div(html("<i>{} is not pruned (only 2-D weight "
+                                                "matrices, no embeddings, heads or excluded "
+                                                "tensors).</i>", layer))
             else:
                 kept = float(mask.mean()) if mask.size else 0.0
                 self._mask.object = matrix_plot(
@@ -259,18 +260,18 @@ class PruneTuner(Viewer):
             target = resolve_under(ws.export_root, outdir)
         except Exception as exc:  # noqa: BLE001 - shown, nothing written
             self.session.notify_error(exc)
-            self._write_msg.object = "**Nothing written** (see the notification)."
+            self._write_msg.object = Md("**Nothing written** (see the notification).")
             return
         write_folder_async(
             self, "prune-write", target,
             lambda progress: ws.write_pruned(state["target"], state["method"], params,
                                              str(target), force, merge=merge,
                                              progress=progress),
-            "Wrote `{path}` (with `wsviz_prune.yml`)", "Pruned model written to {path}")
+            "Wrote {path} (with `wsviz_prune.yml`)", "Pruned model written to {path}")
 
     def __panel__(self):
         export = pn.Column(
-            pn.pane.Markdown("#### Export: prune recipe and pruned weights (HF directory)"),
+            SafeMarkdown(Md("#### Export: prune recipe and pruned weights (HF directory)")),
             pn.Row(self._dl), self._yaml,
             pn.Row(self._outdir, self._force, self._write_btn),
             self._progress, self._write_msg, sizing_mode="stretch_width")

@@ -24,6 +24,7 @@ from wsviz.eval.metrics import MetricSpec
 from wsviz.eval.pareto import pareto_mask
 from wsviz.ui.plot_style import READABLE
 from wsviz.ui.session import Session
+from wsviz.ui.text import Md, SafeMarkdown, md
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "map", "cmaes")
 KIND_COLORS = {"Pareto (this pair)": "#d62728", "dominated": "#9ecae1",
@@ -78,8 +79,8 @@ class SearchPanel(Viewer):
         self._reset_btn = pn.widgets.Button(name="Space from tuner", width=140)
         self._reset_btn.on_click(lambda e: self.reset_space())
         self._progress = pn.indicators.Progress(value=0, max=100, width=260, visible=False)
-        self._status = pn.pane.Markdown("", css_classes=["wsviz-search-status"],
-                                        sizing_mode="stretch_width")
+        self._status = SafeMarkdown("", css_classes=["wsviz-search-status"],
+                                    sizing_mode="stretch_width")
         self._x = pn.widgets.Select(name="x task", options=[], width=160)
         self._y = pn.widgets.Select(name="y task", options=[], width=160)
         self._x.param.watch(lambda e: self._draw(), "value")
@@ -91,9 +92,9 @@ class SearchPanel(Viewer):
         self._tap.add_subscriber(self._on_tap)
         self._plot = pn.pane.HoloViews((points * front).opts(**READABLE),
                                        sizing_mode="stretch_width")
-        self._detail = pn.pane.Markdown("*click a point to load its recipe*",
-                                        css_classes=["wsviz-search-selected"],
-                                        sizing_mode="stretch_width")
+        self._detail = SafeMarkdown(Md("*click a point to load its recipe*"),
+                                    css_classes=["wsviz-search-selected"],
+                                    sizing_mode="stretch_width")
         self._yaml = pn.widgets.CodeEditor(value="", language="yaml", readonly=True,
                                            height=220, sizing_mode="stretch_width")
         self._download = pn.widgets.FileDownload(callback=self._yaml_file,
@@ -105,8 +106,8 @@ class SearchPanel(Viewer):
                                            sizing_mode="stretch_width", show_index=False)
         if not ws.can_search:
             self._run.disabled = True
-            self._status.object = ("*Search needs an evaluator (`--eval` or `--demo`) and "
-                                   "optuna (a wsviz dependency).*")
+            self._status.object = Md("*Search needs an evaluator (`--eval` or `--demo`) and "
+                                     "optuna (a wsviz dependency).*")
         self.reset_space()
 
     # -- space -------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ class SearchPanel(Viewer):
         self.running = False
         self._run.disabled, self._stop_btn.disabled = False, True
         self._progress.visible = False
-        self._status.object = self._summary(None) + " — done"
+        self._status.object = self._summary(None) + Md(" — done")
         self._draw()
 
     def _failed(self, exc) -> None:
@@ -202,15 +203,15 @@ class SearchPanel(Viewer):
     def metric(self) -> MetricSpec:
         return self.info.get("metric") or self.session.workspace.metric_spec
 
-    def _summary(self, total: int | None) -> str:
+    def _summary(self, total: int | None) -> Md:
         ok = [r for r in self.rows if r.get("state") == "COMPLETE"]
         failed = len(self.rows) - len(ok)
         m = self.metric
         best = m.best(r["mean"] for r in ok) if ok else math.nan
-        text = (f"**{len(ok)}{'/' + str(total) if total else ''} trials** · best mean "
-                f"{m.name} **{m.format(best)}**")
+        text = md("**{}{} trials** · best mean {} **{}**", len(ok),
+                  f"/{total}" if total else "", m.name, m.format(best))
         if failed:
-            text += f" · {failed} failed"
+            text += md(" · {} failed", failed)
         return text
 
     # -- plotting ----------------------------------------------------------------------------
@@ -326,8 +327,9 @@ class SearchPanel(Viewer):
             note = "loaded into the merge tuner"
         else:
             note = "the merge tuner cannot show this recipe (export it instead)"
-        self._detail.object = (f"**trial {number}** — mean {m.format(row.get('mean'))}, worst "
-                               f"{m.format(row.get('worst'))} · {note} · export as {how}")
+        self._detail.object = md("**trial {}** — mean {}, worst {} · {} · export as {}", number,
+                                 m.format(row.get("mean")), m.format(row.get("worst")), note,
+                                 how)
         self._draw()
 
     def _yaml_file(self):
@@ -337,7 +339,7 @@ class SearchPanel(Viewer):
     def __panel__(self):
         return pn.Row(
             pn.Column(
-                pn.pane.Markdown("#### Search space (YAML)"), self._space,
+                SafeMarkdown(Md("#### Search space (YAML)")), self._space,
                 pn.Row(self._sampler, self._trials),
                 pn.Row(self._run, self._stop_btn, self._reset_btn),
                 self._progress, self._status, width=520),

@@ -17,6 +17,7 @@ import param
 from wsviz.errors import WsvizError
 from wsviz.session.base import Workspace
 from wsviz.ui.runner import Runner
+from wsviz.ui.text import html_text
 
 log = logging.getLogger("wsviz.ui")
 
@@ -43,11 +44,12 @@ def clip_message(msg: str, limit: int = 280, word: int = 48) -> str:
 def _toast(kind: str, msg: str, duration: int) -> None:
     """Show ``msg`` (clipped, :func:`clip_message`; the full text stays in
     ``Session.errors``) as a Panel notification of ``kind`` ("error"/"success") when the page
-    has a notification area; failures are logged, never raised."""
+    has a notification area; failures are logged, never raised. ``msg`` is shown as text (the
+    browser inserts notifications as HTML: escaped by :func:`~wsviz.ui.text.html_text`)."""
     notifications = getattr(pn.state, "notifications", None)
     if notifications is not None:
         try:
-            getattr(notifications, kind)(clip_message(msg), duration=duration)
+            getattr(notifications, kind)(html_text(clip_message(msg)), duration=duration)
         except Exception:
             log.exception("could not show notification")
 

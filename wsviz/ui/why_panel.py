@@ -24,6 +24,7 @@ from panel.viewable import Viewer
 from wsviz.errors import WsvizError
 from wsviz.ui.plot_style import READABLE
 from wsviz.ui.session import Session
+from wsviz.ui.text import Md, SafeMarkdown, md, md_code, md_join
 from wsviz.ui.widgets import FT_PALETTE
 
 #: (column, plot title, y label) of the per-layer plots
@@ -66,15 +67,16 @@ def _num(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
 
 
-def summary_markdown(table: pd.DataFrame, method: str) -> str:
+def summary_markdown(table: pd.DataFrame, method: str) -> Md:
     """One paragraph: per model kept / elected-away mass and cosine, merged norm."""
     s = summary_frame(table)
     if s.empty:
-        return "*no tensors*"
-    parts = [f"`{r.model}`: kept **{_pct(r.kept)}**, elected away **{_pct(r.elected_away)}**, "
-             f"cos **{_num(r.cos)}**" for r in s.itertuples()]
-    return (f"**{method}** over {table['layer'].nunique()} tensors — merged ‖Δ‖ "
-            f"**{_num(float(s['merged_norm'].iloc[0]))}**  \n" + " · ".join(parts))
+        return Md("*no tensors*")
+    parts = [md("{}: kept **{}**, elected away **{}**, cos **{}**", md_code(r.model),
+                _pct(r.kept), _pct(r.elected_away), _num(r.cos)) for r in s.itertuples()]
+    return md("**{}** over {} tensors — merged ‖Δ‖ **{}**  \n{}", method,
+              table["layer"].nunique(), _num(float(s["merged_norm"].iloc[0])),
+              md_join(" · ", parts))
 
 
 def model_colors(labels) -> dict[str, str]:
@@ -148,12 +150,12 @@ class WhyPanel(Viewer):
         super().__init__(**params)
         self.session = session
         self.tuner = tuner
-        self._caption = pn.pane.Markdown(CAPTIONS[self.group], styles={"color": "#555"},
-                                         css_classes=["wsviz-why-caption"],
-                                         sizing_mode="stretch_width")
-        self._summary = pn.pane.Markdown("*waiting for a valid recipe…*",
-                                         css_classes=["wsviz-why-summary"],
-                                         sizing_mode="stretch_width")
+        self._caption = SafeMarkdown(CAPTIONS[self.group], styles={"color": "#555"},
+                                     css_classes=["wsviz-why-caption"],
+                                     sizing_mode="stretch_width")
+        self._summary = SafeMarkdown(Md("*waiting for a valid recipe…*"),
+                                     css_classes=["wsviz-why-summary"],
+                                     sizing_mode="stretch_width")
         self._busy = pn.indicators.LoadingSpinner(value=False, size=20)
         self._progress = pn.indicators.Progress(value=0, max=100, width=200, visible=False)
         self._group_w = pn.widgets.RadioButtonGroup.from_param(self.param.group,
@@ -223,14 +225,14 @@ class WhyPanel(Viewer):
             self._busy.value = False
             self._progress.visible = False
             if isinstance(result[1], WsvizError):
-                self._summary.object = f"*No anatomy for this recipe: {result[1]}*"
+                self._summary.object = md("*No anatomy for this recipe: {}*", result[1])
                 return
             self._show(*result)
 
         def error(exc):
             self._busy.value = False
             self._progress.visible = False
-            self._summary.object = f"*No anatomy for this recipe: {exc}*"
+            self._summary.object = md("*No anatomy for this recipe: {}*", exc)
 
         self._busy.value = True
         self._progress.value = 0
@@ -249,8 +251,8 @@ class WhyPanel(Viewer):
         table = self.table
         if table is None:
             return
-        self._summary.object = (f"*update #{self.n_updates}* · "
-                                + summary_markdown(table, self._method))
+        self._summary.object = md("*update #{}* · {}", self.n_updates,
+                                  summary_markdown(table, self._method))
         if self.group == "block":  # the plots update in place (no figure rebuilt)
             from wsviz.analysis.anatomy import anatomy_by_block
 
@@ -261,7 +263,7 @@ class WhyPanel(Viewer):
 
     def __panel__(self):
         return pn.Column(
-            pn.Row(pn.pane.Markdown("### Why this merge", margin=(0, 10)), self._busy,
+            pn.Row(SafeMarkdown(Md("### Why this merge"), margin=(0, 10)), self._busy,
                    self._progress, self._group_w),
             self._caption, self._summary, self._plots, self._table,
             sizing_mode="stretch_width",

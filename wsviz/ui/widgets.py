@@ -18,6 +18,7 @@ from wsviz.eval.metrics import FRACTION, KNOWN, MetricSpec
 from wsviz.session.param_grid import check_value, range_text, slider_grid, tidy
 from wsviz.session.views import ParamView
 from wsviz.ui.plot_style import dodge_hook, dodge_offsets, readable_hook, y_range_hook
+from wsviz.ui.text import Md, SafeMarkdown, md, md_code
 
 
 def make_widget(p: ParamView, value=None, name: str | None = None, width: int = 220):
@@ -93,8 +94,8 @@ class ParamEntry(Viewer):
         if allow_none:
             tip += " Leave the box empty to use the global value."
         self.tooltip = pn.widgets.TooltipIcon(value=tip, align="end")
-        self._msg = pn.pane.Markdown("", visible=False, css_classes=["wsviz-param-error"],
-                                     styles={"color": "#b00020"}, margin=(0, 5))
+        self._msg = SafeMarkdown("", visible=False, css_classes=["wsviz-param-error"],
+                                 styles={"color": "#b00020"}, margin=(0, 5))
         self._sync = False
         self.slider.param.watch(self._on_drag, "value")
         self.slider.param.watch(self._on_release, "value_throttled")
@@ -279,13 +280,13 @@ def summary_stats(metrics: dict[str, float], individual: dict[str, float],
     return out
 
 
-def summary_text(stats: dict[str, float], spec: MetricSpec, normalized: bool = True) -> str:
+def summary_text(stats: dict[str, float], spec: MetricSpec, normalized: bool = True) -> Md:
     """``"accuracy ↑: avg **87.3 %** · worst **80.1 %** · normalised avg 95.0 %"`` (the
     normalised part only when asked for and defined)."""
-    text = (f"{spec.name} {spec.arrow}: avg **{spec.format(stats['avg'])}** · worst "
-            f"**{spec.format(stats['worst'])}**")
+    text = md("{} {}: avg **{}** · worst **{}**", spec.name, spec.arrow,
+              spec.format(stats["avg"]), spec.format(stats["worst"]))
     if normalized and not math.isnan(stats.get("normalized", math.nan)):
-        text += f" · normalised avg {stats['normalized']:.1%}"
+        text += md(" · normalised avg {}", f"{stats['normalized']:.1%}")
     return text
 
 
@@ -401,7 +402,7 @@ def write_folder_async(owner, key: str, target, work, wrote: str, notice: str) -
     owner._progress.value = 0
     owner._progress.visible = True
     owner._write_btn.disabled = True
-    owner._write_msg.object = f"writing `{target}`…"
+    owner._write_msg.object = md("writing {}…", md_code(target))
 
     def progress(frac, msg):
         runner.call_soon(lambda: setattr(owner._progress, "value", int(100 * frac)))
@@ -410,12 +411,12 @@ def write_folder_async(owner, key: str, target, work, wrote: str, notice: str) -
         owner._progress.visible = False
         owner._write_btn.disabled = False
         owner.written = str(path)
-        owner._write_msg.object = wrote.format(path=path)
+        owner._write_msg.object = md(wrote, path=md_code(path))
         owner.session.notify_info(notice.format(path=path))
 
     def error(exc):
         owner._progress.visible = False
         owner._write_btn.disabled = False
-        owner._write_msg.object = "**Nothing written** (see the notification)."
+        owner._write_msg.object = Md("**Nothing written** (see the notification).")
 
     runner.submit(key, lambda: work(progress), done, error)
