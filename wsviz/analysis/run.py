@@ -132,11 +132,9 @@ class AnalysisRun:
         self.device = resolve_device(device)
         self.todo = select_tensors(modelset, names)
         self.labels = list(modelset.labels)
-        self.cpath: Path | None = None
-        self.fingerprint = ""  # the full-content hash costs one read of every file
-        if use_cache:
-            self.cpath, self.fingerprint = cache_entry(modelset, self.settings, self.todo,
-                                                       names is not None, cache_dir)
+        self.cpath: Path | None = None  # set by the run (hashing reads every file once)
+        self.fingerprint = ""
+        self._cache_args = (cache_dir, names is not None) if use_cache else None
         if workers is None:
             workers = 1 if self.device.type == "cuda" else min(2, os.cpu_count() or 1)
         self.workers = max(1, int(workers))
@@ -156,6 +154,7 @@ class AnalysisRun:
         self._thread: threading.Thread | None = None
         self._t0 = time.perf_counter()
         self.cheap_seconds: float | None = None
+        self.resumed = 0  #: jobs read back from an interrupted run's cache parts
 
     # -- public API ------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[RunEvent], None]) -> None:
@@ -283,6 +282,10 @@ class AnalysisRun:
 
     def _main(self) -> None:
         try:
+            if self._cache_args is not None:
+                self.cpath, self.fingerprint = cache_entry(
+                    self.modelset, self.settings, self.todo, self._cache_args[1],
+                    self._cache_args[0])
             cached = load_cached(self.cpath, self.modelset, self.settings, self.fingerprint,
                                  self.device)
             if cached is not None:
@@ -317,6 +320,7 @@ class AnalysisRun:
                 else:
                     self._queue.append((0, si, i, name, stage))
         heapq.heapify(self._queue)
+        self.resumed = self.done
         self._check_cheap()
 
     def _check_cheap(self) -> None:
