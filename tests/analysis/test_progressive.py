@@ -175,3 +175,25 @@ def test_bf16_family_two_workers_equal_one(llama_set_bf16, tmp_path):
     one = AnalysisRun(ms, device="cpu", workers=1, use_cache=False).run()
     two = AnalysisRun(ms, device="cpu", workers=2, use_cache=False).run()
     assert_same_values(two.table, one.table)
+
+
+def test_shared_gram_vectors_match_direct_svd(streamed, llama_ms):
+    """Intruders and subspace overlaps from the shared float64 Gram eigen-decompositions equal
+    those of the direct (float32 SVD) path of :mod:`wsviz.compute.subspace`."""
+    from wsviz.compute import subspace as U
+
+    _, res, _ = streamed
+    t = res.table.set_index(["layer", "model", "metric"])["value"]
+    for name in ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight",
+                 "model.layers.2.mlp.up_proj.weight"]:
+        base, deltas = load_deltas(llama_ms, name, "cpu")
+        for i, lab in enumerate(llama_ms.labels):
+            r = U.intruder_dimensions(base, base + deltas[i], 10, 0.5)
+            assert t[(name, lab, "intruders")] == r.count
+            assert t[(name, lab, "intruder_min_cos")] == pytest.approx(
+                float(r.max_cos.min()), abs=1e-4)
+        ua = U.left_singular_vectors(deltas[0], 10)[0]
+        ub = U.left_singular_vectors(deltas[1], 10)[0]
+        ref = U.subspace_overlap(ua, ub)
+        a, b = llama_ms.labels[:2]
+        assert t[(name, f"{a}|{b}", "subspace_overlap")] == pytest.approx(ref, abs=1e-4)

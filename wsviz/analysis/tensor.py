@@ -137,6 +137,10 @@ class _Ctx:
     det: LayerDetail | None
     trim_dtype: torch.dtype | None
     rows: list[Row] = field(default_factory=list)
+    #: spectrum key -> singular values, key -> GramSVD: one Gram matrix per matrix shared by
+    #: the spectral families (:func:`_shared_grams`); empty = each family computes its own
+    svs: dict = field(default_factory=dict)
+    gsvd: dict = field(default_factory=dict)
 
     @property
     def pairs(self) -> list[tuple[int, int]]:
@@ -188,6 +192,8 @@ def analyze_tensor(
         out.detail = det
     ctx = _Ctx(name, layer, base, deltas, list(labels), settings, det, trim_dtype)
     wanted = {f for s in stages for f in STAGES[s]}
+    if "spectral" in stages:
+        _shared_grams(ctx)
     for family in FAMILIES:
         if family in wanted and settings.has(family):
             ctx.rows = []
@@ -195,6 +201,43 @@ def analyze_tensor(
             out.by_family[family] = ctx.rows
             out.rows.extend(ctx.rows)
     return out
+
+
+def _get(ctx: _Ctx, key: str) -> Tensor:
+    """The matrix behind a spectrum key: ``"base"``, a label (tuned) or ``"delta:<label>"``."""
+    if key == "base":
+        return ctx.base
+    if key.startswith("delta:"):
+        return ctx.deltas[ctx.labels.index(key[6:])]
+    return ctx.tuned(ctx.labels.index(key))
+
+
+def _shared_grams(ctx: _Ctx) -> None:
+    """One float64 Gram matrix per 2-D matrix of the spectral stage, shared by its families
+    (CPU, ``gram`` SVD plan, ``min(shape) <=`` :data:`~wsviz.compute.subspace.EXACT_SVD_MAX_DIM`):
+    ``eigvalsh`` gives the spectra (the very values of the one-family path), ``eigh`` the
+    singular vectors of the intruder test and the task subspaces, instead of an SVD of each
+    ``[r, c]`` matrix. Fills ``ctx.svs`` / ``ctx.gsvd``; leaves them empty otherwise."""
+    s, base = ctx.settings, ctx.base
+    if (base.device.type != "cpu" or base.dim() != 2 or min(base.shape) < 2
+            or min(base.shape) > U.EXACT_SVD_MAX_DIM
+            or _svd_plan(tuple(base.shape), s)[0] != "gram"):
+        return
+    spec = _spectra_keys(ctx) if s.has("spectra") else []
+    vec = []
+    if s.has("intruders"):
+        vec += ["base", *ctx.labels]
+    if s.has("subspace") and len(ctx.labels) >= 2:
+        vec += [f"delta:{lab}" for lab in ctx.labels]
+    for key in dict.fromkeys(spec + vec):
+        x = _get(ctx, key)
+        g = S.gram_matrix(x, torch.float64)
+        if key in spec:
+            ev = S._eigvalsh(g.unsqueeze(0)).clamp_min_(0).sqrt_().flip(-1)
+            ctx.svs[key] = torch.sort(ev.reshape(-1), descending=True).values
+        if key in vec:
+            ctx.gsvd[key] = U.gram_svd(x, g)
+        del g, x
 
 
 def _deltas(ctx: _Ctx, out: TensorResult) -> None:
@@ -261,7 +304,7 @@ def _spectra_family(ctx: _Ctx, out: TensorResult) -> None:
     if not keys:
         return
     mode, lr_note = _svd_plan(tuple(base.shape), ctx.settings)
-    svs = _spectra(keys, get, tuple(base.shape), mode, ctx.settings, base.device)
+    svs = ctx.svs or _spectra(keys, get, tuple(base.shape), mode, ctx.settings, base.device)
     for k in keys:
         vals, notes, fit = S.spectral_metrics(svs[k])
         model, prefix = _model_prefix(k)
@@ -315,14 +358,21 @@ def _intruders(ctx: _Ctx, out: TensorResult) -> None:
         for lab in ctx.labels:
             ctx.add(lab, "intruders", NAN, "zero base matrix: no singular vectors")
         return
-    base_u, _ = U.left_singular_vectors(base, None)
+    gb = ctx.gsvd.get("base")
+    base_u = None
     for i, lab in enumerate(ctx.labels):
         if float(ctx.deltas[i].abs().max()) == 0.0:
             ctx.add(lab, "intruders", 0.0, "model equals base")
             ctx.add(lab, "intruder_min_cos", 1.0, "model equals base")
             continue
-        r = U.intruder_dimensions(base, ctx.tuned(i), s.intruder_k, s.intruder_eps,
-                                  base_u=base_u)
+        gt = ctx.gsvd.get(lab)
+        if gb is not None and gt is not None and gb.resolved() and gt.resolved(s.intruder_k):
+            r = U.intruders_from_gram(base, gb, ctx.tuned(i), gt, s.intruder_k, s.intruder_eps)
+        else:
+            if base_u is None:
+                base_u, _ = U.left_singular_vectors(base, None)
+            r = U.intruder_dimensions(base, ctx.tuned(i), s.intruder_k, s.intruder_eps,
+                                      base_u=base_u)
         ctx.add(lab, "intruders", r.count)
         ctx.add(lab, "intruder_min_cos", r.max_cos.min())
         if det is not None:
@@ -341,8 +391,17 @@ def _subspace(ctx: _Ctx, out: TensorResult) -> None:
             ctx.add(ctx.pair(i, j), "subspace_overlap", NAN,
                     f"{ctx.base.dim()}-D tensor: no subspace")
         return
-    us = [None if float(deltas[i].abs().max()) == 0.0
-          else U.left_singular_vectors(deltas[i], ctx.settings.subspace_k)[0] for i in range(n)]
+    k = ctx.settings.subspace_k
+
+    def vectors(i: int) -> Tensor | None:
+        if float(deltas[i].abs().max()) == 0.0:
+            return None
+        g = ctx.gsvd.get(f"delta:{ctx.labels[i]}")
+        if g is not None and g.resolved(k):
+            return g.left(deltas[i], min(k, min(deltas[i].shape)))
+        return U.left_singular_vectors(deltas[i], k)[0]
+
+    us = [vectors(i) for i in range(n)]
     ov = torch.full((n, n), NAN, dtype=torch.float64)
     for i in range(n):
         if us[i] is not None:
