@@ -39,11 +39,15 @@ SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
 
 def _texts() -> dict[str, str]:
     """Local texts: pre-training + three fine-tuning corpora (shipped with Python / sklearn)."""
+    import contextlib
     import email
+    import io
     import json
-    import this  # noqa: F401 - the Zen of Python (rot13 in this.s)
 
     import sklearn
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        import this  # the Zen of Python (rot13 in this.s); importing it prints it
 
     descr = Path(sklearn.__file__).parent / "datasets" / "descr"
     zen = "".join(this.d.get(c, c) for c in this.s)
