@@ -39,9 +39,8 @@ def spectra_table(
     fast path); on CPU per-matrix calls are used. ``precision="fast"`` computes the Gram
     matrices in float32 (eigenvalues still in float64): ~2x less GEMM time, alpha within ~1e-6
     of WeightWatcher instead of ~1e-12 (see :func:`wsviz.compute.spectra.batched_singular_values`).
-    On CPU, ``workers`` threads (default ``min(2, cpu_count)``) each read, decompose and fit
-    one tensor at a time with one intra-op thread (torch releases the GIL in its kernels).
-    Raises :class:`WsvizError` for an unknown precision.
+    On CPU ``workers`` threads (default ``min(2, cpu_count)``, one intra-op thread each) do
+    one tensor at a time. Raises :class:`WsvizError` for an unknown precision.
     """
     from wsviz.errors import WsvizError
 
