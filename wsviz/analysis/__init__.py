@@ -1,6 +1,7 @@
 """Stream the compute backend over a :class:`~wsviz.io.ModelSet`: tidy tables + layer detail.
 
-Entry points: :func:`analyze` (-> :class:`AnalysisResult` with a tidy ``table``, whole-model
+Entry points: :class:`AnalysisRun` (progressive: cheap metrics first, then spectra, in a
+background thread; partial tables, priorities, resumable cache), :func:`analyze` (-> :class:`AnalysisResult` with a tidy ``table``, whole-model
 ``pairs``, task vectors, and :meth:`AnalysisResult.detail` for :class:`LayerDetail`),
 :func:`analyze_model` (the same tidy table, spectra only, for one checkpoint),
 :func:`spectra_table` (WeightWatcher-style spectral table of one checkpoint),
@@ -16,6 +17,8 @@ _EXPORTS = {
     "AnalysisResult": "wsviz.analysis.engine",
     "TaskVectors": "wsviz.analysis.engine",
     "analyze": "wsviz.analysis.engine",
+    "AnalysisRun": "wsviz.analysis.run",
+    "RunEvent": "wsviz.analysis.run",
     "analyze_model": "wsviz.analysis.single",
     "anatomy_by_block": "wsviz.analysis.anatomy",
     "anatomy_summary": "wsviz.analysis.anatomy",
@@ -46,8 +49,10 @@ __all__ = [
     "FAMILIES",
     "METRIC_DOCS",
     "AnalysisResult",
+    "AnalysisRun",
     "AnalysisSettings",
     "LayerDetail",
+    "RunEvent",
     "TaskVectors",
     "analyze",
     "analyze_model",

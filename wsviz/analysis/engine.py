@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,36 +127,11 @@ class AnalysisResult:
         """Full per-layer detail of tensor ``layer`` (computed on first use, then cached in
         memory and on disk). Raises :class:`WsvizError` for an unknown tensor name or when the
         result was loaded without its model set."""
-        if layer in self._details:
-            return self._details[layer]
-        path = None
-        if self.cache_path is not None:
-            h = hashlib.sha256(layer.encode()).hexdigest()[:20]
-            path = self.cache_path / "detail" / f"{h}.pt"
-            if path.is_file():
-                try:
-                    det = detail_from_dict(torch.load(path, weights_only=True))
-                    self._details[layer] = det
-                    return det
-                except Exception:  # corrupt cache entry: recompute
-                    pass
-        ms = self.modelset
-        if ms is None:
-            raise WsvizError("this analysis result has no model set attached; re-run analyze()")
-        if layer not in ms.names:
-            raise WsvizError(f"no tensor named {layer!r} in the model set "
-                             f"({len(ms.names)} tensors, e.g. {ms.names[:3]})")
-        dev = resolve_device(device if device is not None else self.device)
-        base, deltas = load_deltas(ms, layer, dev)
-        det = analyze_tensor(layer, ms.layer(layer), base, deltas, ms.labels, self.settings,
-                             detail=True, trim_dtype=merge_dtype(ms, layer)).detail
-        self._details[layer] = det
-        if path is not None:
-            try:
-                _atomic_write(path, lambda p: torch.save(detail_to_dict(det), p))
-            except (OSError, OutputError):
-                pass
-        return det
+        if layer not in self._details:
+            self._details[layer] = compute_detail(
+                self.modelset, layer, self.settings,
+                device if device is not None else self.device, self.cache_path)
+        return self._details[layer]
 
     # -- export ----------------------------------------------------------------------------
     def to_parquet(self, path, overwrite: bool = False) -> Path:
@@ -243,9 +216,10 @@ def analyze(
     progress: ProgressArg = True,
     use_cache: bool = True,
     names: Sequence[str] | None = None,
+    workers: int | None = None,
 ) -> AnalysisResult:
     """Analyse every aligned tensor of ``modelset`` (a :class:`~wsviz.io.ModelSet`), streaming
-    one tensor at a time (peak memory ~ (2n + 1) copies of the largest tensor plus SVD work
+    one tensor per worker at a time (peak memory ~ workers x (2n + 1) copies of the largest tensor plus SVD work
     space bounded by ``settings.batch_bytes``).
 
     - ``device``: ``None`` = CUDA if available else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
@@ -258,90 +232,76 @@ def analyze(
       table; without ``use_cache`` nothing is hashed (``result.fingerprint`` is ``""``).
     - ``progress``: ``True`` for a tqdm bar, ``False`` for none, or ``callback(i, total, name)``.
     - ``names``: restrict to these tensor names (default: all aligned names).
+    - ``workers``: tensors analysed in parallel (default 2 on a CPU with 2+ cores, 1 on CUDA).
+
+    Runs an :class:`~wsviz.analysis.run.AnalysisRun` to the end: cheap metrics of every
+    tensor first, then the spectral ones; every finished (tensor, stage) is cached at once,
+    so an interrupted call resumes where it stopped. ``progress`` counts these jobs (two per
+    tensor).
 
     Returns :class:`AnalysisResult`. Raises :class:`WsvizError` for a bad device or tensor name;
     checkpoint read errors propagate from :mod:`wsviz.io`.
     """
-    settings = settings or AnalysisSettings()
-    dev = resolve_device(device)
-    all_names = list(modelset.names)
-    if names is not None:
-        known, wanted = set(all_names), set(names)
-        unknown = [x for x in names if x not in known]
-        if unknown:
-            raise WsvizError(f"unknown tensor names {unknown[:5]}; see `wsviz info`")
-        todo = [x for x in all_names if x in wanted]
-    else:
-        todo = all_names
-    # integer buffers (position_ids, num_batches_tracked) are not weights: nothing to analyse
-    todo = [x for x in todo if modelset.info(x).dtype.is_floating_point]
-    labels = modelset.labels
-    cpath = None
-    fp = ""  # the full-content hash costs one read of every file: only for the cache
-    if use_cache:
-        fp = modelset.fingerprint()
-        key_src = f"{fp}|{settings.key()}|{','.join(todo) if names is not None else '*'}"
-        key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
-        cpath = cache_root(cache_dir) / "analysis" / key
+    from wsviz.analysis.run import AnalysisRun
 
-    if cpath is not None and (cpath / "meta.json").is_file():
-        try:
-            table = pd.read_parquet(cpath / "table.parquet")
-            pairs = pd.read_parquet(cpath / "pairs.parquet")
-            tvd = torch.load(cpath / "task_vectors.pt", weights_only=True)
-            tv = TaskVectors(**tvd) if tvd else None
-            return AnalysisResult(table, pairs, tv, labels, settings, fp, modelset, cpath, dev,
-                                  from_cache=True)
-        except Exception:  # unreadable cache: recompute
-            pass
-
-    rows: list[tuple] = []
-    n = len(labels)
-    g_total = torch.zeros(n, n, dtype=torch.float64)
-    sketch = torch.zeros(n, settings.sketch_dim, dtype=torch.float32)
-    bar, cb = _progress(progress, len(todo))
-    t0 = time.perf_counter()
-    try:
-        for i, name in enumerate(todo):
+    run = AnalysisRun(modelset, device=device, settings=settings, cache_dir=cache_dir,
+                      use_cache=use_cache, names=names, workers=workers)
+    bar, cb = _progress(progress, run.total)
+    if bar is not None or cb is not None:
+        def on_event(e) -> None:
+            if e.kind != "job":
+                return
             if cb is not None:
-                cb(i, len(todo), name)
-            base, deltas = load_deltas(modelset, name, dev)
-            res = analyze_tensor(name, modelset.layer(name), base, deltas, labels, settings,
-                                 trim_dtype=merge_dtype(modelset, name))
-            rows.extend(res.rows)
-            if res.gram is not None:
-                g_total += res.gram
-                sketch += res.sketch
-            del base, deltas, res
-            _release_memory()
+                cb(e.done, e.total, e.name)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix_str(name[-40:], refresh=False)
+                bar.set_postfix_str(f"{e.stage} {e.name[-40:]}", refresh=False)
+        run.subscribe(on_event)
         if cb is not None:
-            cb(len(todo), len(todo), "")
+            cb(0, run.total, "")
+    try:
+        return run.run()
     finally:
         if bar is not None:
             bar.close()
-    table = tidy_table(rows, COLUMNS)
-    pairs = _pairs_frame(labels, g_total)
-    tv = None
-    if settings.has("deltas"):
-        tv = TaskVectors(labels=list(labels), matrix=sketch, cosine=D.cosine_from_gram(g_total),
-                         norms=g_total.diagonal().clamp_min(0).sqrt(), method="countsketch")
-    result = AnalysisResult(table, pairs, tv, labels, settings, fp, modelset, cpath, dev)
-    if cpath is not None:
+
+
+def table_from_rows(rows: list[tuple]) -> pd.DataFrame:
+    """The tidy table (:data:`COLUMNS`, nullable-int ``block``, str labels) of analysis rows
+    (:func:`wsviz.analysis.tidy.tidy_table`)."""
+    return tidy_table(rows, COLUMNS)
+
+
+def compute_detail(modelset, layer: str, settings: AnalysisSettings, device,
+                   cache_path: Path | None) -> LayerDetail:
+    """Full :class:`LayerDetail` of tensor ``layer`` (read from / written to
+    ``cache_path/detail`` when given). Raises :class:`WsvizError` for an unknown tensor name
+    or a missing model set."""
+    path = None
+    if cache_path is not None:
+        h = hashlib.sha256(layer.encode()).hexdigest()[:20]
+        path = cache_path / "detail" / f"{h}.pt"
+        if path.is_file():
+            try:
+                return detail_from_dict(torch.load(path, weights_only=True))
+            except Exception:  # noqa: BLE001 - corrupt cache entry: recompute
+                pass
+    ms = modelset
+    if ms is None:
+        raise WsvizError("this analysis result has no model set attached; re-run analyze()")
+    if layer not in ms.names:
+        raise WsvizError(f"no tensor named {layer!r} in the model set "
+                         f"({len(ms.names)} tensors, e.g. {ms.names[:3]})")
+    dev = resolve_device(device)
+    base, deltas = load_deltas(ms, layer, dev)
+    det = analyze_tensor(layer, ms.layer(layer), base, deltas, ms.labels, settings,
+                         detail=True, trim_dtype=merge_dtype(ms, layer)).detail
+    if path is not None:
         try:
-            _atomic_write(cpath / "table.parquet", lambda p: table.to_parquet(p, index=False))
-            _atomic_write(cpath / "pairs.parquet", lambda p: pairs.to_parquet(p, index=False))
-            _atomic_write(cpath / "task_vectors.pt",
-                          lambda p: torch.save(dict(tv.__dict__) if tv else {}, p))
-            meta = {"fingerprint": fp, "settings": settings.to_dict(), "labels": labels,
-                    "seconds": time.perf_counter() - t0, "device": str(dev)}
-            _atomic_write(cpath / "meta.json",
-                          lambda p: p.write_text(json.dumps(meta, indent=1, default=str)))
+            _atomic_write(path, lambda p: torch.save(detail_to_dict(det), p))
         except (OSError, OutputError):
-            pass  # a read-only cache never fails the analysis
-    return result
+            pass
+    return det
 
 
 def task_vector_matrix(

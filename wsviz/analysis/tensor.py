@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from wsviz.analysis.detail import LayerDetail
-from wsviz.analysis.settings import AnalysisSettings
+from wsviz.analysis.settings import FAMILIES, AnalysisSettings
 from wsviz.compute import conflicts as C
 from wsviz.compute import deltas as D
 from wsviz.compute import masks as MK
@@ -26,11 +26,12 @@ NAN = float("nan")
 
 @dataclass
 class TensorResult:
-    """Output of :func:`analyze_tensor`: table ``rows``, the tensor's contribution to the
+    """Output of :func:`analyze_tensor`: table ``rows`` (also split ``by_family``), the tensor's contribution to the
     whole-model task-vector Gram matrix (``gram`` ``[n, n]`` float64) and CountSketch
     (``sketch`` ``[n, sketch_dim]``), and the ``detail`` if it was requested."""
 
     rows: list[Row] = field(default_factory=list)
+    by_family: dict[str, list[Row]] = field(default_factory=dict)
     gram: Tensor | None = None
     sketch: Tensor | None = None
     detail: LayerDetail | None = None
@@ -114,6 +115,54 @@ def merge_dtype(modelset, name: str) -> torch.dtype | None:
     return dt
 
 
+#: families that need no singular values: the first, fast pass of a progressive run
+CHEAP_FAMILIES = ("deltas", "conflicts", "masks")
+#: families built on singular values / vectors: the second pass, streamed layer by layer
+SPECTRAL_FAMILIES = ("spectra", "intruders", "subspace")
+#: stage name -> the families it computes
+STAGES = {"cheap": CHEAP_FAMILIES, "spectral": SPECTRAL_FAMILIES}
+
+
+@dataclass
+class _Ctx:
+    """One tensor's inputs, shared by the family functions: ``base`` ``[*shape]``, ``deltas``
+    ``[n, *shape]``; ``add`` appends a row to the current family's list."""
+
+    name: str
+    layer: object
+    base: Tensor
+    deltas: Tensor
+    labels: list[str]
+    settings: AnalysisSettings
+    det: LayerDetail | None
+    trim_dtype: torch.dtype | None
+    rows: list[Row] = field(default_factory=list)
+    #: spectrum key -> singular values, key -> GramSVD: one Gram matrix per matrix shared by
+    #: the spectral families (:func:`_shared_grams`); empty = each family computes its own
+    svs: dict = field(default_factory=dict)
+    gsvd: dict = field(default_factory=dict)
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        n = len(self.labels)
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+    def pair(self, i: int, j: int) -> str:
+        return f"{self.labels[i]}|{self.labels[j]}"
+
+    def add(self, model: str, metric: str, value, note: str = "") -> None:
+        v = float(value) if value is not None else NAN
+        ly = self.layer
+        self.rows.append((self.name, ly.block, ly.kind, ly.group, model, metric, v, note))
+
+    def tuned(self, i: int) -> Tensor:
+        return self.base + self.deltas[i]
+
+    @property
+    def two_d(self) -> bool:
+        return self.base.dim() == 2 and min(self.base.shape) >= 2
+
+
 def analyze_tensor(
     name: str,
     layer,
@@ -123,8 +172,10 @@ def analyze_tensor(
     settings: AnalysisSettings,
     detail: bool = False,
     trim_dtype: torch.dtype | None = None,
+    stages: tuple[str, ...] = ("cheap", "spectral"),
 ) -> TensorResult:
-    """Compute every enabled metric family for one tensor.
+    """Compute every enabled metric family of the given ``stages`` (:data:`STAGES`) for one
+    tensor; rows come in :data:`~wsviz.analysis.settings.FAMILIES` order.
 
     Shapes: ``base`` ``[*shape]``, ``deltas`` ``[n, *shape]`` task vectors (same device,
     compute dtype); fine-tuned weights are rebuilt one at a time as ``base + deltas[i]``.
@@ -133,190 +184,256 @@ def analyze_tensor(
     ``layer`` is the parsed :class:`~wsviz.io.LayerName`. Never raises on degenerate values
     (zero / constant / 1-D): such metrics are NaN with a ``note``.
     """
-    n = len(labels)
-    dev = base.device
     out = TensorResult()
-    rows = out.rows
-    block = layer.block
-    key = (name, block, layer.kind, layer.group)
-
-    def add(model: str, metric: str, value, note: str = ""):
-        v = float(value) if value is not None else NAN
-        rows.append((*key, model, metric, v, note))
-
-    shape = tuple(base.shape)
-
-    def tuned(i: int) -> Tensor:
-        return base + deltas[i]
-
     det = None
     if detail:
-        det = LayerDetail(name=name, block=block, kind=layer.kind, group=layer.group,
-                          shape=shape, labels=list(labels))
+        det = LayerDetail(name=name, block=layer.block, kind=layer.kind, group=layer.group,
+                          shape=tuple(base.shape), labels=list(labels))
         out.detail = det
-    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-
-    # -- deltas -----------------------------------------------------------------------------
-    if settings.has("deltas"):
-        st = D.delta_stats(deltas, base, settings.zero_atol, settings.zero_rtol)
-        for metric, vals in st.items():
-            for i, lab in enumerate(labels):
-                add(lab, metric, vals[i])
-        g = D.gram(deltas)
-        out.gram = g.cpu()
-        cos = D.cosine_from_gram(g).cpu()
-        norms = st["delta_fro"].cpu()
-        for i, j in pairs:
-            zero = norms[i] == 0 or norms[j] == 0
-            add(f"{labels[i]}|{labels[j]}", "delta_cosine", cos[i, j],
-                "zero task vector" if zero else "")
-        out.sketch = D.count_sketch(deltas, settings.sketch_dim, name=name).cpu()
-        if det is not None:
-            det.delta_cosine = cos
-            amax = float(deltas.abs().max()) if deltas.numel() else 0.0
-            amax = amax if amax > 0 else 1.0
-            edges = torch.linspace(-amax, amax, settings.hist_bins + 1, dtype=torch.float64)
-            flat = deltas.reshape(n, -1).to(torch.float64).cpu()
-            det.delta_hist_edges = edges
-            det.delta_hist = torch.stack(
-                [torch.histogram(flat[i], bins=edges).hist for i in range(n)]
-            ).to(torch.int64)
-
-    # -- spectra ----------------------------------------------------------------------------
-    is_matrix = base.dim() >= 2 and min(base.shape[0], base.shape[1]) >= 1 and base.dim() <= 4
-    if settings.has("spectra"):
-        keys: list[str] = []
-        if "base" in settings.spectra_of:
-            keys.append("base")
-        if "models" in settings.spectra_of:
-            keys += list(labels)
-        if "deltas" in settings.spectra_of:
-            keys += [f"delta:{lab}" for lab in labels]
-        index = {lab: i for i, lab in enumerate(labels)}
-
-        def get(k: str) -> Tensor:
-            if k == "base":
-                return base
-            if k.startswith("delta:"):
-                return deltas[index[k[6:]]]
-            return tuned(index[k])
-
-        if not is_matrix:
-            reason = f"{base.dim()}-D tensor: no spectrum"
-            for k in keys:
-                model, prefix = _model_prefix(k)
-                for metric in S.SPECTRAL_METRICS:
-                    add(model, prefix + metric, NAN, reason)
-            if det is not None:
-                det.notes.append(reason)
-        elif keys:
-            mode, lr_note = _svd_plan(shape, settings)
-            svs = _spectra(keys, get, shape, mode, settings, dev)
-            for k in keys:
-                vals, notes, fit = S.spectral_metrics(svs[k])
-                model, prefix = _model_prefix(k)
-                for metric in S.SPECTRAL_METRICS:
-                    note = notes.get(metric, "")
-                    if lr_note and metric not in ("spectral_norm",):
-                        note = f"{note}; {lr_note}" if note else lr_note
-                    add(model, prefix + metric, vals[metric], note)
-                if det is not None:
-                    det.sv[k] = svs[k]
-                    if fit is not None:
-                        det.fits[k] = fit
-
-    # -- sign conflicts ---------------------------------------------------------------------
-    if settings.has("conflicts"):
-        sc = C.sign_conflicts(deltas, density=settings.k, return_mask=det is not None,
-                              dtype=trim_dtype)
-        ov_note = "" if sc.overlap_frac > 0 else "no overlapping trimmed entries"
-        add("all", "sign_conflict", sc.conflict_frac)
-        add("all", "sign_conflict_overlap", sc.conflict_frac_overlap, ov_note)
-        add("all", "sign_overlap", sc.overlap_frac)
-        add("all", "ties_mass_lost", sc.mass_lost)
-        for i, lab in enumerate(labels):
-            add(lab, "ties_mass_lost", sc.mass_lost_per_model[i])
-        for i, j in pairs:
-            a = float(sc.agreement[i, j])
-            add(f"{labels[i]}|{labels[j]}", "sign_agreement", a,
-                "trimmed task vectors never overlap" if math.isnan(a) else "")
-        if det is not None:
-            det.sign_agreement = sc.agreement.cpu()
-            det.conflict_map = C.pooled_map(sc.conflict_mask, settings.map_size).cpu()
-            det.conflicts = {
-                "conflict_frac": sc.conflict_frac,
-                "conflict_frac_overlap": sc.conflict_frac_overlap,
-                "overlap_frac": sc.overlap_frac,
-                "mass_lost": sc.mass_lost,
-            }
-            det.mass_lost_per_model = sc.mass_lost_per_model.cpu()
-
-    two_d = base.dim() == 2 and min(shape) >= 2
-    # -- intruder dimensions ----------------------------------------------------------------
-    if settings.has("intruders"):
-        if not two_d:
-            for lab in labels:
-                add(lab, "intruders", NAN, f"{base.dim()}-D tensor: no singular vectors")
-        elif float(base.abs().max()) == 0.0:
-            for lab in labels:
-                add(lab, "intruders", NAN, "zero base matrix: no singular vectors")
-        else:
-            base_u, _ = U.left_singular_vectors(base, None)
-            for i, lab in enumerate(labels):
-                if float(deltas[i].abs().max()) == 0.0:
-                    add(lab, "intruders", 0.0, "model equals base")
-                    add(lab, "intruder_min_cos", 1.0, "model equals base")
-                    continue
-                r = U.intruder_dimensions(base, tuned(i), settings.intruder_k,
-                                          settings.intruder_eps, base_u=base_u)
-                add(lab, "intruders", r.count)
-                add(lab, "intruder_min_cos", r.max_cos.min())
-                if det is not None:
-                    det.intruders[lab] = U.Intruders(
-                        r.max_cos.cpu(), r.base_index.cpu(), r.is_intruder.cpu(), r.sv.cpu(),
-                        r.count, r.k, r.eps)
-
-    # -- task subspaces ---------------------------------------------------------------------
-    if settings.has("subspace") and n >= 2:
-        if not two_d:
-            for i, j in pairs:
-                add(f"{labels[i]}|{labels[j]}", "subspace_overlap", NAN,
-                    f"{base.dim()}-D tensor: no subspace")
-        else:
-            us = []
-            for i in range(n):
-                if float(deltas[i].abs().max()) == 0.0:
-                    us.append(None)
-                else:
-                    us.append(U.left_singular_vectors(deltas[i], settings.subspace_k)[0])
-            ov = torch.full((n, n), NAN, dtype=torch.float64)
-            for i in range(n):
-                if us[i] is not None:
-                    ov[i, i] = 1.0
-            for i, j in pairs:
-                if us[i] is None or us[j] is None:
-                    add(f"{labels[i]}|{labels[j]}", "subspace_overlap", NAN, "zero task vector")
-                    continue
-                pc = U.principal_cosines(us[i], us[j]).cpu()
-                v = float((pc * pc).mean())
-                ov[i, j] = ov[j, i] = v
-                add(f"{labels[i]}|{labels[j]}", "subspace_overlap", v)
-                if det is not None:
-                    det.principal_cosines[f"{labels[i]}|{labels[j]}"] = pc
-            if det is not None:
-                det.subspace_overlap = ov
-
-    # -- masks ------------------------------------------------------------------------------
-    if settings.has("masks"):
-        s = settings.sparsity
-        mb = MK.magnitude_mask(base, s)
-        mm = []
-        for i in range(n):  # base + Δ built one tensor-sized buffer at a time
-            a = torch.add(base, deltas[i])
-            mm.append(MK.magnitude_mask(a, s))
-            del a
-        for i, lab in enumerate(labels):
-            add(lab, "mask_iou_base", MK.mask_iou(mm[i], mb))
-        for i, j in pairs:
-            add(f"{labels[i]}|{labels[j]}", "mask_iou", MK.mask_iou(mm[i], mm[j]))
+    ctx = _Ctx(name, layer, base, deltas, list(labels), settings, det, trim_dtype)
+    wanted = {f for s in stages for f in STAGES[s]}
+    if "spectral" in stages:
+        _shared_grams(ctx)
+    for family in FAMILIES:
+        if family in wanted and settings.has(family):
+            ctx.rows = []
+            _FAMILY_FNS[family](ctx, out)
+            out.by_family[family] = ctx.rows
+            out.rows.extend(ctx.rows)
     return out
+
+
+def _get(ctx: _Ctx, key: str) -> Tensor:
+    """The matrix behind a spectrum key: ``"base"``, a label (tuned) or ``"delta:<label>"``."""
+    if key == "base":
+        return ctx.base
+    if key.startswith("delta:"):
+        return ctx.deltas[ctx.labels.index(key[6:])]
+    return ctx.tuned(ctx.labels.index(key))
+
+
+def _shared_grams(ctx: _Ctx) -> None:
+    """One float64 Gram matrix per 2-D matrix of the spectral stage, shared by its families
+    (CPU, ``gram`` SVD plan, ``min(shape) <=`` :data:`~wsviz.compute.subspace.EXACT_SVD_MAX_DIM`):
+    ``eigvalsh`` gives the spectra (the very values of the one-family path), ``eigh`` the
+    singular vectors of the intruder test and the task subspaces, instead of an SVD of each
+    ``[r, c]`` matrix. Fills ``ctx.svs`` / ``ctx.gsvd``; leaves them empty otherwise."""
+    s, base = ctx.settings, ctx.base
+    if (base.device.type != "cpu" or base.dim() != 2 or min(base.shape) < 2
+            or min(base.shape) > U.EXACT_SVD_MAX_DIM
+            or _svd_plan(tuple(base.shape), s)[0] != "gram"):
+        return
+    spec = _spectra_keys(ctx) if s.has("spectra") else []
+    vec = []
+    if s.has("intruders"):
+        vec += ["base", *ctx.labels]
+    if s.has("subspace") and len(ctx.labels) >= 2:
+        vec += [f"delta:{lab}" for lab in ctx.labels]
+    for key in dict.fromkeys(spec + vec):
+        x = _get(ctx, key)
+        g = S.gram_matrix(x, torch.float64)
+        if key in spec:
+            ev = S._eigvalsh(g.unsqueeze(0)).clamp_min_(0).sqrt_().flip(-1)
+            ctx.svs[key] = torch.sort(ev.reshape(-1), descending=True).values
+        if key in vec:
+            ctx.gsvd[key] = U.gram_svd(x, g)
+        del g, x
+
+
+def _deltas(ctx: _Ctx, out: TensorResult) -> None:
+    """Per-model delta statistics, pairwise task-vector cosines, Gram + CountSketch parts."""
+    s, deltas, labels, det = ctx.settings, ctx.deltas, ctx.labels, ctx.det
+    n = len(labels)
+    st = D.delta_stats(deltas, ctx.base, s.zero_atol, s.zero_rtol)
+    for metric, vals in st.items():
+        for i, lab in enumerate(labels):
+            ctx.add(lab, metric, vals[i])
+    g = D.gram(deltas)
+    out.gram = g.cpu()
+    cos = D.cosine_from_gram(g).cpu()
+    norms = st["delta_fro"].cpu()
+    for i, j in ctx.pairs:
+        zero = norms[i] == 0 or norms[j] == 0
+        ctx.add(ctx.pair(i, j), "delta_cosine", cos[i, j], "zero task vector" if zero else "")
+    out.sketch = D.count_sketch(deltas, s.sketch_dim, name=ctx.name).cpu()
+    if det is not None:
+        det.delta_cosine = cos
+        amax = float(deltas.abs().max()) if deltas.numel() else 0.0
+        amax = amax if amax > 0 else 1.0
+        edges = torch.linspace(-amax, amax, s.hist_bins + 1, dtype=torch.float64)
+        flat = deltas.reshape(n, -1).to(torch.float64).cpu()
+        det.delta_hist_edges = edges
+        det.delta_hist = torch.stack(
+            [torch.histogram(flat[i], bins=edges).hist for i in range(n)]
+        ).to(torch.int64)
+
+
+def _spectra_keys(ctx: _Ctx) -> list[str]:
+    keys: list[str] = []
+    if "base" in ctx.settings.spectra_of:
+        keys.append("base")
+    if "models" in ctx.settings.spectra_of:
+        keys += list(ctx.labels)
+    if "deltas" in ctx.settings.spectra_of:
+        keys += [f"delta:{lab}" for lab in ctx.labels]
+    return keys
+
+
+def _spectra_family(ctx: _Ctx, out: TensorResult) -> None:
+    """Singular values and ESD metrics of the base, the models and the deltas."""
+    base, det = ctx.base, ctx.det
+    keys = _spectra_keys(ctx)
+    index = {lab: i for i, lab in enumerate(ctx.labels)}
+
+    def get(k: str) -> Tensor:
+        if k == "base":
+            return base
+        if k.startswith("delta:"):
+            return ctx.deltas[index[k[6:]]]
+        return ctx.tuned(index[k])
+
+    if not (base.dim() >= 2 and min(base.shape[0], base.shape[1]) >= 1 and base.dim() <= 4):
+        reason = f"{base.dim()}-D tensor: no spectrum"
+        for k in keys:
+            model, prefix = _model_prefix(k)
+            for metric in S.SPECTRAL_METRICS:
+                ctx.add(model, prefix + metric, NAN, reason)
+        if det is not None:
+            det.notes.append(reason)
+        return
+    if not keys:
+        return
+    mode, lr_note = _svd_plan(tuple(base.shape), ctx.settings)
+    svs = ctx.svs or _spectra(keys, get, tuple(base.shape), mode, ctx.settings, base.device)
+    for k in keys:
+        vals, notes, fit = S.spectral_metrics(svs[k])
+        model, prefix = _model_prefix(k)
+        for metric in S.SPECTRAL_METRICS:
+            note = notes.get(metric, "")
+            if lr_note and metric not in ("spectral_norm",):
+                note = f"{note}; {lr_note}" if note else lr_note
+            ctx.add(model, prefix + metric, vals[metric], note)
+        if det is not None:
+            det.sv[k] = svs[k]
+            if fit is not None:
+                det.fits[k] = fit
+
+
+def _conflicts(ctx: _Ctx, out: TensorResult) -> None:
+    """TIES sign conflicts of the trimmed task vectors (trim in the merge dtype)."""
+    labels, det = ctx.labels, ctx.det
+    sc = C.sign_conflicts(ctx.deltas, density=ctx.settings.k, return_mask=det is not None,
+                          dtype=ctx.trim_dtype)
+    ov_note = "" if sc.overlap_frac > 0 else "no overlapping trimmed entries"
+    ctx.add("all", "sign_conflict", sc.conflict_frac)
+    ctx.add("all", "sign_conflict_overlap", sc.conflict_frac_overlap, ov_note)
+    ctx.add("all", "sign_overlap", sc.overlap_frac)
+    ctx.add("all", "ties_mass_lost", sc.mass_lost)
+    for i, lab in enumerate(labels):
+        ctx.add(lab, "ties_mass_lost", sc.mass_lost_per_model[i])
+    for i, j in ctx.pairs:
+        a = float(sc.agreement[i, j])
+        ctx.add(ctx.pair(i, j), "sign_agreement", a,
+                "trimmed task vectors never overlap" if math.isnan(a) else "")
+    if det is not None:
+        det.sign_agreement = sc.agreement.cpu()
+        det.conflict_map = C.pooled_map(sc.conflict_mask, ctx.settings.map_size).cpu()
+        det.conflicts = {
+            "conflict_frac": sc.conflict_frac,
+            "conflict_frac_overlap": sc.conflict_frac_overlap,
+            "overlap_frac": sc.overlap_frac,
+            "mass_lost": sc.mass_lost,
+        }
+        det.mass_lost_per_model = sc.mass_lost_per_model.cpu()
+
+
+def _intruders(ctx: _Ctx, out: TensorResult) -> None:
+    """Intruder dimensions of each tuned matrix against the base's singular vectors."""
+    base, s, det = ctx.base, ctx.settings, ctx.det
+    if not ctx.two_d:
+        for lab in ctx.labels:
+            ctx.add(lab, "intruders", NAN, f"{base.dim()}-D tensor: no singular vectors")
+        return
+    if float(base.abs().max()) == 0.0:
+        for lab in ctx.labels:
+            ctx.add(lab, "intruders", NAN, "zero base matrix: no singular vectors")
+        return
+    gb = ctx.gsvd.get("base")
+    base_u = None
+    for i, lab in enumerate(ctx.labels):
+        if float(ctx.deltas[i].abs().max()) == 0.0:
+            ctx.add(lab, "intruders", 0.0, "model equals base")
+            ctx.add(lab, "intruder_min_cos", 1.0, "model equals base")
+            continue
+        gt = ctx.gsvd.get(lab)
+        if gb is not None and gt is not None and gb.resolved() and gt.resolved(s.intruder_k):
+            r = U.intruders_from_gram(base, gb, ctx.tuned(i), gt, s.intruder_k, s.intruder_eps)
+        else:
+            if base_u is None:
+                base_u, _ = U.left_singular_vectors(base, None)
+            r = U.intruder_dimensions(base, ctx.tuned(i), s.intruder_k, s.intruder_eps,
+                                      base_u=base_u)
+        ctx.add(lab, "intruders", r.count)
+        ctx.add(lab, "intruder_min_cos", r.max_cos.min())
+        if det is not None:
+            det.intruders[lab] = U.Intruders(
+                r.max_cos.cpu(), r.base_index.cpu(), r.is_intruder.cpu(), r.sv.cpu(),
+                r.count, r.k, r.eps)
+
+
+def _subspace(ctx: _Ctx, out: TensorResult) -> None:
+    """Principal-angle overlap of the top-k left singular subspaces of each pair of deltas."""
+    n, det, deltas = len(ctx.labels), ctx.det, ctx.deltas
+    if n < 2:
+        return
+    if not ctx.two_d:
+        for i, j in ctx.pairs:
+            ctx.add(ctx.pair(i, j), "subspace_overlap", NAN,
+                    f"{ctx.base.dim()}-D tensor: no subspace")
+        return
+    k = ctx.settings.subspace_k
+
+    def vectors(i: int) -> Tensor | None:
+        if float(deltas[i].abs().max()) == 0.0:
+            return None
+        g = ctx.gsvd.get(f"delta:{ctx.labels[i]}")
+        if g is not None and g.resolved(k):
+            return g.left(deltas[i], min(k, min(deltas[i].shape)))
+        return U.left_singular_vectors(deltas[i], k)[0]
+
+    us = [vectors(i) for i in range(n)]
+    ov = torch.full((n, n), NAN, dtype=torch.float64)
+    for i in range(n):
+        if us[i] is not None:
+            ov[i, i] = 1.0
+    for i, j in ctx.pairs:
+        if us[i] is None or us[j] is None:
+            ctx.add(ctx.pair(i, j), "subspace_overlap", NAN, "zero task vector")
+            continue
+        pc = U.principal_cosines(us[i], us[j]).cpu()
+        v = float((pc * pc).mean())
+        ov[i, j] = ov[j, i] = v
+        ctx.add(ctx.pair(i, j), "subspace_overlap", v)
+        if det is not None:
+            det.principal_cosines[ctx.pair(i, j)] = pc
+    if det is not None:
+        det.subspace_overlap = ov
+
+
+def _masks(ctx: _Ctx, out: TensorResult) -> None:
+    """IoU of magnitude masks (sparsity ``settings.sparsity``): models vs base and pairwise."""
+    s, base = ctx.settings.sparsity, ctx.base
+    mb = MK.magnitude_mask(base, s)
+    mm = []
+    for i in range(len(ctx.labels)):  # base + Δ built one tensor-sized buffer at a time
+        a = torch.add(base, ctx.deltas[i])
+        mm.append(MK.magnitude_mask(a, s))
+        del a
+    for i, lab in enumerate(ctx.labels):
+        ctx.add(lab, "mask_iou_base", MK.mask_iou(mm[i], mb))
+    for i, j in ctx.pairs:
+        ctx.add(ctx.pair(i, j), "mask_iou", MK.mask_iou(mm[i], mm[j]))
+
+
+_FAMILY_FNS = {"deltas": _deltas, "spectra": _spectra_family, "conflicts": _conflicts,
+               "intruders": _intruders, "subspace": _subspace, "masks": _masks}

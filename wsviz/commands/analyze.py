@@ -55,12 +55,14 @@ def register(sub) -> None:
                    help="glob of tensor names to skip (repeatable)")
     p.add_argument("--no-strict", action="store_true",
                    help="analyse the common tensors when the models do not align")
+    p.add_argument("--workers", type=int, default=None,
+                   help="tensors analysed in parallel (default: 2 on a multi-core CPU, 1 on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsviz.analysis import AnalysisSettings, analyze
+    from wsviz.analysis import AnalysisSettings
     from wsviz.io import ModelSet
     from wsviz.io.outputs import check_output
 
@@ -91,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if not ms.report.ok:
         print(ms.report.format(), file=sys.stderr)
     t0 = time.perf_counter()
-    res = analyze(ms, device=args.device, settings=settings, cache_dir=args.cache_dir,
-                  progress=not args.quiet, use_cache=not args.no_cache)
+    res = _run_progressive(ms, args, settings)
     dt = time.perf_counter() - t0
     if fmt == ".parquet":
         res.to_parquet(out, overwrite=args.force)
@@ -101,12 +102,47 @@ def run(args: argparse.Namespace) -> int:
         res.to_csv(out, overwrite=args.force)
         res._write(pairs_out, args.force, lambda p: res.pairs.to_csv(p, index=False))
     src = "cache" if res.from_cache else f"{res.device}"
+    if getattr(res, "resumed", 0):
+        src += f", resumed {res.resumed} jobs of an interrupted run"
     print(f"analyzed {len(res.layers)} tensors x {len(res.labels)} models "
           f"({len(res.table)} rows) in {dt:.1f} s [{src}] -> {out}")
     for _, r in res.pairs.iterrows():
         print(f"  task-vector cosine {r['a']} vs {r['b']}: {r['cosine']:+.4f}")
     print(f"  pairs -> {pairs_out}")
     return 0
+
+
+def _run_progressive(ms, args, settings):
+    """Run an :class:`~wsviz.analysis.AnalysisRun`: a progress bar over (tensor, stage) jobs
+    and one line when the cheap metrics of every tensor are in."""
+    from wsviz.analysis import AnalysisRun
+
+    run = AnalysisRun(ms, device=args.device, settings=settings, cache_dir=args.cache_dir,
+                      use_cache=not args.no_cache, workers=args.workers)
+    bar = None
+    if not args.quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=run.total, desc="analyze", unit="job", leave=False)
+    t0 = time.perf_counter()
+
+    def on_event(e) -> None:
+        if bar is not None and e.kind == "job":
+            bar.n = e.done
+            bar.set_postfix_str(f"{e.stage} {e.name[-40:]}", refresh=True)
+        elif e.kind == "cheap" and not args.quiet and e.done < e.total:
+            line = (f"cheap metrics (deltas, conflicts, masks) of {len(run.todo)} tensors in "
+                    f"{time.perf_counter() - t0:.1f} s; spectra, intruders, subspaces follow")
+            (bar.write if bar is not None else print)(line, file=sys.stderr)
+
+    run.subscribe(on_event)
+    try:
+        res = run.run()
+        res.resumed = run.resumed
+        return res
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _run_single(args, out: Path, fmt: str, settings, labels) -> int:

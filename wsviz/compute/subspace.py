@@ -74,10 +74,73 @@ def intruder_dimensions(
         base_u, _ = left_singular_vectors(w_base, None, dtype)
     k = min(k, min(w_tuned.shape))
     ut, st = left_singular_vectors(w_tuned, k, dtype)
-    cos = (base_u.to(ut.dtype).T @ ut).abs()
-    mx, idx = cos.max(dim=0)
+    return _intruders_from_cos(base_u.to(ut.dtype).T @ ut, st, k, eps)
+
+
+def _intruders_from_cos(cos: Tensor, sv: Tensor, k: int, eps: float) -> Intruders:
+    """:class:`Intruders` from the ``[M, k]`` table ``|U_baseᵀ U_tuned[:, :k]|``."""
+    mx, idx = cos.abs().max(dim=0)
     intr = mx < eps
-    return Intruders(mx, idx, intr, st, int(intr.sum()), k, eps)
+    return Intruders(mx, idx, intr, sv, int(intr.sum()), k, eps)
+
+
+#: singular values below this fraction of σ₁ are not resolved by a float64 Gram matrix well
+#: enough to build their singular vectors from it (callers fall back to a direct SVD)
+GRAM_VECTOR_RTOL = 1e-6
+
+
+@dataclass
+class GramSVD:
+    """Singular values and vectors of ``W`` ``[r, c]`` from the eigen-decomposition of its
+    smaller Gram matrix (``WᵀW`` if ``r >= c`` — "tall" — else ``WWᵀ``), float64.
+
+    ``sigma`` ``[M]`` descending; ``vecs`` ``[M, M]`` the matching eigenvectors (right singular
+    vectors when tall, left ones otherwise). Left vectors of a tall matrix are
+    ``u_i = W v_i / σ_i``; their accuracy is ~``u·σ₁²/(σ_i·gap_i)`` (u = 1.1e-16), far below
+    float32 round-off for the vectors used here (σ_i > :data:`GRAM_VECTOR_RTOL`·σ₁).
+    """
+
+    sigma: Tensor
+    vecs: Tensor
+    tall: bool
+
+    def resolved(self, k: int | None = None) -> bool:
+        """True if the top ``k`` (default all) singular values are above the resolution floor."""
+        s = self.sigma
+        if s.numel() == 0 or float(s[0]) <= 0.0:
+            return False
+        last = s[-1] if k is None else s[min(k, s.numel()) - 1]
+        return float(last) > GRAM_VECTOR_RTOL * float(s[0])
+
+    def left(self, w: Tensor, k: int) -> Tensor:
+        """Top-``k`` left singular vectors ``[r, k]`` (float64) of ``w`` (the matrix itself)."""
+        if not self.tall:
+            return self.vecs[:, :k]
+        return (w.to(torch.float64) @ self.vecs[:, :k]) / self.sigma[:k]
+
+    def project(self, w: Tensor, u: Tensor) -> Tensor:
+        """``U_wᵀ u`` ``[M, k]`` for ``u`` ``[r, k]`` over *all* M left vectors of ``w``,
+        without forming them: ``Σ⁻¹ Vᵀ (Wᵀ u)`` when tall."""
+        if not self.tall:
+            return self.vecs.T @ u
+        return (self.vecs.T @ (w.to(torch.float64).T @ u)) / self.sigma[:, None]
+
+
+def gram_svd(w: Tensor, gram: Tensor) -> GramSVD:
+    """:class:`GramSVD` of ``w`` ``[r, c]`` from its smaller Gram matrix ``gram`` (float64,
+    e.g. :func:`wsviz.compute.spectra.gram_matrix`), by ``torch.linalg.eigh``."""
+    lam, vecs = torch.linalg.eigh(gram.to(torch.float64))
+    sigma = lam.clamp_min(0).sqrt().flip(0)
+    return GramSVD(sigma, vecs.flip(1), w.shape[0] >= w.shape[1])
+
+
+def intruders_from_gram(base: Tensor, base_svd: GramSVD, tuned: Tensor, tuned_svd: GramSVD,
+                        k: int = 10, eps: float = 0.5) -> Intruders:
+    """:func:`intruder_dimensions` from Gram eigen-decompositions (no SVD of the ``[r, c]``
+    matrices): ``cos = |U_baseᵀ U_tuned[:, :k]|`` via :meth:`GramSVD.project`."""
+    k = min(k, min(tuned.shape))
+    ut = tuned_svd.left(tuned, k)
+    return _intruders_from_cos(base_svd.project(base, ut), tuned_svd.sigma[:k], k, eps)
 
 
 def principal_cosines(a: Tensor, b: Tensor) -> Tensor:

@@ -34,24 +34,31 @@ class AnalysisMixin:
             self._groups = {n: self.ms.layer(n).group for n in self.ms.names}
         return self._groups
 
-    def analysis(self, progress: Progress | None = None):
-        """The :class:`wsviz.analysis.AnalysisResult` (computed once, disk-cached)."""
+    def analysis_run(self):
+        """The progressive :class:`wsviz.analysis.AnalysisRun` (started once, disk-cached)."""
         with self._lock:
-            if self._analysis is None:
-                from wsviz.analysis import analyze
+            if self._run is None:
+                from wsviz.analysis import AnalysisRun
 
-                def cb(i, total, name):
-                    if progress:
-                        progress(i / max(1, total), f"{i}/{total} {name}")
+                self._run = AnalysisRun(self.ms, device=self.device).start()
+            return self._run
 
-                self._analysis = analyze(self.ms, device=self.device, progress=cb)
-            return self._analysis
+    def analysis(self, progress: Progress | None = None):
+        """The :class:`wsviz.analysis.AnalysisResult` (waits for :meth:`analysis_run`,
+        without holding the workspace lock)."""
+        if self._analysis is None:
+            run = self.analysis_run()
+            if progress:
+                run.subscribe(lambda e: progress(e.done / max(1, e.total),
+                                                 f"{e.done}/{e.total} {e.stage} {e.name}"))
+            self._analysis = run.result()
+        return self._analysis
 
     def analysis_table(self, progress: Progress | None = None) -> pd.DataFrame:
         return self.analysis(progress).table
 
     def detail(self, layer: str) -> LayerDetailView:
-        d = self.analysis().detail(layer)
+        d = (self._analysis or self.analysis_run()).detail(layer)
         notes = {}
         text = "; ".join(d.notes)
         view = LayerDetailView(layer=layer, shape=tuple(d.shape), notes=notes)

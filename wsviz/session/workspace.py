@@ -54,6 +54,7 @@ class ApiWorkspace(AnalysisMixin, MergingMixin, EvaluationMixin, PruningMixin, E
         self._eval_lock = threading.Lock()
         self._refs_lock = threading.Lock()
         self._analysis = None
+        self._run = None
         self._merger = None
         self._refs = None
         self.reference_results: dict[str, dict] | None = None
