@@ -16,7 +16,7 @@ _EXPORTS = {
     "COLUMNS": "wsviz.analysis.engine",
     "AnalysisResult": "wsviz.analysis.engine",
     "TaskVectors": "wsviz.analysis.engine",
-    "analyze": "wsviz.analysis.engine",
+    "analyze": "wsviz.analysis.run",
     "AnalysisRun": "wsviz.analysis.run",
     "RunEvent": "wsviz.analysis.run",
     "analyze_model": "wsviz.analysis.single",

@@ -33,9 +33,11 @@ import torch
 
 from wsviz.analysis.engine import (
     AnalysisResult,
+    ProgressArg,
     TaskVectors,
     _atomic_write,
     _pairs_frame,
+    _progress,
     _release_memory,
     cache_root,
     compute_detail,
@@ -436,3 +438,60 @@ class AnalysisRun:
         except (OSError, OutputError):
             return  # a read-only cache never fails the analysis
         shutil.rmtree(cpath / "parts", ignore_errors=True)
+
+
+def analyze(
+    modelset,
+    *,
+    device=None,
+    settings: AnalysisSettings | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: ProgressArg = True,
+    use_cache: bool = True,
+    names: Sequence[str] | None = None,
+    workers: int | None = None,
+) -> AnalysisResult:
+    """Analyse every aligned tensor of ``modelset`` (a :class:`~wsviz.io.ModelSet`), streaming
+    one tensor per worker at a time (peak memory ~ workers x (2n + 1) copies of the largest tensor plus SVD work
+    space bounded by ``settings.batch_bytes``).
+
+    - ``device``: ``None`` = CUDA if available else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+    - ``settings``: :class:`AnalysisSettings` (defaults: all families).
+    - ``cache_dir``: cache root (else ``$WSVIZ_CACHE_DIR`` or ``~/.cache/wsviz``); results are
+      keyed by ``modelset.fingerprint()`` + ``settings.key()`` (+ ``names``); with
+      ``use_cache`` a hit returns immediately (``result.from_cache``) and a miss is stored.
+      The fingerprint hashes every byte of every checkpoint file (remembered per file
+      identity, :mod:`wsviz.io.filehash`), so an edited checkpoint is never served a stale
+      table; without ``use_cache`` nothing is hashed (``result.fingerprint`` is ``""``).
+    - ``progress``: ``True`` for a tqdm bar, ``False`` for none, or ``callback(i, total, name)``.
+    - ``names``: restrict to these tensor names (default: all aligned names).
+    - ``workers``: tensors analysed in parallel (default 2 on a CPU with 2+ cores, 1 on CUDA).
+
+    Runs an :class:`AnalysisRun` to the end: cheap metrics of every
+    tensor first, then the spectral ones; every finished (tensor, stage) is cached at once,
+    so an interrupted call resumes where it stopped. ``progress`` counts these jobs (two per
+    tensor).
+
+    Returns :class:`AnalysisResult`. Raises :class:`WsvizError` for a bad device or tensor name;
+    checkpoint read errors propagate from :mod:`wsviz.io`.
+    """
+    run = AnalysisRun(modelset, device=device, settings=settings, cache_dir=cache_dir,
+                      use_cache=use_cache, names=names, workers=workers)
+    bar, cb = _progress(progress, run.total)
+    if bar is not None or cb is not None:
+        def on_event(e) -> None:
+            if e.kind != "job":
+                return
+            if cb is not None:
+                cb(e.done, e.total, e.name)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{e.stage} {e.name[-40:]}", refresh=False)
+        run.subscribe(on_event)
+        if cb is not None:
+            cb(0, run.total, "")
+    try:
+        return run.run()
+    finally:
+        if bar is not None:
+            bar.close()
