@@ -56,6 +56,7 @@ def watch_requests(page) -> list[str]:
             r.abort()
 
     page.route("**/*", route)
+    page.on("requestfailed", lambda r: None if LOCAL.match(r.url) else outside.append(r.url))
     return outside
 
 

@@ -5,7 +5,6 @@ allowed exactly when that origin is named with ``--allow-origin``."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -14,28 +13,11 @@ import pytest
 
 from tests.ui.browser import browser_marks, open_app, open_tab, wait_notification, wait_pane_text
 from tests.ui.conftest import CHROMIUM_ARGS, FAKE, REPO, find_chromium
+from tests.ui.page_walk import watch_requests
 from wsviz.commands.serve import websocket_origins
 
 pytestmark = browser_marks(timeout=600)
 
-LOCAL = re.compile(r"^(https?|wss?)://(127\.0\.0\.1|localhost)(:\d+)?/")
-
-
-def watch_requests(page) -> list[str]:
-    """Fail (abort) every request that is not to 127.0.0.1/localhost; returns their URLs."""
-    outside: list[str] = []
-
-    def route(r):
-        url = r.request.url
-        if LOCAL.match(url) or url.startswith(("data:", "blob:")):
-            r.continue_()
-        else:
-            outside.append(url)
-            r.abort()
-
-    page.route("**/*", route)
-    page.on("requestfailed", lambda r: None if LOCAL.match(r.url) else outside.append(r.url))
-    return outside
 
 
 def test_demo_page_makes_no_external_request(page, demo_app, artifacts_dir):
