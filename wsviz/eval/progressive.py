@@ -123,3 +123,38 @@ def evaluate_progressive(evaluator, weights: Mapping[str, torch.Tensor],
         if on_partial is not None:
             on_partial(last)
     return last.results
+
+
+def progress_bar(evaluator, metric: str | None = None, enabled: bool | None = None,
+                 desc: str = "evaluate"):
+    """An ``on_partial`` callback drawing a tqdm bar on stderr (percent done, and the first
+    task's primary metric as ``value ± se``); ``enabled=None``: only when stderr is a
+    terminal. Call ``.close()`` on the returned callback when done (also closed by the
+    final partial)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from wsviz.eval.metrics import primary_metric
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    bar = tqdm(total=100, desc=desc, unit="%", file=sys.stderr, disable=not enabled,
+               leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+    def on_partial(p: Partial) -> None:
+        if p.results:
+            task = next(iter(p.results))
+            name = primary_metric(evaluator, p.results, metric).name
+            v = p.results[task].get(name)
+            s = p.se.get(task, {}).get(name, NAN)
+            if v is not None:
+                bar.set_postfix_str(f"{task} {name} {v:.4g}"
+                                    + (f" ± {s:.2g}" if math.isfinite(s) else ""),
+                                    refresh=False)
+        bar.update(round(100 * p.done) - bar.n)
+        if p.final:
+            bar.close()
+
+    on_partial.close = bar.close
+    return on_partial
