@@ -191,3 +191,23 @@ def test_mean_se():
     assert got == pytest.approx(math.sqrt(var / n * (pop - n) / (pop - 1)), rel=1e-12)
     assert mean_se(1.0, 1.0, 1, pop) != mean_se(1.0, 1.0, 1, pop)  # NaN: one value
     assert mean_se(10.0, 30.0, pop, pop) == 0.0
+
+
+def test_cli_progress_bar_on_a_terminal(llama_set_bf16, char_tokenizer, ppl_text, capsys,
+                                        monkeypatch):
+    """``wsviz evaluate`` draws the running estimate ± SE on stderr when it is a terminal;
+    stdout is the same as with ``--no-progress``."""
+    import sys
+
+    from wsviz.cli import main
+
+    opts = ["evaluate", str(llama_set_bf16.fts[0]), "--eval", f"ppl:{ppl_text}",
+            "--tokenizer", str(char_tokenizer), "--stride", "8"]
+    assert main([*opts, "--no-progress"]) == 0
+    plain = capsys.readouterr()
+    assert "±" not in plain.err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(opts) == 0
+    barred = capsys.readouterr()
+    assert barred.out == plain.out
+    assert "story perplexity" in barred.err and "±" in barred.err and "%|" in barred.err

@@ -140,6 +140,7 @@ def progress_bar(evaluator, metric: str | None = None, enabled: bool | None = No
     if enabled is None:
         enabled = sys.stderr.isatty()
     bar = tqdm(total=100, desc=desc, unit="%", file=sys.stderr, disable=not enabled,
+               mininterval=0.0,  # one redraw per batch: batches are the slow part
                leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
     def on_partial(p: Partial) -> None:
