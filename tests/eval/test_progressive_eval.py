@@ -211,3 +211,11 @@ def test_cli_progress_bar_on_a_terminal(llama_set_bf16, char_tokenizer, ppl_text
     barred = capsys.readouterr()
     assert barred.out == plain.out
     assert "story perplexity" in barred.err and "±" in barred.err and "%|" in barred.err
+
+
+@pytest.mark.parametrize("context,stride,batch", [(16, 16, 2), (16, 5, 3), (64, 7, 100)])
+def test_batch_count_matches_the_batches(llama_set_bf16, char_tokenizer, ppl_text, context,
+                                         stride, batch):
+    ev = PerplexityEvaluator(llama_set_bf16.base, ppl_text, tokenizer=char_tokenizer,
+                             context=context, stride=stride, batch_size=batch)
+    assert ev._n_batches() == len(list(ev._batches()))

@@ -159,6 +159,14 @@ class PerplexityEvaluator:
                 scored = torch.stack([pos >= length - 1 - n for _, _, n in chunk])
                 yield x, scored
 
+    def _n_batches(self) -> int:
+        """How many batches :meth:`_batches` yields (without building them)."""
+        by_len: dict[int, int] = {}
+        for a, b, _ in self.windows:
+            by_len[b - a] = by_len.get(b - a, 0) + 1
+        return sum(-(-k // max(1, min(self.batch_size, BATCH_TOKENS // length)))
+                   for length, k in by_len.items())
+
     def evaluate(self, weights: Mapping[str, torch.Tensor]) -> Results:
         """``{task: {"perplexity", "loss", "tokens"}}`` with ``weights`` swapped in (the last
         partial of :meth:`evaluate_iter`)."""
@@ -176,9 +184,9 @@ class PerplexityEvaluator:
         from wsviz.eval.progressive import Partial, check_cancel, mean_se
 
         params = self.lm.params(weights)
-        batches = list(self._batches())
+        n_batches = self._n_batches()
         total, total_sq, seen = 0.0, 0.0, 0
-        for i, (batch, scored) in enumerate(batches):
+        for i, (batch, scored) in enumerate(self._batches()):
             check_cancel(cancel, i + 1)
             batch = batch.to(self.device)
             logits = self.lm.logits(params, batch)[:, :-1]
@@ -188,7 +196,7 @@ class PerplexityEvaluator:
             total += float(kept.sum())
             total_sq += float((kept * kept).sum())
             seen += int(kept.numel())
-            final = i == len(batches) - 1
+            final = i == n_batches - 1
             loss = total / (self.n_tokens if final else max(seen, 1))
             se = mean_se(total, total_sq, seen, self.n_tokens)
             yield Partial({self.tasks[0]: {"perplexity": math.exp(loss), "loss": loss,
