@@ -4,6 +4,7 @@ or evaluate checkpoints themselves (``wsviz evaluate pruned/ merged/ --eval ppl:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from wsviz.errors import WsvizError
 from wsviz.session.args import add_eval_options, eval_options
@@ -38,6 +39,9 @@ def register(sub) -> None:
                         "and print them beside the merge")
     add_eval_options(p)
     p.add_argument("--device", default=None, help="torch device for merging / evaluation")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (running estimate ± standard error) on stderr; the "
+                        "bar shows only when stderr is a terminal")
     p.set_defaults(func=run)
 
 
@@ -88,7 +92,7 @@ def _evaluate_models(dirs: list[str], args, opts: dict) -> int:
             src = open_source(d)
             names = getattr(evaluator, "names", None) or list(src.infos())
             weights = {n: src.get(n, device=args.device) for n in names}
-        rows[d] = evaluator.evaluate(weights)
+        rows[d] = _progressive(evaluator, weights, args, desc=Path(d).name)
         if getattr(evaluator, "description", None) not in said:  # once when all agree
             said.add(getattr(evaluator, "description", None))
             _describe(evaluator)
@@ -97,6 +101,31 @@ def _evaluate_models(dirs: list[str], args, opts: dict) -> int:
     else:
         _print_model_table(rows, evaluator)
     return 0
+
+
+def _bar(evaluator, args, desc: str):
+    """The progress-bar callback (:func:`wsviz.eval.progressive.progress_bar`), or None with
+    ``--no-progress`` or when stderr is not a terminal."""
+    import sys
+
+    if getattr(args, "no_progress", False) or not sys.stderr.isatty():
+        return None
+    from wsviz.eval.progressive import progress_bar
+
+    return progress_bar(evaluator, getattr(args, "metric", None), enabled=True, desc=desc)
+
+
+def _progressive(evaluator, weights, args, desc: str):
+    """``evaluator.evaluate(weights)``, through the progressive stream with a bar when on."""
+    from wsviz.eval.progressive import evaluate_progressive
+
+    bar = _bar(evaluator, args, desc)
+    if bar is None:
+        return evaluator.evaluate(weights)
+    try:
+        return evaluate_progressive(evaluator, weights, on_partial=bar)
+    finally:
+        bar.close()
 
 
 def _describe(evaluator) -> None:
@@ -199,7 +228,12 @@ def run(args) -> int:
     names = getattr(evaluator, "names", None)
     merger = InMemoryMerger(ms, device=args.device, names=names)
     if not args.sweep:
-        res = evaluate_recipe(recipe, evaluator, merger)
+        bar = _bar(evaluator, args, "evaluate")
+        try:
+            res = evaluate_recipe(recipe, evaluator, merger, on_partial=bar)
+        finally:
+            if bar is not None:
+                bar.close()
         _describe(evaluator)
         _print_results(res, evaluator)
         if args.references:

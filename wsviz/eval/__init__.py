@@ -11,7 +11,10 @@
 - :func:`reference_results` / :func:`reference_rows` — the base and every fine-tune through
   the same evaluator (pre-trained / individual references);
 - :func:`evaluate_recipe`, :func:`sweep`, :func:`greedy_soup` — Recipe -> in-memory merge ->
-  metrics, no disk I/O.
+  metrics, no disk I/O;
+- :func:`evaluate_iter` / :func:`evaluate_progressive` — partial results batch by batch
+  (running estimate ± standard error, fraction done, cancellable between batches; the last
+  one equals ``evaluate``), see :mod:`wsviz.eval.progressive`.
 
 Results are ``{task: {metric: float}}``; :func:`to_frame` gives the tidy table. What each
 metric means (direction, unit) comes from :mod:`wsviz.eval.metrics`.
@@ -30,6 +33,7 @@ __all__ = [
     "declare_metric", "metric_specs", "primary_metric", "reference_results", "reference_rows",
     "evaluate_recipe", "greedy_soup", "make_evaluator", "mean_metrics", "normalize_results",
     "scorer", "set_param", "sweep", "to_frame",
+    "EvalCancelled", "Partial", "evaluate_iter", "evaluate_progressive",
 ]
 
 
@@ -58,6 +62,10 @@ def __getattr__(name):  # lazy: keep `import wsviz.eval` cheap
         from wsviz.eval.factory import make_evaluator
 
         return make_evaluator
+    if name in ("EvalCancelled", "Partial", "evaluate_iter", "evaluate_progressive"):
+        from wsviz.eval import progressive
+
+        return getattr(progressive, name)
     if name in ("evaluate_recipe", "sweep", "greedy_soup", "set_param", "scorer"):
         import importlib
 

@@ -42,6 +42,8 @@ class Evaluator(Protocol):
     :mod:`wsviz.eval.references` does for every other evaluator).
     ``fisher(weights, label)`` — the diagonal Fisher of model ``label`` with ``weights`` on the
     evaluator's own data (``{name: Tensor}``); with it the dashboard offers the ``fisher`` merge method (the zoo and perplexity evaluators have one).
+    ``evaluate_iter(weights, cancel=None)`` — partial results batch by batch
+    (:mod:`wsviz.eval.progressive`); the last one must equal ``evaluate(weights)``.
     """
 
     tasks: list[str]

@@ -38,14 +38,21 @@ def _merge_names(evaluator, merger) -> list[str] | None:
     return list(names)
 
 
-def evaluate_recipe(recipe, evaluator, merger) -> Results:
+def evaluate_recipe(recipe, evaluator, merger, on_partial=None, cancel=None) -> Results:
     """Merge ``recipe`` in memory with ``merger`` (:class:`wsviz.recipes.InMemoryMerger`)
     — only the tensors ``evaluator.names`` needs — and evaluate: ``{task: {metric: v}}``.
+    With ``on_partial`` or ``cancel`` the evaluation is progressive
+    (:func:`wsviz.eval.progressive.evaluate_progressive`: ``on_partial`` gets each
+    :class:`~wsviz.eval.progressive.Partial`; the result is the same).
 
     Raises :class:`RecipeError` for an invalid recipe, :class:`EvalError` when evaluation
-    fails."""
+    fails, :class:`~wsviz.eval.progressive.EvalCancelled` when ``cancel`` is set."""
     weights = merger.merge(recipe, names=_merge_names(evaluator, merger))
-    return evaluator.evaluate(weights)
+    if on_partial is None and cancel is None:
+        return evaluator.evaluate(weights)
+    from wsviz.eval.progressive import evaluate_progressive
+
+    return evaluate_progressive(evaluator, weights, cancel=cancel, on_partial=on_partial)
 
 
 def set_param(recipe, path: str, value):

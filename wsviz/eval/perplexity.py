@@ -159,19 +159,51 @@ class PerplexityEvaluator:
                 scored = torch.stack([pos >= length - 1 - n for _, _, n in chunk])
                 yield x, scored
 
+    def _n_batches(self) -> int:
+        """How many batches :meth:`_batches` yields (without building them)."""
+        by_len: dict[int, int] = {}
+        for a, b, _ in self.windows:
+            by_len[b - a] = by_len.get(b - a, 0) + 1
+        return sum(-(-k // max(1, min(self.batch_size, BATCH_TOKENS // length)))
+                   for length, k in by_len.items())
+
     def evaluate(self, weights: Mapping[str, torch.Tensor]) -> Results:
-        """``{task: {"perplexity", "loss", "tokens"}}`` with ``weights`` swapped in."""
+        """``{task: {"perplexity", "loss", "tokens"}}`` with ``weights`` swapped in (the last
+        partial of :meth:`evaluate_iter`)."""
+        from wsviz.eval.progressive import last_partial
+
+        return last_partial(self.evaluate_iter(weights)).results
+
+    def evaluate_iter(self, weights: Mapping[str, torch.Tensor], cancel=None):
+        """:class:`wsviz.eval.progressive.Partial` per batch of windows: running ``loss``
+        (mean NLL of the tokens scored so far), ``perplexity = exp(loss)``, ``tokens`` (scored
+        so far) and their standard errors (per-token NLL, finite-population corrected;
+        perplexity by the delta method); the last one is final and equals :meth:`evaluate`.
+        ``cancel`` (Event or callable) is checked before each batch: raises
+        :class:`wsviz.eval.progressive.EvalCancelled`."""
+        from wsviz.eval.progressive import Partial, check_cancel, mean_se
+
         params = self.lm.params(weights)
-        total = 0.0
-        for batch, scored in self._batches():
+        n_batches = self._n_batches()
+        total, total_sq, seen = 0.0, 0.0, 0
+        for i, (batch, scored) in enumerate(self._batches()):
+            check_cancel(cancel, i + 1)
             batch = batch.to(self.device)
             logits = self.lm.logits(params, batch)[:, :-1]
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                   batch[:, 1:].reshape(-1), reduction="none")
-            total += float(nll[scored.reshape(-1).to(nll.device)].double().sum())
-        loss = total / self.n_tokens
-        return {self.tasks[0]: {"perplexity": math.exp(loss), "loss": loss,
-                                "tokens": float(self.n_tokens)}}
+            kept = nll[scored.reshape(-1).to(nll.device)].double()
+            total += float(kept.sum())
+            total_sq += float((kept * kept).sum())
+            seen += int(kept.numel())
+            final = i == n_batches - 1
+            loss = total / (self.n_tokens if final else max(seen, 1))
+            se = mean_se(total, total_sq, seen, self.n_tokens)
+            yield Partial({self.tasks[0]: {"perplexity": math.exp(loss), "loss": loss,
+                                           "tokens": float(self.n_tokens if final else seen)}},
+                          {self.tasks[0]: {"perplexity": math.exp(loss) * se, "loss": se,
+                                           "tokens": 0.0}},
+                          seen / self.n_tokens, final, i + 1)
 
     def fisher(self, weights: Mapping[str, torch.Tensor], label: str | None = None, *,
                labels: str = "sample", max_examples: int | None = None, seed: int = 0

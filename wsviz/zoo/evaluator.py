@@ -10,6 +10,7 @@ run through the Llama once (:func:`wsviz.zoo.model.encode`: mean-pooled last hid
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class ZooEvaluator:
     """
 
     def __init__(self, zoo=None, split: str = "test", tasks: Sequence[str] | None = None,
-                 device=None, n_samples: int | None = None):
+                 device=None, n_samples: int | None = None, batch_size: int = 128):
         from wsviz.zoo import Zoo, ensure_zoo
 
         if zoo is None:
@@ -49,6 +50,9 @@ class ZooEvaluator:
             raise WsvizError(f"split must be 'test' or 'train', got {split!r}")
         self.zoo = zoo
         self.split = split
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise WsvizError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.tasks = list(zoo.tasks if tasks is None else tasks)
         unknown = [t for t in self.tasks if t not in zoo.tasks]
@@ -88,8 +92,9 @@ class ZooEvaluator:
         self._reference_done = False
 
     # ------------------------------------------------------------------------------------
-    def _raw(self, weights: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(accuracy [n_tasks], loss [n_tasks])`` tensors for one set of Llama weights."""
+    def _checked(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The :attr:`names` tensors as float32 on the device; :class:`EvalError` for a
+        missing tensor or a wrong shape."""
         w = {}
         for name in self.names:
             if name not in weights:
@@ -101,17 +106,44 @@ class ZooEvaluator:
                 raise EvalError(f"Llama tensor {name!r} has shape {tuple(t.shape)}, the zoo "
                                 f"expects {self._shapes[name]}")
             w[name] = t.to(device=self.device, dtype=torch.float32)
-        with torch.no_grad():
-            feats = encode(w, self._ids, self.config)
-            logits = torch.addmm(self._head_b, feats, self._head_w.t())
-            accs, losses = [], []
-            for i, t in enumerate(self.tasks):
-                r0, r1, c0, c1 = self._slices[t]
-                lg = logits[r0:r1, c0:c1]
-                y = self._labels[i]
-                accs.append((lg.argmax(1) == y).float().mean())
-                losses.append(F.cross_entropy(lg, y))
-            return torch.stack(accs), torch.stack(losses)
+        return w
+
+    def _stream(self, w: dict[str, torch.Tensor], cancel=None):
+        """Cumulative per-task ``(images done, correct [n_tasks], loss sum, loss² sum)`` after
+        each batch of :attr:`batch_size` images (every input variant of those images in one
+        forward pass); sums are float64 of per-image cross-entropies. Checks ``cancel``
+        before each batch (:class:`wsviz.eval.progressive.EvalCancelled`)."""
+        from wsviz.eval.progressive import check_cancel
+
+        n, k = self.n, len(self.tasks)
+        correct = torch.zeros(k, dtype=torch.long)
+        s1 = torch.zeros(k, dtype=torch.float64)
+        s2 = torch.zeros(k, dtype=torch.float64)
+        for j, i0 in enumerate(range(0, n, self.batch_size)):
+            check_cancel(cancel, j + 1)
+            i1 = min(i0 + self.batch_size, n)
+            m = i1 - i0
+            rows = torch.cat([torch.arange(v * n + i0, v * n + i1)
+                              for v in range(len(self._ids) // n)])
+            with torch.no_grad():
+                feats = encode(w, self._ids[rows.to(self.device)], self.config)
+                logits = torch.addmm(self._head_b, feats, self._head_w.t())
+                for i, t in enumerate(self.tasks):
+                    r0, _, c0, c1 = self._slices[t]
+                    v = r0 // n
+                    lg = logits[v * m:(v + 1) * m, c0:c1]
+                    y = self._labels[i, i0:i1]
+                    correct[i] += int((lg.argmax(1) == y).sum())
+                    ce = F.cross_entropy(lg, y, reduction="none").double().cpu()
+                    s1[i] += ce.sum()
+                    s2[i] += (ce * ce).sum()
+            yield i1, correct.clone(), s1.clone(), s2.clone()
+
+    def _raw(self, weights: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(accuracy [n_tasks], loss [n_tasks])`` float64 tensors for one set of Llama
+        weights (the last step of :meth:`_stream`)."""
+        _, correct, s1, _ = deque(self._stream(self._checked(weights)), maxlen=1)[0]
+        return correct.double() / self.n, s1 / self.n
 
     def _ensure_reference(self) -> None:
         if self._reference_done:
@@ -130,14 +162,35 @@ class ZooEvaluator:
 
     def evaluate(self, weights: Mapping[str, torch.Tensor]) -> Results:
         """``{task: {"accuracy", "loss", "normalized_accuracy"}}`` for merged Llama
-        ``weights`` (``{name: Tensor}``, the :attr:`names`; others ignored)."""
+        ``weights`` (``{name: Tensor}``, the :attr:`names`; others ignored): the last partial
+        of :meth:`evaluate_iter`."""
+        from wsviz.eval.progressive import last_partial
+
+        return last_partial(self.evaluate_iter(weights)).results
+
+    def evaluate_iter(self, weights: Mapping[str, torch.Tensor], cancel=None):
+        """:class:`wsviz.eval.progressive.Partial` per batch of :attr:`batch_size` images:
+        running accuracy / loss / normalized accuracy over the images done, with standard
+        errors (per-image mean ± sample std / sqrt(n), finite-population corrected: 0 on the
+        final one, which equals :meth:`evaluate`). ``cancel`` (Event or callable) is checked
+        before each batch: raises :class:`wsviz.eval.progressive.EvalCancelled`."""
+        from wsviz.eval.progressive import Partial, mean_se
+
         self._ensure_reference()
-        acc, loss = self._raw(weights)
-        acc_l, loss_l = acc.tolist(), loss.tolist()
-        return {
-            t: {"accuracy": a, "loss": lo, "normalized_accuracy": a / self.reference[t]}
-            for t, a, lo in zip(self.tasks, acc_l, loss_l)
-        }
+        w = self._checked(weights)
+        n_batches = -(-self.n // self.batch_size)
+        for j, (done, correct, s1, s2) in enumerate(self._stream(w, cancel)):
+            res, se = {}, {}
+            for i, t in enumerate(self.tasks):
+                c = int(correct[i])
+                a, lo = c / done, float(s1[i]) / done
+                ref = self.reference[t]
+                se_a = mean_se(float(c), float(c), done, self.n)
+                res[t] = {"accuracy": a, "loss": lo, "normalized_accuracy": a / ref}
+                se[t] = {"accuracy": se_a, "loss": mean_se(float(s1[i]), float(s2[i]), done,
+                                                           self.n),
+                         "normalized_accuracy": se_a / ref}
+            yield Partial(res, se, done / self.n, j == n_batches - 1, j + 1)
 
     def fisher(self, weights: Mapping[str, torch.Tensor], label: str, *,
                labels: str = "sample", max_examples: int | None = None, seed: int = 0
