@@ -64,7 +64,9 @@ def test_llama_perplexity_dashboard(page, llama_ppl_app, artifacts_dir):
     assert "lambda=0.3" not in second and _numbers(second, "worst") > 1
     page.screenshot(path=str(artifacts_dir / "llama_perplexity_merge.png"), full_page=True)
     open_tab(page, "Prune")
-    pruned = wait_pane_text(page, PRUNE, lambda t: "eval #1" in t, 120)
+    # the first result of the tab (its default target is the current merge: the metrics may
+    # be re-evaluated once the merge settles, so any evaluation number)
+    pruned = wait_pane_text(page, PRUNE, lambda t: re.search(r"eval #\d+", t) is not None, 120)
     assert "perplexity ↓" in pruned and "%" not in pruned
     prune_bars = plot_labels(page, "pruned ")
     assert prune_bars["y"] == ["perplexity (lower is better)"]

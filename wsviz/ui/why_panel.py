@@ -108,7 +108,7 @@ def layer_plot(frame: pd.DataFrame, col: str, x: str = "order",
     title, ylabel = next((t, y) for c, t, y in PANELS if c == col)
     key = "layer" if "layer" in frame else "block"
     d = frame.drop_duplicates(x).assign(model="merged") if col == "merged_norm" else frame
-    extra = [] if key == x else [key]
+    extra = [key]  # kept beside "pos" so hover (and the page) name the tensor or block
     # one x dimension ("pos", labelled per view) whatever ``x`` is: HoloViews keys a plot's
     # ranges by dimension, so a new dimension name would keep the previous view's x range
     pos = hv.Dimension("pos", label=xlabel)
