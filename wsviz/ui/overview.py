@@ -12,8 +12,6 @@ The selection is drawn as an outline over the grid; no cell is faded. Table resh
 
 from __future__ import annotations
 
-import threading
-
 import holoviews as hv
 import pandas as pd
 import panel as pn
@@ -42,8 +40,6 @@ PREFERRED = (
 NO_FADE = dict(nonselection_alpha=1.0, selection_alpha=1.0)
 GRID_WIDTH = 400
 PROFILE_WIDTH = 440
-#: seconds between two partial tables pushed to the page while an analysis streams in
-PARTIAL_INTERVAL = 0.5
 
 
 def heatmap_frame(table: pd.DataFrame, model: str, metrics: list[str] | None = None,
@@ -117,11 +113,6 @@ class Overview(Viewer):
         self._grid_tap = None
         self._metric_chosen = False
         self._updating = False
-        self._run = None  # the workspace's progressive analysis, while it streams in
-        self._partial: pd.DataFrame | None = None  # its latest partial table
-        self._pending: list[str] = []  # metric families not in the partial table yet
-        self._flush_lock = threading.Lock()
-        self._flush_timer: threading.Timer | None = None
         self._cells: hv.Rectangles | None = None  # the grid's cells (one per block cell)
         self._outline = hv.streams.Pipe(data=selection_box(self.layout, session.layer))
         # Heights live in the HoloViews objects (responsive width, fixed height): layout
@@ -164,84 +155,29 @@ class Overview(Viewer):
         heatmap alone."""
         return GRID_WIDTH + PROFILE_WIDTH + 40 if self.layout.has_blocks else 560
 
-    @property
-    def table(self) -> pd.DataFrame | None:
-        """The table drawn: the session's final table, else the latest partial one."""
-        return self.session.table if self.session.table is not None else self._partial
-
     def _on_progress(self, *_):
         if self.session.table is None:
-            if self.session.status and self._run is None:
-                self._attach_run()
             self._progress.value = int(100 * self.session.analysis_progress)
             self._progress.visible = True
-            text = self.session.status or "waiting for the analysis…"
-            if self._partial is not None and self._pending:
-                text += f" — pending: {', '.join(self._pending)}"
-            self._status.object = text
+            self._status.object = self.session.status or "waiting for the analysis…"
         else:
             self._progress.visible = False
             self._status.object = ""
 
-    # -- progressive analysis --------------------------------------------------------------
-    def _attach_run(self) -> None:
-        """Follow the workspace's progressive analysis (server mode, when the workspace has
-        one): partial tables fill the grid as they arrive, cheap metrics first."""
-        get = getattr(self.session.workspace, "analysis_run", None)
-        if get is None or not self.session.runner.background:
-            return
-        self._run = get()
-        self._run.subscribe(self._on_run_event)
-
-    def _on_run_event(self, event) -> None:
-        """(worker thread) coalesce finished jobs into one partial table per interval."""
-        if event.kind not in ("job", "cheap"):
-            return  # the final table arrives as session.table
-        with self._flush_lock:
-            if self._flush_timer is None:
-                delay = 0.0 if event.kind == "cheap" else PARTIAL_INTERVAL
-                self._flush_timer = threading.Timer(delay, self._flush)
-                self._flush_timer.daemon = True
-                self._flush_timer.start()
-
-    def _flush(self) -> None:
-        """(timer thread) build the partial table off the event loop, then show it."""
-        with self._flush_lock:
-            self._flush_timer = None
-        run = self._run
-        if run is None or run.finished or self.session.table is not None:
-            return
-        table, pending = run.partial_table(), run.pending_metrics()
-        if not table.empty:
-            self.session.runner.call_soon(lambda: self._show_partial(table, pending))
-
-    def _show_partial(self, table: pd.DataFrame, pending: list[str]) -> None:
-        if self.session.table is not None:
-            return
-        self._partial, self._pending = table, pending
-        self._apply_table(table)
-
     def _on_layer(self, *_):
         layer = self.session.layer
-        if self._run is not None and layer and not self._run.finished:
-            self._run.prioritize(layer)  # the clicked layer's spectra jump the queue
         cell = self.layout.cell_of(layer) if layer else None
         where = (f" — block {cell[1]}, {self.layout.modules[cell[0]]}" if cell else "")
         self._selected.object = md("**Selected layer:** {}{}", md_code(layer), where)
         self._outline.send(selection_box(self.layout, layer))
-        if self.layout.has_blocks and self.table is not None and self.metric:
+        if self.layout.has_blocks and self.session.table is not None and self.metric:
             self._by_model.object = self._model_profile_plot()
 
     def _on_table(self, *_):
-        if self.session.table is not None:
-            self._partial, self._pending = None, []
-            self._apply_table(self.session.table)
-
-    def _apply_table(self, table: pd.DataFrame) -> None:
-        """Show ``table`` (partial or final): metric choices follow it, the user's picks
-        are kept while they exist."""
+        table = self.session.table
+        if table is None:
+            return
         ms = ordered_metrics(table)
-        default_picks = self.metrics == list(self.param.metrics.objects)[:12]
         # first table: the grid shows the relative change (compares modules of different
         # sizes), else the first metric; later tables keep a choice that still exists
         want = self.metric if self._metric_chosen and self.metric in ms else (
@@ -255,8 +191,7 @@ class Overview(Viewer):
                 self.param.metrics.objects = ms
                 self.param.metric.objects = ms
                 self.metric = want
-                keep = [m for m in self.metrics if m in ms]
-                self.metrics = ms[:12] if default_picks or not keep else keep
+                self.metrics = ms[:12]
             finally:
                 self._updating = False
             self._on_progress()
@@ -268,7 +203,7 @@ class Overview(Viewer):
         """The (layer, metric, value, score) frame the heatmap draws: every tensor without
         blocks, the tensors outside the blocks otherwise."""
         layers = self.layout.flat if self.layout.has_blocks else self.session.workspace.layers()
-        return heatmap_frame(self.table, self.model, self.metrics, layers)
+        return heatmap_frame(self.session.table, self.model, self.metrics, layers)
 
     def _build_heatmap(self) -> None:
         """Create the heatmap's figure once, before the page is rendered (as the grid's): a
@@ -297,8 +232,7 @@ class Overview(Viewer):
         self._plot.object = hm
 
     def _redraw(self, *_):
-        if self._updating or self.table is None or (self.layout.has_blocks
-                                                     and not self.layout.flat):
+        if self._updating or self.session.table is None or (self.layout.has_blocks and not self.layout.flat):
             return
         df = self.frame()
         if not df.empty:  # an empty selection (no metric chosen) keeps the last picture
@@ -312,7 +246,7 @@ class Overview(Viewer):
     def grid_frame(self) -> pd.DataFrame:
         """The grid drawn: ``block, col, module, layer, value`` (see
         :func:`wsviz.analysis.blocks.depth_frame`)."""
-        return depth_frame(self.table, self.layout, self.metric, self.model)
+        return depth_frame(self.session.table, self.layout, self.metric, self.model)
 
     def _build_grid(self) -> None:
         """Create the grid's figure once, before the page is rendered: a DynamicMap fed by
@@ -364,7 +298,7 @@ class Overview(Viewer):
         self._grid.object = (cells * outline).opts(**READABLE_NO_PAN)
 
     def _redraw_grid(self, *_):
-        if (self._updating or self.table is None or not self.layout.has_blocks
+        if (self._updating or self.session.table is None or not self.layout.has_blocks
                 or not self.metric):
             return
         df = self.grid_frame()
@@ -403,7 +337,7 @@ class Overview(Viewer):
     def _model_profile_plot(self):
         cell = self.layout.cell_of(self.session.layer) if self.session.layer else None
         module = self.layout.modules[cell[0]] if cell else None
-        prof = model_profiles(self.table, self.layout, self.metric, module)
+        prof = model_profiles(self.session.table, self.layout, self.metric, module)
         if prof.empty:
             return hv.Div(html("<i>No per-model values of {}.</i>", self.metric)).opts(height=60)
         curves = [hv.Curve(g, "block", "value", label=str(m))
