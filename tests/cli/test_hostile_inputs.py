@@ -108,12 +108,13 @@ def test_the_pickle_refusal_is_whole_and_plain(tmp_path, monkeypatch):
     "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried "
     "to allocate 999999999999 bytes")])
 def test_out_of_memory_in_analyze_is_one_line(llama_set, tmp_path, monkeypatch, exc):
-    import wsviz.analysis
+    import wsviz.analysis.run
 
     def boom(*a, **k):
         raise exc
 
-    monkeypatch.setattr(wsviz.analysis, "analyze", boom)
+    # the allocation fails inside a worker thread of the progressive run
+    monkeypatch.setattr(wsviz.analysis.run, "analyze_tensor", boom)
     assert_user_error(run_cli(["analyze", llama_set.base, llama_set.fts[0], "-o",
                                tmp_path / "t.csv", "--quiet", "--no-cache"]), "out of memory")
     assert not (tmp_path / "t.csv").exists()
