@@ -30,7 +30,12 @@ from wsviz.recipes.schedule import (
     resolve_params,
 )
 from wsviz.recipes.slices import OutputSlice, as_slices, validate_slices
-from wsviz.recipes.validation import check_global_params, check_resolved, check_values
+from wsviz.recipes.validation import (
+    check_global_params,
+    check_model_count,
+    check_resolved,
+    check_values,
+)
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 MERGEKIT_TOP_KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype",
@@ -207,12 +212,7 @@ class Recipe:
         if spec.name == "slerp" and n != 1:
             raise RecipeError(f"slerp merges exactly 2 models (the base and one other); got "
                               f"the base and {n} other model(s)")
-        if n < spec.min_models:
-            raise RecipeError(f"method {spec.name!r} needs at least {spec.min_models} model(s) "
-                              f"besides the base; got {n}")
-        if spec.max_models is not None and n > spec.max_models:
-            raise RecipeError(f"method {spec.name!r} takes at most {spec.max_models} model(s) "
-                              f"besides the base; got {n}")
+        check_model_count(spec, n)
         if len(set(self.labels)) != n:
             raise RecipeError(f"a model is listed twice: {self.labels}")
         valid = spec.param_names

@@ -37,7 +37,12 @@ import torch
 from wsviz.errors import RecipeError
 from wsviz.recipes.plain import plain as _plain
 from wsviz.recipes.schedule import evaluate_setting
-from wsviz.recipes.validation import check_global_params, check_resolved, check_values
+from wsviz.recipes.validation import (
+    check_global_params,
+    check_model_count,
+    check_resolved,
+    check_values,
+)
 
 #: config.json keys holding the number of blocks, first match is updated
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
@@ -256,12 +261,7 @@ def _check_slice_roles(spec, sl: OutputSlice, recipe_base: str | None, where: st
                           f"with the same layer_range (mergekit requires the base among a "
                           f"slice's sources)")
     n = len(inputs)
-    if n < spec.min_models:
-        raise RecipeError(f"method {spec.name!r} needs at least {spec.min_models} source(s) "
-                          f"besides the base in {where}; got {n}")
-    if spec.max_models is not None and n > spec.max_models:
-        raise RecipeError(f"method {spec.name!r} takes at most {spec.max_models} source(s) "
-                          f"besides the base in {where}; got {n}")
+    check_model_count(spec, n, "source(s)", f" in {where}")
     return base, inputs
 
 

@@ -86,3 +86,13 @@ def check_resolved(spec, params: Mapping, model_params: Sequence[Mapping]) -> No
                             f"{spec.name}: density ± epsilon must lie in (0, 1); got "
                             f"density={d:g}, epsilon={e:g}")
 
+
+def check_model_count(spec, n: int, noun: str = "model(s)", where: str = "") -> None:
+    """``n`` inputs besides the base within ``spec``'s ``min_models`` / ``max_models``;
+    :class:`RecipeError` naming the method, the bound and ``where`` (e.g. " in slice 2")."""
+    if n < spec.min_models:
+        raise RecipeError(f"method {spec.name!r} needs at least {spec.min_models} {noun} "
+                          f"besides the base{where}; got {n}")
+    if spec.max_models is not None and n > spec.max_models:
+        raise RecipeError(f"method {spec.name!r} takes at most {spec.max_models} {noun} "
+                          f"besides the base{where}; got {n}")
